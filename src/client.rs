@@ -1,0 +1,1 @@
+//! Embedded POP3 client (placeholder; being written).

@@ -1,0 +1,1 @@
+//! Embedded POP3 server (placeholder; being written).
