@@ -1,0 +1,366 @@
+//! Framing of both directions of a POP3 conversation.
+//!
+//! [`Pop3Codec`] is a pure decoder in the style of mini-redis's `frame.rs`:
+//! the caller keeps a read buffer, offers it to `decode_client` or
+//! `decode_server`, and gets back how many bytes belong to the next event.
+//! Returning [`Step::NEED_MORE`] means "an incomplete line: read more".
+//! The decoder never buffers: a line that could be held is at most
+//! [`MAX_COMMAND_LINE`] or [`MAX_STATUS_LINE`] octets in the caller's buffer,
+//! and anything longer is handed back in pieces as a protocol violation.
+//! Body bytes are handed back as they come, in any amount.
+//!
+//! Which server responses are multi-line is decided by the queue of
+//! forwarded commands (`forwarded`), so pipelined clients are followed.
+
+use std::collections::VecDeque;
+
+use super::command::{Command, trim_eol};
+use super::status::Status;
+
+/// RFC 2449 §4: a command line is at most 255 octets including CRLF.
+pub const MAX_COMMAND_LINE: usize = 255;
+/// RFC 2449 §4: a status line is at most 512 octets including CRLF.
+pub const MAX_STATUS_LINE: usize = 512;
+/// Longest pipeline the decoder tracks. Past it, responses are still relayed
+/// but attributed to nothing; the bound keeps memory fixed per session.
+pub const MAX_PENDING: usize = 1024;
+
+/// How many bytes of the offered buffer form the next event, and the event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step<E> {
+    /// Bytes of the offered buffer consumed by this step (0: need more).
+    pub consumed: usize,
+    /// What those bytes were; `None` only when `consumed == 0`.
+    pub event: Option<E>,
+}
+
+impl<E> Step<E> {
+    /// "Incomplete: read more and offer the buffer again."
+    pub const NEED_MORE: Step<E> = Step { consumed: 0, event: None };
+
+    fn of(consumed: usize, event: E) -> Step<E> {
+        Step { consumed, event: Some(event) }
+    }
+}
+
+/// What a client → server byte range was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// A complete command line (CRLF included in the consumed bytes).
+    /// `overlong` lines were relayed in pieces before this, their last piece.
+    Command {
+        /// The parsed command (secrets dropped).
+        cmd: Command,
+        /// The line broke the RFC 2449 limit.
+        overlong: bool,
+    },
+    /// The first [`MAX_COMMAND_LINE`] bytes of a line that has no CRLF within
+    /// the limit: a protocol violation, relayed as is.
+    OverlongStart,
+    /// More bytes of an over-long line, without its end.
+    OverlongMore,
+    /// A line inside a SASL exchange (RFC 5034): a secret, never parsed.
+    SaslResponse {
+        /// The line was `*`: the client cancels the exchange.
+        cancel: bool,
+    },
+    /// Bytes after STLS succeeded: TLS, relayed opaquely.
+    Opaque,
+}
+
+/// What a server → client byte range was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerEvent {
+    /// The greeting line.
+    Greeting(Status),
+    /// A complete status line answering `cmd`.
+    Status {
+        /// The command this answers.
+        cmd: Command,
+        /// The command's sequence number in the session (1-based).
+        seq: u64,
+        /// The parsed status line.
+        status: Status,
+        /// A body follows (multi-line +OK).
+        multiline: bool,
+    },
+    /// A SASL continuation line (`+ ...`) within an AUTH exchange.
+    Continuation,
+    /// Body bytes of a multi-line response, as on the wire (byte-stuffed).
+    Body {
+        /// Offset of the first of these bytes from the start of the body.
+        offset: u64,
+        /// The terminating `.CRLF` ends within these bytes (they are last).
+        end: bool,
+    },
+    /// A line while no command awaited a response (e.g. a server's
+    /// "-ERR autologout" before it closes).
+    Unsolicited,
+    /// Part of a status line longer than [`MAX_STATUS_LINE`]: violation.
+    OverlongStart,
+    /// More bytes of an over-long status line, without its end.
+    OverlongMore,
+    /// Bytes after STLS succeeded: TLS, relayed opaquely.
+    Opaque,
+}
+
+/// A command forwarded to the server and not yet answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Pending {
+    cmd: Command,
+    seq: u64,
+}
+
+/// Where the server → client stream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyPos {
+    /// At the start of a body line.
+    LineStart,
+    /// Saw "." at the start of a line.
+    Dot,
+    /// Saw ".\r" at the start of a line.
+    DotCr,
+    /// Inside a line.
+    InLine,
+}
+
+#[derive(Debug, Clone)]
+enum ServerMode {
+    /// Expecting a status line (or greeting / continuation).
+    Lines,
+    /// Inside a multi-line body.
+    Body { offset: u64, pos: BodyPos },
+    /// Relaying the rest of an over-long line; `then_body` is the mode that
+    /// follows it.
+    Overlong { then_body: bool },
+}
+
+/// The pure POP3 decoder for one session, both directions.
+#[derive(Debug, Clone)]
+pub struct Pop3Codec {
+    pending: VecDeque<Pending>,
+    greeted: bool,
+    next_seq: u64,
+    /// Commands past MAX_PENDING that were not tracked.
+    untracked: u64,
+    /// An AUTH exchange is open: client lines are SASL responses.
+    sasl_open: bool,
+    client_overlong: Option<Command>,
+    server: ServerMode,
+    /// STLS succeeded: both directions are TLS from here on.
+    opaque: bool,
+    violations: u64,
+}
+
+impl Default for Pop3Codec {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Pop3Codec {
+    /// A codec at the start of a session, expecting the server's greeting.
+    pub fn new() -> Pop3Codec {
+        Pop3Codec {
+            pending: VecDeque::new(),
+            greeted: false,
+            next_seq: 1,
+            untracked: 0,
+            sasl_open: false,
+            client_overlong: None,
+            server: ServerMode::Lines,
+            opaque: false,
+            violations: 0,
+        }
+    }
+
+    /// Whether STLS succeeded and the stream is now opaque TLS.
+    pub fn is_opaque(&self) -> bool {
+        self.opaque
+    }
+
+    /// Protocol violations seen (over-long lines), both directions.
+    pub fn violations(&self) -> u64 {
+        self.violations
+    }
+
+    /// Commands forwarded and not yet answered.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether a multi-line body is being relayed now.
+    pub fn in_body(&self) -> bool {
+        matches!(self.server, ServerMode::Body { .. })
+    }
+
+    /// The next client → server event in `buf`. Call [`forwarded`] once the
+    /// command's bytes have been sent upstream.
+    ///
+    /// [`forwarded`]: Pop3Codec::forwarded
+    pub fn decode_client(&mut self, buf: &[u8]) -> Step<ClientEvent> {
+        if buf.is_empty() {
+            return Step::NEED_MORE;
+        }
+        if self.opaque {
+            return Step::of(buf.len(), ClientEvent::Opaque);
+        }
+        let limit = buf.len().min(MAX_COMMAND_LINE);
+        let eol = memchr::memchr(b'\n', &buf[..limit]);
+        if let Some(cmd) = &self.client_overlong {
+            // Continuing an over-long line: pass through to its LF.
+            return match memchr::memchr(b'\n', buf) {
+                Some(i) => {
+                    let cmd = cmd.clone();
+                    self.client_overlong = None;
+                    Step::of(i + 1, ClientEvent::Command { cmd, overlong: true })
+                }
+                None => Step::of(buf.len(), ClientEvent::OverlongMore),
+            };
+        }
+        match eol {
+            Some(i) => {
+                let line = &buf[..=i];
+                if self.sasl_open {
+                    let cancel = trim_eol(line) == b"*";
+                    return Step::of(i + 1, ClientEvent::SaslResponse { cancel });
+                }
+                Step::of(i + 1, ClientEvent::Command { cmd: Command::parse(line), overlong: false })
+            }
+            None if buf.len() >= MAX_COMMAND_LINE => {
+                self.violations += 1;
+                // Keep only the parsed command (no secrets) for the line's end.
+                let cmd = if self.sasl_open { Command::Unknown(String::new()) } else { Command::parse(buf) };
+                self.client_overlong = Some(cmd);
+                // Exactly the limit, so the framing does not depend on how
+                // much happened to be read.
+                Step::of(MAX_COMMAND_LINE, ClientEvent::OverlongStart)
+            }
+            None => Step::NEED_MORE,
+        }
+    }
+
+    /// Records that `cmd` was sent to the server, so its response can be
+    /// framed. Commands swallowed or answered by the proxy are not forwarded.
+    pub fn forwarded(&mut self, cmd: &Command) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if cmd.is_sasl() {
+            self.sasl_open = true;
+        }
+        if self.pending.len() >= MAX_PENDING {
+            self.untracked += 1;
+            return;
+        }
+        self.pending.push_back(Pending { cmd: cmd.clone(), seq });
+    }
+
+    /// The next server → client event in `buf`.
+    pub fn decode_server(&mut self, buf: &[u8]) -> Step<ServerEvent> {
+        if buf.is_empty() {
+            return Step::NEED_MORE;
+        }
+        if self.opaque {
+            return Step::of(buf.len(), ServerEvent::Opaque);
+        }
+        match self.server.clone() {
+            ServerMode::Body { offset, pos } => self.body(buf, offset, pos),
+            ServerMode::Overlong { then_body } => match memchr::memchr(b'\n', buf) {
+                Some(i) => {
+                    self.server = if then_body {
+                        ServerMode::Body { offset: 0, pos: BodyPos::LineStart }
+                    } else {
+                        ServerMode::Lines
+                    };
+                    Step::of(i + 1, ServerEvent::OverlongMore)
+                }
+                None => Step::of(buf.len(), ServerEvent::OverlongMore),
+            },
+            ServerMode::Lines => {
+                let limit = buf.len().min(MAX_STATUS_LINE);
+                match memchr::memchr(b'\n', &buf[..limit]) {
+                    Some(i) => Step::of(i + 1, self.status_line(&buf[..=i])),
+                    None if buf.len() >= MAX_STATUS_LINE => {
+                        self.violations += 1;
+                        // Frame it as if the line were complete, so a body
+                        // that follows an over-long +OK is still followed.
+                        let ev = self.status_line(&buf[..MAX_STATUS_LINE]);
+                        let then_body = matches!(ev, ServerEvent::Status { multiline: true, .. });
+                        self.server = ServerMode::Overlong { then_body };
+                        Step::of(MAX_STATUS_LINE, ServerEvent::OverlongStart)
+                    }
+                    None => Step::NEED_MORE,
+                }
+            }
+        }
+    }
+
+    fn status_line(&mut self, line: &[u8]) -> ServerEvent {
+        let status = Status::parse(line);
+        if !self.greeted {
+            self.greeted = true;
+            return ServerEvent::Greeting(status);
+        }
+        let Some(head) = self.pending.front() else {
+            return ServerEvent::Unsolicited;
+        };
+        if head.cmd.is_sasl() && self.sasl_open && status.is_continuation() {
+            return ServerEvent::Continuation;
+        }
+        let Some(Pending { cmd, seq }) = self.pending.pop_front() else {
+            return ServerEvent::Unsolicited;
+        };
+        if cmd.is_sasl() {
+            self.sasl_open = self.pending.iter().any(|p| p.cmd.is_sasl());
+        }
+        let multiline = status.ok && cmd.multiline_on_ok();
+        if multiline {
+            self.server = ServerMode::Body { offset: 0, pos: BodyPos::LineStart };
+        }
+        if status.ok && cmd == Command::Stls {
+            self.opaque = true;
+        }
+        ServerEvent::Status { cmd, seq, status, multiline }
+    }
+
+    /// Follows a body to its `CRLF.CRLF`: a line that is exactly ".".
+    /// Byte-stuffed lines ("..x") are just lines that start with a dot and
+    /// go on, so they never end the body.
+    fn body(&mut self, buf: &[u8], offset: u64, mut pos: BodyPos) -> Step<ServerEvent> {
+        let mut i = 0;
+        while i < buf.len() {
+            match pos {
+                BodyPos::InLine => match memchr::memchr(b'\n', &buf[i..]) {
+                    Some(j) => {
+                        i += j + 1;
+                        pos = BodyPos::LineStart;
+                    }
+                    None => i = buf.len(),
+                },
+                BodyPos::LineStart => {
+                    pos = match buf[i] {
+                        b'.' => BodyPos::Dot,
+                        b'\n' => BodyPos::LineStart,
+                        _ => BodyPos::InLine,
+                    };
+                    i += 1;
+                }
+                BodyPos::Dot | BodyPos::DotCr => {
+                    let b = buf[i];
+                    i += 1;
+                    match (pos, b) {
+                        (_, b'\n') => {
+                            // ".\r\n" (or a bare ".\n", tolerated): the end.
+                            self.server = ServerMode::Lines;
+                            return Step::of(i, ServerEvent::Body { offset, end: true });
+                        }
+                        (BodyPos::Dot, b'\r') => pos = BodyPos::DotCr,
+                        _ => pos = BodyPos::InLine,
+                    }
+                }
+            }
+        }
+        self.server = ServerMode::Body { offset: offset + i as u64, pos };
+        Step::of(i, ServerEvent::Body { offset, end: false })
+    }
+}

@@ -1,0 +1,171 @@
+//! The event stream: what sessions report, sent without ever waiting.
+//!
+//! Sessions push [`Event`]s into an [`EventSink`]; a single aggregator reads
+//! them. The sink is a bounded channel used with `try_send`: when it is full
+//! the event is dropped and counted, so a slow reader never slows the relay.
+//! The JSON shape is documented in docs/EVENTS.md and is a stable interface.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::session::{Fingerprint, Outcome, State};
+
+/// Events buffered between sessions and the aggregator before dropping.
+pub const EVENT_QUEUE: usize = 65_536;
+
+/// One thing that happened, as written to the events file.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A client connected.
+    SessionStart {
+        /// Session number (1-based, in accept order).
+        session: u64,
+        /// The client's address.
+        client: SocketAddr,
+        /// The upstream as configured (`host:port`).
+        upstream: String,
+        /// The fault profile the session runs under.
+        profile: String,
+    },
+    /// A fault rule fired.
+    Fault {
+        /// Session number.
+        session: u64,
+        /// The rule's name (`manual` for a cut from the dashboard).
+        rule: String,
+        /// What it did (`disconnect`, `stall`, …).
+        action: String,
+        /// Where: trigger point and detail (`body RETR 3 @1024`).
+        point: String,
+    },
+    /// A complete command was answered (for latency histograms).
+    Latency {
+        /// Session number.
+        session: u64,
+        /// Command keyword.
+        command: String,
+        /// Microseconds from forwarding the command to the last byte of its
+        /// response being delivered.
+        micros: u64,
+    },
+    /// Live progress of a session (for the dashboard).
+    Progress(Box<SessionSnapshot>),
+    /// A session ended.
+    SessionEnd(Box<SessionEnd>),
+}
+
+/// A session's state at a moment, for the dashboard.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionSnapshot {
+    /// Session number.
+    pub session: u64,
+    /// RFC 1939 state.
+    pub state: State,
+    /// User name, if given.
+    pub user: Option<String>,
+    /// Last command, redacted.
+    pub last_command: Option<String>,
+    /// Complete downloads so far.
+    pub downloaded: u64,
+    /// Messages marked now.
+    pub marked: usize,
+    /// Bytes client → server.
+    pub bytes_up: u64,
+    /// Bytes server → client.
+    pub bytes_down: u64,
+}
+
+/// Everything known about a session when it ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionEnd {
+    /// Session number.
+    pub session: u64,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The upstream as configured.
+    pub upstream: String,
+    /// User name, if the client gave one.
+    pub user: Option<String>,
+    /// The outcome (SPEC §5).
+    pub outcome: Outcome,
+    /// The RFC 1939 state it ended in.
+    pub state: State,
+    /// Complete RETRs delivered to the client.
+    pub downloaded: u64,
+    /// Messages marked for deletion at the end.
+    pub marked: usize,
+    /// Messages at risk of a second download.
+    pub at_risk: usize,
+    /// Downloads in this session of messages downloaded before (filled in
+    /// by the aggregator, which sees across sessions).
+    pub duplicates: u64,
+    /// Bytes client → server.
+    pub bytes_up: u64,
+    /// Bytes server → client.
+    pub bytes_down: u64,
+    /// Session duration.
+    pub duration_ms: u64,
+    /// Names of the fault rules that fired, in order.
+    pub faults: Vec<String>,
+    /// STLS succeeded: the rest was not inspected.
+    pub encrypted: bool,
+    /// Over-long lines seen.
+    pub violations: u64,
+    /// The profile the session ran under.
+    pub profile: String,
+    /// Messages fully downloaded, identified (not in the JSON: the
+    /// aggregator turns them into `duplicates`).
+    #[serde(skip)]
+    pub fingerprints: Vec<Fingerprint>,
+    /// How the connection ended, for humans (`client closed`, `reset by
+    /// server`, `upstream refused: …`).
+    pub ended_by: String,
+}
+
+/// Where sessions send events. Cloning is cheap; sending never waits.
+#[derive(Debug, Clone)]
+pub struct EventSink {
+    tx: Option<mpsc::Sender<Event>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl EventSink {
+    /// A sink and the receiver the aggregator reads.
+    pub fn channel(capacity: usize) -> (EventSink, mpsc::Receiver<Event>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (EventSink { tx: Some(tx), dropped: Arc::new(AtomicU64::new(0)) }, rx)
+    }
+
+    /// A sink that discards everything (nobody is listening).
+    pub fn discard() -> EventSink {
+        EventSink { tx: None, dropped: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// Sends without waiting; a full queue drops the event and counts it.
+    pub fn emit(&self, event: Event) {
+        if let Some(tx) = &self.tx {
+            if tx.try_send(event).is_err() {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Whether anybody reads the events (so callers can skip building them).
+    pub fn is_live(&self) -> bool {
+        self.tx.as_ref().is_some_and(|tx| !tx.is_closed())
+    }
+
+    /// Events dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Fault counts by rule name, ordered for stable output.
+pub type FaultCounts = BTreeMap<String, u64>;
