@@ -48,6 +48,8 @@ pub enum Event {
     Latency {
         /// Session number.
         session: u64,
+        /// The command's sequence number in the session (1-based).
+        seq: u64,
         /// Command keyword.
         command: String,
         /// Microseconds from forwarding the command to the last byte of its

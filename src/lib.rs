@@ -1,6 +1,13 @@
 //! popfault: a fault-injecting, POP3-aware man-in-the-middle proxy.
 #![forbid(unsafe_code)]
 
-pub mod codec;
+pub mod aggregate;
+pub mod cli;
 pub mod client;
+pub mod codec;
+pub mod demo;
+pub mod events;
+pub mod relay;
 pub mod server;
+pub mod session;
+pub mod stats;

@@ -7,6 +7,7 @@
 //! `.await`. A direction only holds bytes it has read and not yet written:
 //! at most one read's worth, or one incomplete line (bounded by RFC 2449).
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -145,6 +146,38 @@ struct Core {
     codec: Pop3Codec,
     tracker: Tracker,
     faults: Vec<String>,
+    /// When each unanswered command was forwarded, oldest first, for
+    /// latency; bounded like the codec's queue.
+    inflight: VecDeque<(u64, Instant)>,
+    /// The response being delivered now: (seq, command name).
+    answering: Option<(u64, String)>,
+}
+
+impl Core {
+    fn new() -> Core {
+        Core {
+            codec: Pop3Codec::new(),
+            tracker: Tracker::new(),
+            faults: Vec::new(),
+            inflight: VecDeque::new(),
+            answering: None,
+        }
+    }
+
+    /// Microseconds since `seq` was forwarded, once its response is
+    /// delivered in full.
+    fn answered(&mut self, seq: u64, now: Instant) -> Option<u64> {
+        while let Some(&(s, at)) = self.inflight.front() {
+            if s > seq {
+                return None;
+            }
+            self.inflight.pop_front();
+            if s == seq {
+                return Some(now.duration_since(at).as_micros() as u64);
+            }
+        }
+        None
+    }
 }
 
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
@@ -173,7 +206,7 @@ async fn run_session(mut client: TcpStream, ctx: SessionCtx) {
         upstream: ctx.cfg.upstream.clone(),
         profile: ctx.cfg.profile.clone(),
     });
-    let core = Mutex::new(Core { codec: Pop3Codec::new(), tracker: Tracker::new(), faults: Vec::new() });
+    let core = Mutex::new(Core::new());
 
     let ended_by = match connect_upstream(&ctx).await {
         Err(why) => {
@@ -243,10 +276,8 @@ async fn connect_upstream(ctx: &SessionCtx) -> Result<TcpStream, String> {
 async fn relay(client: &mut TcpStream, server: &mut TcpStream, core: &Mutex<Core>, ctx: &SessionCtx) -> String {
     let (mut cr, mut cw) = client.split();
     let (mut sr, mut sw) = server.split();
-    let (up, down) = tokio::join!(
-        pump(Dir::Up, &mut cr, &mut sw, core, &ctx.stop),
-        pump(Dir::Down, &mut sr, &mut cw, core, &ctx.stop),
-    );
+    let (up, down) =
+        tokio::join!(pump(Dir::Up, &mut cr, &mut sw, core, ctx), pump(Dir::Down, &mut sr, &mut cw, core, ctx),);
     let resets = up == End::Reset || down == End::Reset;
     if resets || up == End::Cancelled || down == End::Cancelled {
         // A reset on one side becomes a reset on the other; a cut session
@@ -273,7 +304,8 @@ enum Dir {
 /// Moves one direction until EOF, reset or cancellation. Holds at most one
 /// read's worth of bytes, released when idle so an idle session costs no
 /// buffer.
-async fn pump(dir: Dir, from: &mut ReadHalf<'_>, to: &mut WriteHalf<'_>, core: &Mutex<Core>, stop: &CancellationToken) -> End {
+async fn pump(dir: Dir, from: &mut ReadHalf<'_>, to: &mut WriteHalf<'_>, core: &Mutex<Core>, ctx: &SessionCtx) -> End {
+    let stop = &ctx.stop;
     let mut buf: Vec<u8> = Vec::new();
     let other_stop = stop.clone();
     loop {
@@ -294,9 +326,12 @@ async fn pump(dir: Dir, from: &mut ReadHalf<'_>, to: &mut WriteHalf<'_>, core: &
         if n == 0 {
             // Orderly close: whatever is held is an incomplete line; pass
             // it on as it is, then pass the FIN on (half-close).
-            if !buf.is_empty() && to.write_all(&buf).await.is_err() {
-                stop.cancel();
-                return End::Reset;
+            if !buf.is_empty() {
+                if to.write_all(&buf).await.is_err() {
+                    stop.cancel();
+                    return End::Reset;
+                }
+                lock(core).tracker.on_unframed(dir == Dir::Up, buf.len());
             }
             let _ = to.shutdown().await;
             return End::Eof;
@@ -313,7 +348,10 @@ async fn pump(dir: Dir, from: &mut ReadHalf<'_>, to: &mut WriteHalf<'_>, core: &
                     }
                     let mut c = lock(core);
                     if let ClientEvent::Command { cmd, .. } = &ev {
-                        c.codec.forwarded(cmd);
+                        let seq = c.codec.forwarded(cmd);
+                        if c.inflight.len() < crate::codec::framer::MAX_PENDING {
+                            c.inflight.push_back((seq, Instant::now()));
+                        }
                     }
                     c.tracker.on_client(&ev, bytes, true);
                     step.consumed
@@ -325,8 +363,23 @@ async fn pump(dir: Dir, from: &mut ReadHalf<'_>, to: &mut WriteHalf<'_>, core: &
                     if write(to, bytes, stop).await.is_err() {
                         return End::Reset;
                     }
-                    let _: &ServerEvent = &ev;
-                    lock(core).tracker.on_server(&ev, bytes);
+                    let mut c = lock(core);
+                    c.tracker.on_server(&ev, bytes);
+                    // A response is answered when its last byte is delivered.
+                    let done = match &ev {
+                        ServerEvent::Status { seq, cmd, multiline: false, .. } => Some((*seq, cmd.name().to_string())),
+                        ServerEvent::Status { seq, cmd, multiline: true, .. } => {
+                            c.answering = Some((*seq, cmd.name().to_string()));
+                            None
+                        }
+                        ServerEvent::Body { end: true, .. } => c.answering.take(),
+                        _ => None,
+                    };
+                    if let Some((seq, command)) = done {
+                        if let Some(micros) = c.answered(seq, Instant::now()) {
+                            ctx.sink.emit(Event::Latency { session: ctx.number, seq, command, micros });
+                        }
+                    }
                     step.consumed
                 }
             };

@@ -119,16 +119,6 @@ pub struct Fingerprint {
     pub key: MessageKey,
 }
 
-/// Where the QUIT of this session got to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Quit {
-    NotSent,
-    /// Forwarded in the given state.
-    Sent(State),
-    /// Answered (+OK or not) in the given state, and the answer delivered.
-    Answered(State, bool),
-}
-
 /// Follows one RETR body to fingerprint it without holding it.
 #[derive(Debug, Clone)]
 struct Retrieval {
@@ -215,7 +205,12 @@ pub struct Tracker {
     user: Option<String>,
     greeting: Option<bool>,
     refused: bool,
-    quit: Quit,
+    /// QUIT was forwarded (its answer may not have come yet).
+    quit_sent: bool,
+    /// QUIT's answer reached the client: the state it was answered in
+    /// (all earlier responses delivered by then, so pipelining is right)
+    /// and whether it was +OK.
+    quit_answer: Option<(State, bool)>,
     marked: BTreeSet<u32>,
     downloaded: BTreeSet<u32>,
     downloads: u64,
@@ -247,7 +242,8 @@ impl Tracker {
             user: None,
             greeting: None,
             refused: false,
-            quit: Quit::NotSent,
+            quit_sent: false,
+            quit_answer: None,
             marked: BTreeSet::new(),
             downloaded: BTreeSet::new(),
             downloads: 0,
@@ -288,12 +284,7 @@ impl Tracker {
                     return;
                 }
                 match cmd {
-                    Command::Quit if self.quit == Quit::NotSent => {
-                        self.quit = Quit::Sent(self.state);
-                        if self.state == State::Transaction {
-                            self.state = State::Update;
-                        }
-                    }
+                    Command::Quit => self.quit_sent = true,
                     Command::User(name) | Command::Apop(name) if self.state == State::Authorization => {
                         self.user = Some(name.clone());
                     }
@@ -331,15 +322,17 @@ impl Tracker {
             {
                 self.state = State::Transaction;
             }
-            Command::Quit => {
-                if let Quit::Sent(state) = self.quit {
-                    self.quit = Quit::Answered(state, status.ok);
+            Command::Quit if self.quit_answer.is_none() => {
+                self.quit_answer = Some((self.state, status.ok));
+                if self.state == State::Transaction {
+                    self.state = State::Update;
                 }
             }
-            Command::Dele(n) if status.ok && self.state == State::Transaction => {
-                if self.marked.len() < MAX_TRACKED_MESSAGES {
-                    self.marked.insert(*n);
-                }
+            // Past the bound the count stops growing; see MAX_TRACKED_MESSAGES.
+            Command::Dele(n)
+                if status.ok && self.state == State::Transaction && self.marked.len() < MAX_TRACKED_MESSAGES =>
+            {
+                self.marked.insert(*n);
             }
             Command::Rset if status.ok && self.state == State::Transaction => {
                 self.rsets += 1;
@@ -407,9 +400,22 @@ impl Tracker {
         }
     }
 
-    /// The RFC 1939 state now.
+    /// The RFC 1939 state now. A QUIT forwarded from TRANSACTION puts the
+    /// server in UPDATE (RFC 1939 §6) even before it answers.
     pub fn state(&self) -> State {
-        self.state
+        match self.state {
+            State::Transaction if self.quit_sent => State::Update,
+            s => s,
+        }
+    }
+
+    /// Bytes relayed outside any frame (an incomplete line at EOF).
+    pub fn on_unframed(&mut self, up: bool, len: usize) {
+        if up {
+            self.bytes_up += len as u64;
+        } else {
+            self.bytes_down += len as u64;
+        }
     }
 
     /// The user name given (USER or APOP), never a password.
@@ -483,22 +489,191 @@ impl Tracker {
         if self.refused || self.greeting != Some(true) {
             return Outcome::Refused;
         }
-        match self.quit {
-            Quit::Answered(State::Transaction, true) if !self.marked.is_empty() => Outcome::Committed,
-            Quit::Answered(State::Transaction, true) => Outcome::CleanQuit,
-            Quit::Answered(State::Transaction, false) => Outcome::CommitFailed,
-            Quit::Answered(State::Authorization, true) => Outcome::CleanQuit,
-            Quit::Answered(State::Authorization, false) => Outcome::NoLogin,
-            Quit::Sent(State::Transaction) => Outcome::InDoubt,
-            _ => match self.state {
-                State::Authorization => Outcome::NoLogin,
-                State::Transaction | State::Update => Outcome::RolledBack,
-            },
+        match (self.quit_answer, self.state) {
+            (Some((State::Transaction, true)), _) if !self.marked.is_empty() => Outcome::Committed,
+            (Some((State::Transaction, true)), _) => Outcome::CleanQuit,
+            (Some((State::Transaction, false)), _) => Outcome::CommitFailed,
+            (Some((_, true)), _) => Outcome::CleanQuit,
+            (Some((_, false)), _) => Outcome::NoLogin,
+            (None, State::Transaction) if self.quit_sent => Outcome::InDoubt,
+            (None, State::Authorization) => Outcome::NoLogin,
+            (None, _) => Outcome::RolledBack,
         }
     }
 
     /// Messages at risk of a second download given the outcome now.
     pub fn at_risk(&self) -> usize {
         if self.outcome().puts_at_risk() { self.at_risk_if_lost() } else { 0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Pop3Codec;
+
+    /// Plays a transcript through codec + tracker the way the relay does,
+    /// delivering everything. `None` in the server role means "the bytes
+    /// never reached the client".
+    struct Sim {
+        codec: Pop3Codec,
+        tracker: Tracker,
+    }
+
+    impl Sim {
+        fn new() -> Sim {
+            Sim { codec: Pop3Codec::new(), tracker: Tracker::new() }
+        }
+        fn c(&mut self, mut bytes: &[u8]) -> &mut Self {
+            while !bytes.is_empty() {
+                let step = self.codec.decode_client(bytes);
+                let ev = step.event.expect("complete lines in tests");
+                if let ClientEvent::Command { cmd, .. } = &ev {
+                    self.codec.forwarded(cmd);
+                }
+                self.tracker.on_client(&ev, &bytes[..step.consumed], true);
+                bytes = &bytes[step.consumed..];
+            }
+            self
+        }
+        fn s(&mut self, mut bytes: &[u8]) -> &mut Self {
+            while !bytes.is_empty() {
+                let step = self.codec.decode_server(bytes);
+                let ev = step.event.expect("complete lines in tests");
+                self.tracker.on_server(&ev, &bytes[..step.consumed]);
+                bytes = &bytes[step.consumed..];
+            }
+            self
+        }
+        fn login(&mut self) -> &mut Self {
+            self.s(b"+OK hi\r\n").c(b"USER u\r\n").s(b"+OK\r\n").c(b"PASS p\r\n").s(b"+OK 3 messages\r\n")
+        }
+        fn retr(&mut self, n: u32) -> &mut Self {
+            let id = format!("+OK\r\nSubject: x\r\nMessage-ID: <{n}@test>\r\n\r\n..dot\r\n.\r\n");
+            self.c(format!("RETR {n}\r\n").as_bytes()).s(id.as_bytes())
+        }
+        fn dele(&mut self, n: u32) -> &mut Self {
+            self.c(format!("DELE {n}\r\n").as_bytes()).s(b"+OK marked\r\n")
+        }
+    }
+
+    #[test]
+    fn committed() {
+        let mut s = Sim::new();
+        s.login().retr(1).dele(1).c(b"QUIT\r\n").s(b"+OK bye\r\n");
+        assert_eq!(s.tracker.outcome(), Outcome::Committed);
+        assert_eq!(s.tracker.at_risk(), 0);
+        assert_eq!(s.tracker.user(), Some("u"));
+    }
+
+    #[test]
+    fn commit_failed() {
+        let mut s = Sim::new();
+        s.login().dele(1).c(b"QUIT\r\n").s(b"-ERR [SYS/TEMP] some deleted messages not removed\r\n");
+        assert_eq!(s.tracker.outcome(), Outcome::CommitFailed);
+    }
+
+    #[test]
+    fn rolled_back_counts_risk() {
+        let mut s = Sim::new();
+        s.login().retr(1).dele(1).retr(2).dele(2).retr(3);
+        assert_eq!(s.tracker.state(), State::Transaction);
+        assert_eq!(s.tracker.outcome(), Outcome::RolledBack);
+        assert_eq!((s.tracker.downloads(), s.tracker.marked(), s.tracker.at_risk()), (3, 2, 3));
+        let keys: Vec<_> = s.tracker.fingerprints().iter().map(|f| f.key.clone()).collect();
+        assert_eq!(keys[0], MessageKey::MessageId("<1@test>".into()));
+    }
+
+    #[test]
+    fn in_doubt_when_quit_answer_never_arrives() {
+        let mut s = Sim::new();
+        s.login().retr(1).dele(1).c(b"QUIT\r\n");
+        assert_eq!(s.tracker.state(), State::Update);
+        assert_eq!(s.tracker.outcome(), Outcome::InDoubt);
+        assert_eq!(s.tracker.at_risk(), 1);
+    }
+
+    #[test]
+    fn no_login_and_failed_login() {
+        let mut s = Sim::new();
+        s.s(b"+OK hi\r\n").c(b"USER u\r\n").s(b"+OK\r\n").c(b"PASS bad\r\n").s(b"-ERR [AUTH] no\r\n");
+        assert_eq!(s.tracker.outcome(), Outcome::NoLogin);
+        let mut s = Sim::new();
+        s.s(b"+OK hi\r\n");
+        assert_eq!(s.tracker.outcome(), Outcome::NoLogin);
+    }
+
+    #[test]
+    fn refused_cases() {
+        let mut s = Sim::new();
+        s.tracker.set_refused();
+        assert_eq!(s.tracker.outcome(), Outcome::Refused);
+        let mut s = Sim::new();
+        s.s(b"-ERR [SYS/TEMP] go away\r\n");
+        assert_eq!(s.tracker.outcome(), Outcome::Refused);
+        // Connected, but no greeting ever came.
+        assert_eq!(Sim::new().tracker.outcome(), Outcome::Refused);
+    }
+
+    #[test]
+    fn clean_quit_cases() {
+        let mut s = Sim::new();
+        s.s(b"+OK hi\r\n").c(b"QUIT\r\n").s(b"+OK\r\n");
+        assert_eq!(s.tracker.outcome(), Outcome::CleanQuit);
+        let mut s = Sim::new();
+        s.login().retr(1).c(b"QUIT\r\n").s(b"+OK\r\n");
+        assert_eq!(s.tracker.outcome(), Outcome::CleanQuit);
+        // RSET clears the marks: nothing to commit.
+        let mut s = Sim::new();
+        s.login().dele(1).c(b"RSET\r\n").s(b"+OK\r\n").c(b"QUIT\r\n").s(b"+OK\r\n");
+        assert_eq!(s.tracker.outcome(), Outcome::CleanQuit);
+        assert_eq!(s.tracker.rsets(), 1);
+    }
+
+    #[test]
+    fn apop_and_auth_log_in() {
+        let mut s = Sim::new();
+        s.s(b"+OK <1.2@x>\r\n").c(b"APOP bob 0123456789abcdef0123456789abcdef\r\n").s(b"+OK\r\n");
+        assert_eq!((s.tracker.state(), s.tracker.user()), (State::Transaction, Some("bob")));
+        let mut s = Sim::new();
+        s.s(b"+OK hi\r\n").c(b"AUTH PLAIN\r\n").s(b"+ \r\n").c(b"AHUAcA==\r\n").s(b"+OK\r\n");
+        assert_eq!(s.tracker.state(), State::Transaction);
+    }
+
+    #[test]
+    fn uidl_listing_names_downloads_and_hash_without_message_id() {
+        let mut s = Sim::new();
+        s.login().c(b"UIDL\r\n").s(b"+OK\r\n1 aaa\r\n2 bbb\r\n.\r\n").c(b"UIDL 3\r\n").s(b"+OK 3 ccc\r\n");
+        s.c(b"RETR 2\r\n").s(b"+OK\r\nSubject: none\r\n\r\nbody\r\n.\r\n");
+        assert_eq!(s.tracker.uids().len(), 3);
+        let f = &s.tracker.fingerprints()[0];
+        assert_eq!(f.uid.as_deref(), Some("bbb"));
+        assert!(matches!(f.key, MessageKey::Hash(ref h) if h.len() == 32));
+    }
+
+    #[test]
+    fn cut_body_is_not_a_download() {
+        let mut s = Sim::new();
+        s.login().c(b"RETR 1\r\n").s(b"+OK\r\nMessage-ID: <1@t>\r\n\r\npartial");
+        assert_eq!(s.tracker.downloads(), 0);
+        assert_eq!(s.tracker.at_risk(), 0);
+    }
+
+    #[test]
+    fn pipelined_quit_is_judged_in_response_order() {
+        let mut s = Sim::new();
+        s.s(b"+OK hi\r\n").c(b"USER u\r\nPASS p\r\nDELE 1\r\nQUIT\r\n");
+        assert_eq!(s.tracker.state(), State::Authorization);
+        s.s(b"+OK\r\n+OK\r\n+OK\r\n");
+        assert_eq!((s.tracker.state(), s.tracker.outcome()), (State::Update, Outcome::InDoubt));
+        s.s(b"+OK bye\r\n");
+        assert_eq!(s.tracker.outcome(), Outcome::Committed);
+    }
+
+    #[test]
+    fn stls_marks_encrypted() {
+        let mut s = Sim::new();
+        s.s(b"+OK hi\r\n").c(b"STLS\r\n").s(b"+OK go\r\n\x16\x03\x01");
+        assert!(s.tracker.encrypted());
     }
 }

@@ -56,13 +56,22 @@ fn coalesce(events: Vec<Ev>) -> Vec<Ev> {
                     b1.extend_from_slice(b2);
                     continue;
                 }
-                (Ev::S(ServerEvent::OverlongStart | ServerEvent::OverlongMore, b1), Ev::S(ServerEvent::OverlongMore, b2))
-                | (Ev::C(ClientEvent::OverlongStart | ClientEvent::OverlongMore, b1), Ev::C(ClientEvent::OverlongMore, b2)) => {
+                (
+                    Ev::S(ServerEvent::OverlongStart | ServerEvent::OverlongMore, b1),
+                    Ev::S(ServerEvent::OverlongMore, b2),
+                )
+                | (
+                    Ev::C(ClientEvent::OverlongStart | ClientEvent::OverlongMore, b1),
+                    Ev::C(ClientEvent::OverlongMore, b2),
+                ) => {
                     b1.extend_from_slice(b2);
                     continue;
                 }
                 // The pieces of an over-long command end in the command.
-                (last @ Ev::C(ClientEvent::OverlongStart | ClientEvent::OverlongMore, _), Ev::C(ClientEvent::Command { overlong: true, .. }, b2)) => {
+                (
+                    last @ Ev::C(ClientEvent::OverlongStart | ClientEvent::OverlongMore, _),
+                    Ev::C(ClientEvent::Command { overlong: true, .. }, b2),
+                ) => {
                     let Ev::C(_, b1) = last else { unreachable!() };
                     let mut bytes = std::mem::take(b1);
                     bytes.extend_from_slice(b2);
@@ -150,10 +159,7 @@ fn rfc1939_session() -> Vec<(bool, &'static [u8])> {
         (true, b"STAT\r\nLIST\r\n"),
         (false, b"+OK 2 320\r\n+OK 2 messages (320 octets)\r\n1 120\r\n2 200\r\n.\r\n"),
         (true, b"RETR 1\r\n"),
-        (
-            false,
-            b"+OK 120 octets\r\nMessage-ID: <1@x>\r\n\r\n..leading dot\r\n.\r\n.\r\n..\r\nend\r\n.\r\n",
-        ),
+        (false, b"+OK 120 octets\r\nMessage-ID: <1@x>\r\n\r\n..leading dot\r\n.\r\n.\r\n..\r\nend\r\n.\r\n"),
         (true, b"DELE 1\r\nRETR 2\r\n"),
         (false, b"+OK message 1 deleted\r\n+OK 200 octets\r\nbody\r\n.\r\n"),
         (true, b"QUIT\r\n"),
@@ -225,7 +231,11 @@ fn sasl_exchange_is_split_invariant() {
     assert!(events.contains(&Ev::C(ClientEvent::SaslResponse { cancel: true }, b"*\r\n".to_vec())));
     assert!(events.contains(&Ev::C(ClientEvent::SaslResponse { cancel: false }, b"AGFsaWNlAHNlY3JldA==\r\n".to_vec())));
     assert_eq!(events.iter().filter(|e| matches!(e, Ev::S(ServerEvent::Continuation, _))).count(), 2);
-    assert!(events.iter().any(|e| matches!(e, Ev::S(ServerEvent::Status { cmd: Command::Uidl(None), multiline: true, .. }, _))));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Ev::S(ServerEvent::Status { cmd: Command::Uidl(None), multiline: true, .. }, _)))
+    );
 }
 
 /// After STLS +OK everything is opaque in both directions.
@@ -264,7 +274,9 @@ fn overlong_lines_are_relayed_and_flagged() {
         .flatten()
         .collect();
     assert_eq!(relayed, [long_cmd.clone(), b"STAT\r\n".to_vec()].concat());
-    assert!(events.iter().any(|e| matches!(e, Ev::C(ClientEvent::Command { overlong: true, .. }, b) if b == &long_cmd)));
+    assert!(
+        events.iter().any(|e| matches!(e, Ev::C(ClientEvent::Command { overlong: true, .. }, b) if b == &long_cmd))
+    );
     assert!(events.iter().any(|e| matches!(e, Ev::S(ServerEvent::OverlongStart, _))));
     // Split invariance holds for over-long lines too (byte for byte).
     assert!(events.iter().any(|e| matches!(e, Ev::S(ServerEvent::Status { cmd: Command::Stat, .. }, _))));
@@ -290,7 +302,13 @@ fn pipelined_responses_are_attributed_in_order() {
         resps.extend_from_slice(r.as_bytes());
         expect.push((cmd, i as u64 + 1));
     }
-    let t: Vec<(bool, &[u8])> = vec![(false, b"+OK hi\r\n"), (true, b"CAPA\r\n"), (false, b"+OK\r\nPIPELINING\r\n.\r\n"), (true, &cmds), (false, &resps)];
+    let t: Vec<(bool, &[u8])> = vec![
+        (false, b"+OK hi\r\n"),
+        (true, b"CAPA\r\n"),
+        (false, b"+OK\r\nPIPELINING\r\n.\r\n"),
+        (true, &cmds),
+        (false, &resps),
+    ];
     let events = whole(&t);
     let got: Vec<(Command, u64)> = events
         .iter()
@@ -306,7 +324,13 @@ fn pipelined_responses_are_attributed_in_order() {
 /// A multi-line response is never assumed for an unknown command.
 #[test]
 fn unknown_command_response_is_single_line() {
-    let t: Vec<(bool, &[u8])> = vec![(false, b"+OK hi\r\n"), (true, b"XTND XMIT\r\n"), (false, b"+OK\r\n"), (true, b"NOOP\r\n"), (false, b"+OK\r\n")];
+    let t: Vec<(bool, &[u8])> = vec![
+        (false, b"+OK hi\r\n"),
+        (true, b"XTND XMIT\r\n"),
+        (false, b"+OK\r\n"),
+        (true, b"NOOP\r\n"),
+        (false, b"+OK\r\n"),
+    ];
     let events = whole(&t);
     assert!(events.iter().any(|e| matches!(e, Ev::S(ServerEvent::Status { cmd: Command::Noop, .. }, _))));
 }

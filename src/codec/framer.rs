@@ -242,7 +242,8 @@ impl Pop3Codec {
 
     /// Records that `cmd` was sent to the server, so its response can be
     /// framed. Commands swallowed or answered by the proxy are not forwarded.
-    pub fn forwarded(&mut self, cmd: &Command) {
+    /// Returns the command's sequence number, which its response carries.
+    pub fn forwarded(&mut self, cmd: &Command) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         if cmd.is_sasl() {
@@ -250,9 +251,10 @@ impl Pop3Codec {
         }
         if self.pending.len() >= MAX_PENDING {
             self.untracked += 1;
-            return;
+            return seq;
         }
         self.pending.push_back(Pending { cmd: cmd.clone(), seq });
+        seq
     }
 
     /// The next server → client event in `buf`.

@@ -36,9 +36,7 @@ impl Status {
         let code = rest.strip_prefix(b"[").and_then(|r| {
             let end = r.iter().take(MAX_CODE + 1).position(|&b| b == b']')?;
             let code = &r[..end];
-            code.iter()
-                .all(|b| b.is_ascii_graphic())
-                .then(|| String::from_utf8_lossy(code).to_ascii_uppercase())
+            code.iter().all(|b| b.is_ascii_graphic()).then(|| String::from_utf8_lossy(code).to_ascii_uppercase())
         });
         Status { ok, continuation, code }
     }

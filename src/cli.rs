@@ -1,0 +1,267 @@
+//! The command line. The binary is a thin shell around [`main`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::aggregate::Aggregator;
+use crate::relay::{self, ProxyConfig};
+use crate::server::{self, Maildrop, ServerConfig};
+
+/// A fault-injecting, POP3-aware man-in-the-middle proxy.
+///
+/// popfault sits between a POP3 client and server, parses both directions,
+/// and reports what each session's end meant: committed, rolled back, in
+/// doubt, refused.
+#[derive(Debug, Parser)]
+#[command(name = "popfault", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// More logging (-v info, -vv debug, -vvv trace). Secrets are never logged.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Relay clients to a real POP3 server, tracking every session.
+    Proxy(ProxyArgs),
+    /// Run the embedded POP3 test server (users user1…userN).
+    Serve(ServeArgs),
+    /// Everything embedded: server, client workloads and proxy in one process.
+    Demo(DemoArgs),
+}
+
+/// `popfault proxy`
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Address to listen on (loopback by default: it carries passwords).
+    #[arg(long, default_value = "127.0.0.1:1110")]
+    pub listen: SocketAddr,
+    /// The real server, HOST:PORT.
+    #[arg(long)]
+    pub upstream: String,
+    /// Seconds to wait for the upstream to accept a connection.
+    #[arg(long, default_value_t = 10.0, value_parser = positive_secs)]
+    pub connect_timeout: f64,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long, value_parser = positive_secs)]
+    pub duration: Option<f64>,
+    /// Seconds live sessions get to finish at shutdown before being cut.
+    #[arg(long, default_value_t = 5.0, value_parser = non_negative_secs)]
+    pub drain: f64,
+    /// No dashboard: log, events and a summary at exit.
+    #[arg(long)]
+    pub headless: bool,
+    /// Write every event as a JSON line to this file (see docs/EVENTS.md).
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
+}
+
+/// `popfault serve`
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:2110")]
+    pub listen: SocketAddr,
+    /// Mailboxes user1 … userN.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub users: u32,
+    /// Messages in each mailbox at start.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub messages: u32,
+    /// Approximate size of each message in bytes.
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u64).range(64..=1_073_741_824))]
+    pub size: u64,
+    /// Every user's password.
+    #[arg(long, default_value = "secret")]
+    pub password: String,
+}
+
+/// `popfault demo`
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// No dashboard: print a summary at the end.
+    #[arg(long)]
+    pub headless: bool,
+    /// Run for this many seconds (default: 20 headless).
+    #[arg(long, value_parser = positive_secs)]
+    pub duration: Option<f64>,
+    /// Mailboxes; odd users download-and-delete, even users leave mail on
+    /// the server and track UIDL.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub users: u32,
+    /// Messages in each mailbox at start.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub messages: u32,
+    /// Write every event as a JSON line to this file.
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
+}
+
+fn positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() && v < 1e9 => Ok(v),
+        _ => Err(format!("'{s}' is not a positive number of seconds")),
+    }
+}
+
+fn non_negative_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() && v < 1e9 => Ok(v),
+        _ => Err(format!("'{s}' is not a number of seconds (0 or more)")),
+    }
+}
+
+/// Runs the command line; the exit code is 0 on success, 2 on bad input
+/// (as clap does for usage errors), 1 when a run fails.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("popfault: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Proxy(a) => proxy(a).await,
+            Command::Serve(a) => serve(a).await,
+            Command::Demo(a) => crate::demo::run(a).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("popfault: {e:#}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// A failed run: what to say and which exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Bad input (address in use, unresolvable upstream…): exit 2.
+    #[error("{0}")]
+    Usage(String),
+    /// Anything else: exit 1.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl RunError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Usage(_) => 2,
+            RunError::Failed(_) => 1,
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("POPFAULT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("popfault={default}")));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Resolves `HOST:PORT` now, so a typo is reported at start-up.
+pub async fn check_upstream(upstream: &str) -> Result<(), RunError> {
+    match tokio::net::lookup_host(upstream).await.map(|mut a| a.next()) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(RunError::Usage(format!("upstream {upstream}: no address"))),
+        Err(e) => Err(RunError::Usage(format!("upstream {upstream}: cannot resolve ({e}); expected HOST:PORT"))),
+    }
+}
+
+fn warn_if_exposed(addr: SocketAddr) {
+    if !addr.ip().is_loopback() {
+        eprintln!(
+            "popfault: WARNING: listening on {addr}, not loopback. popfault is a man in the middle carrying passwords; \
+             anyone who can reach this address can use it."
+        );
+    }
+}
+
+async fn proxy(a: ProxyArgs) -> Result<ExitCode, RunError> {
+    check_upstream(&a.upstream).await?;
+    warn_if_exposed(a.listen);
+    let agg = Aggregator::start(a.events.as_deref()).map_err(|e| RunError::Usage(e.to_string()))?;
+    let mut cfg = ProxyConfig::new(a.listen, a.upstream.clone());
+    cfg.connect_timeout = Duration::from_secs_f64(a.connect_timeout);
+    let handle = relay::start(cfg, agg.sink())
+        .await
+        .map_err(|e| RunError::Usage(format!("cannot listen on {}: {e}", a.listen)))?;
+    eprintln!("popfault: proxy {} → {} (Ctrl-C to stop)", handle.local_addr, a.upstream);
+    wait_for_end(a.duration).await;
+    eprintln!("popfault: stopping; draining live sessions for up to {}s", a.drain);
+    handle.drain(Duration::from_secs_f64(a.drain)).await;
+    let summary = agg
+        .finish(0, "passthrough", a.events.as_deref())
+        .await
+        .map_err(|e| RunError::Failed(format!("writing events: {e}")))?;
+    println!("{}", summary.to_table());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on Ctrl-C, SIGTERM, or after `duration` seconds.
+pub async fn wait_for_end(duration: Option<f64>) {
+    let timer = async {
+        match duration {
+            Some(d) => tokio::time::sleep(Duration::from_secs_f64(d)).await,
+            None => std::future::pending().await,
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = timer => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+async fn serve(a: ServeArgs) -> Result<ExitCode, RunError> {
+    warn_if_exposed(a.listen);
+    let cfg = ServerConfig {
+        users: a.users as usize,
+        messages: a.messages as usize,
+        size: a.size as usize,
+        password: a.password,
+    };
+    let maildrop = Maildrop::new(&cfg);
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .map_err(|e| RunError::Usage(format!("cannot listen on {}: {e}", a.listen)))?;
+    let addr = listener.local_addr().map_err(|e| RunError::Failed(e.to_string()))?;
+    eprintln!(
+        "popfault: POP3 server on {addr}: users user1…user{} with {} messages each (Ctrl-C to stop)",
+        a.users, a.messages
+    );
+    server::serve(listener, maildrop.clone(), wait_for_end(None)).await;
+    let ledger = maildrop.ledger();
+    println!("popfault serve: {} messages deleted by QUIT", ledger.len());
+    Ok(ExitCode::SUCCESS)
+}

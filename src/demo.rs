@@ -1,0 +1,180 @@
+//! `popfault demo`: the embedded server, the two client workloads and the
+//! proxy in one process, with a summary and an invariant check at the end
+//! computed from the server's ledger and the clients' own records.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio_util::sync::CancellationToken;
+
+use crate::aggregate::Aggregator;
+use crate::cli::{DemoArgs, RunError, wait_for_end};
+use crate::client::{self, Mode, SessionReport, UidMemory, WorkloadConfig};
+use crate::relay::{self, ProxyConfig};
+use crate::server::{self, Maildrop, ServerConfig};
+
+/// Default length of a headless demo.
+const DEFAULT_SECS: f64 = 20.0;
+
+/// What one workload saw, from its own records.
+#[derive(Debug, Default, Clone)]
+pub struct WorkloadTally {
+    /// Sessions run.
+    pub sessions: u64,
+    /// Messages received in full.
+    pub received: u64,
+    /// Messages received that this user had received before.
+    pub duplicates: u64,
+    /// Sessions whose QUIT was answered +OK.
+    pub quit_ok: u64,
+}
+
+fn mode_of(user_index: u32) -> Mode {
+    if user_index % 2 == 1 { Mode::DownloadAndDelete } else { Mode::LeaveOnServer }
+}
+
+/// Runs the demo as the CLI asked.
+pub async fn run(a: DemoArgs) -> Result<ExitCode, RunError> {
+    let secs = a.duration.unwrap_or(DEFAULT_SECS);
+    let cfg =
+        ServerConfig { users: a.users as usize, messages: a.messages as usize, size: 2048, password: "secret".into() };
+    let maildrop = Maildrop::new(&cfg);
+    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let srv = server::spawn(loopback, maildrop.clone())
+        .await
+        .map_err(|e| RunError::Failed(format!("embedded server: {e}")))?;
+    let agg = Aggregator::start(a.events.as_deref()).map_err(|e| RunError::Usage(e.to_string()))?;
+    let proxy = relay::start(ProxyConfig::new(loopback, srv.addr.to_string()), agg.sink())
+        .await
+        .map_err(|e| RunError::Failed(format!("proxy: {e}")))?;
+    eprintln!("popfault demo: server {} ← proxy {} ← {} clients, for {secs}s", srv.addr, proxy.local_addr, a.users);
+
+    let stop = CancellationToken::new();
+    let mut clients = tokio::task::JoinSet::new();
+    for i in 1..=a.users {
+        let wl = WorkloadConfig {
+            user: format!("user{i}"),
+            password: maildrop.password(),
+            mode: mode_of(i),
+            timeout: Duration::from_secs(10),
+            max_messages: None,
+        };
+        clients.spawn(client_loop(proxy.local_addr, wl, stop.clone()));
+    }
+    let mail = tokio::spawn(new_mail(maildrop.clone(), a.users, stop.clone()));
+
+    tokio::select! {
+        _ = wait_for_end(Some(secs)) => {}
+    }
+    stop.cancel();
+    let mut reports: Vec<(Mode, Vec<SessionReport>)> = Vec::new();
+    while let Some(r) = clients.join_next().await {
+        if let Ok(r) = r {
+            reports.push(r);
+        }
+    }
+    let _ = mail.await;
+    proxy.shutdown().await;
+    srv.shutdown().await;
+    let summary = agg
+        .finish(0, "passthrough", a.events.as_deref())
+        .await
+        .map_err(|e| RunError::Failed(format!("writing events: {e}")))?;
+
+    let tallies = tally(&reports);
+    let lost = lost_messages(&maildrop, &reports);
+    print!("{}", summary.to_table());
+    for (mode, t) in &tallies {
+        println!(
+            "  workload {mode:<20} sessions {:>5}  received {:>6}  duplicates {:>5}",
+            t.sessions, t.received, t.duplicates
+        );
+    }
+    if lost.is_empty() {
+        println!(
+            "  invariant: no message lost ({} delivered, all received or still on the server)",
+            maildrop.delivered().len()
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("  INVARIANT BROKEN: {} messages lost: {:?}", lost.len(), &lost[..lost.len().min(10)]);
+        Ok(ExitCode::from(1))
+    }
+}
+
+async fn client_loop(proxy: SocketAddr, wl: WorkloadConfig, stop: CancellationToken) -> (Mode, Vec<SessionReport>) {
+    let mut memory = UidMemory::new();
+    let mut reports = Vec::new();
+    while !stop.is_cancelled() {
+        let report = tokio::select! {
+            r = client::run_session(proxy, &wl, &mut memory) => r,
+            _ = stop.cancelled() => break,
+        };
+        reports.push(report);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(150)) => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+    (wl.mode, reports)
+}
+
+/// New mail arrives now and then, so there is always something to fetch.
+async fn new_mail(maildrop: Maildrop, users: u32, stop: CancellationToken) {
+    let mut rng = SmallRng::seed_from_u64(1);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(400)) => {}
+            _ = stop.cancelled() => return,
+        }
+        let user = format!("user{}", rng.gen_range(1..=users));
+        let _ = maildrop.generate_message(&user);
+    }
+}
+
+/// Per workload: sessions, messages received, and duplicates as the clients
+/// themselves saw them (a Message-ID received twice by the same user).
+pub fn tally(reports: &[(Mode, Vec<SessionReport>)]) -> BTreeMap<String, WorkloadTally> {
+    let mut out: BTreeMap<String, WorkloadTally> = BTreeMap::new();
+    for (mode, sessions) in reports {
+        let t = out.entry(mode.to_string()).or_default();
+        let mut seen: HashSet<(String, String)> = HashSet::new();
+        for s in sessions {
+            t.sessions += 1;
+            if s.quit_ok == Some(true) {
+                t.quit_ok += 1;
+            }
+            for m in &s.received {
+                t.received += 1;
+                let id = m.message_id.clone().unwrap_or_else(|| format!("{:02x?}", &m.digest[..8]));
+                if !seen.insert((s.user.clone(), id)) {
+                    t.duplicates += 1;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Messages the server had that no client received and the server no longer
+/// holds: lost mail. Must be empty.
+pub fn lost_messages(maildrop: &Maildrop, reports: &[(Mode, Vec<SessionReport>)]) -> Vec<String> {
+    let received: HashSet<&str> = reports
+        .iter()
+        .flat_map(|(_, s)| s.iter())
+        .flat_map(|s| s.received.iter())
+        .filter_map(|m| m.message_id.as_deref())
+        .collect();
+    let remaining: HashSet<String> =
+        maildrop.users().iter().flat_map(|u| maildrop.remaining(u)).map(|m| m.message_id).collect();
+    maildrop
+        .delivered()
+        .into_iter()
+        .filter(|m| !received.contains(m.message_id.as_str()) && !remaining.contains(&m.message_id))
+        .map(|m| m.message_id)
+        .collect()
+}

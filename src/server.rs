@@ -1,1 +1,0 @@
-//! Embedded POP3 server (placeholder; being written).

@@ -1,0 +1,165 @@
+//! Shared test support: the embedded server and the proxy on port 0, an
+//! event collector, and a recording tap.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use popfault::events::{Event, EventSink, SessionEnd};
+use popfault::relay::{self, ProxyConfig, ProxyHandle};
+use popfault::server::{self, Maildrop, ServerConfig, ServerHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// Every await in tests is bounded by this.
+pub const LIMIT: Duration = Duration::from_secs(20);
+
+pub fn loopback() -> SocketAddr {
+    ([127, 0, 0, 1], 0).into()
+}
+
+pub struct World {
+    pub server: ServerHandle,
+    pub proxy: ProxyHandle,
+    pub events: mpsc::Receiver<Event>,
+}
+
+impl World {
+    pub async fn start(users: usize, messages: usize) -> World {
+        let cfg = ServerConfig { users, messages, size: 1500, password: "secret".into() };
+        let server = server::spawn(loopback(), Maildrop::new(&cfg)).await.expect("server");
+        let (proxy, events) = proxy_to(&server.addr.to_string()).await;
+        World { server, proxy, events }
+    }
+
+    pub fn maildrop(&self) -> &Maildrop {
+        &self.server.maildrop
+    }
+
+    /// Waits for the next session to end and returns its record.
+    pub async fn next_end(&mut self) -> SessionEnd {
+        next_end(&mut self.events).await
+    }
+}
+
+pub async fn proxy_to(upstream: &str) -> (ProxyHandle, mpsc::Receiver<Event>) {
+    let (sink, rx) = EventSink::channel(100_000);
+    let proxy = relay::start(ProxyConfig::new(loopback(), upstream), sink).await.expect("proxy");
+    (proxy, rx)
+}
+
+pub async fn next_end(rx: &mut mpsc::Receiver<Event>) -> SessionEnd {
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            match rx.recv().await {
+                Some(Event::SessionEnd(end)) => return *end,
+                Some(_) => {}
+                None => panic!("event stream closed"),
+            }
+        }
+    })
+    .await
+    .expect("a session ended in time")
+}
+
+/// Every event until the next session end, inclusive.
+pub async fn events_until_end(rx: &mut mpsc::Receiver<Event>) -> Vec<Event> {
+    tokio::time::timeout(LIMIT, async {
+        let mut out = Vec::new();
+        loop {
+            match rx.recv().await {
+                Some(e @ Event::SessionEnd(_)) => {
+                    out.push(e);
+                    return out;
+                }
+                Some(e) => out.push(e),
+                None => panic!("event stream closed"),
+            }
+        }
+    })
+    .await
+    .expect("a session ended in time")
+}
+
+/// Bytes seen by a tap between the proxy and the real server.
+#[derive(Default, Debug)]
+pub struct Recorded {
+    /// Proxy → server.
+    pub up: Vec<u8>,
+    /// Server → proxy.
+    pub down: Vec<u8>,
+}
+
+/// A dumb forwarder in front of `upstream` that records both directions of
+/// every connection (appended in order; tests use one connection at a time).
+pub async fn tap(upstream: SocketAddr) -> (SocketAddr, Arc<Mutex<Recorded>>) {
+    let listener = TcpListener::bind(loopback()).await.expect("tap bind");
+    let addr = listener.local_addr().expect("tap addr");
+    let rec = Arc::new(Mutex::new(Recorded::default()));
+    let r = rec.clone();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = TcpStream::connect(upstream).await else { continue };
+            let r = r.clone();
+            tokio::spawn(async move {
+                let (mut ir, mut iw) = inbound.into_split();
+                let (mut or, mut ow) = outbound.into_split();
+                let r2 = r.clone();
+                let up = async move {
+                    let mut buf = vec![0u8; 16384];
+                    while let Ok(n) = ir.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        r.lock().unwrap().up.extend_from_slice(&buf[..n]);
+                        if ow.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = ow.shutdown().await;
+                };
+                let down = async move {
+                    let mut buf = vec![0u8; 16384];
+                    while let Ok(n) = or.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        r2.lock().unwrap().down.extend_from_slice(&buf[..n]);
+                        if iw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = iw.shutdown().await;
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    (addr, rec)
+}
+
+/// Writes `script` to `addr` (all at once: pipelined), half-closes if asked,
+/// and reads everything until EOF. Returns what was received.
+pub async fn converse(addr: SocketAddr, script: &[u8]) -> Vec<u8> {
+    tokio::time::timeout(LIMIT, async {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let (mut r, mut w) = s.split();
+        let send = async {
+            w.write_all(script).await.expect("send");
+        };
+        let mut got = Vec::new();
+        let recv = r.read_to_end(&mut got);
+        let (_, n) = tokio::join!(send, recv);
+        n.expect("read to end");
+        got
+    })
+    .await
+    .expect("conversation finished in time")
+}
+
+pub fn sha256(b: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+}
