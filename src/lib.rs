@@ -5,6 +5,8 @@ pub mod aggregate;
 pub mod cli;
 pub mod client;
 pub mod codec;
+pub mod control;
+pub mod faults;
 pub mod demo;
 pub mod events;
 pub mod relay;
