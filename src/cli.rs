@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use std::sync::Arc;
+
 use crate::aggregate::Aggregator;
+use crate::control::Control;
+use crate::faults::builtin;
 use crate::relay::{self, ProxyConfig};
 use crate::server::{self, Maildrop, ServerConfig};
 
@@ -35,6 +39,46 @@ pub enum Command {
     Serve(ServeArgs),
     /// Everything embedded: server, client workloads and proxy in one process.
     Demo(DemoArgs),
+    /// List the built-in fault profiles, or print one as TOML.
+    Profiles(ProfilesArgs),
+    /// Validate a fault profile file; errors name file:line:column and the fix.
+    CheckProfile(CheckProfileArgs),
+}
+
+/// `popfault profiles [show NAME]`
+#[derive(Debug, Args)]
+pub struct ProfilesArgs {
+    #[command(subcommand)]
+    pub show: Option<ProfilesCommand>,
+}
+
+/// `popfault profiles show NAME`
+#[derive(Debug, Subcommand)]
+pub enum ProfilesCommand {
+    /// Print a built-in profile as TOML (a starting point for your own).
+    Show {
+        /// The profile's name.
+        name: String,
+    },
+}
+
+/// `popfault check-profile FILE`
+#[derive(Debug, Args)]
+pub struct CheckProfileArgs {
+    /// The TOML file.
+    pub file: PathBuf,
+}
+
+/// Options shared by the commands that run the proxy.
+#[derive(Debug, Args)]
+pub struct FaultArgs {
+    /// Fault profile: a built-in name (`popfault profiles`) or a TOML file.
+    #[arg(long, default_value = "passthrough")]
+    pub profile: String,
+    /// Seed for every random choice; the same seed replays the same faults
+    /// for the same sessions. Drawn and printed when not given.
+    #[arg(long)]
+    pub seed: Option<u64>,
 }
 
 /// `popfault proxy`
@@ -46,6 +90,11 @@ pub struct ProxyArgs {
     /// The real server, HOST:PORT.
     #[arg(long)]
     pub upstream: String,
+    #[command(flatten)]
+    pub faults: FaultArgs,
+    /// Cut a session after this many seconds without a byte either way.
+    #[arg(long, default_value_t = 600.0, value_parser = positive_secs)]
+    pub idle_timeout: f64,
     /// Seconds to wait for the upstream to accept a connection.
     #[arg(long, default_value_t = 10.0, value_parser = positive_secs)]
     pub connect_timeout: f64,
@@ -89,6 +138,12 @@ pub struct DemoArgs {
     /// No dashboard: print a summary at the end.
     #[arg(long)]
     pub headless: bool,
+    /// Fault profile: a built-in name or a TOML file (default: the demo mix).
+    #[arg(long, default_value = "demo")]
+    pub profile: String,
+    /// Seed for every random choice (drawn and printed when not given).
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Run for this many seconds (default: 20 headless).
     #[arg(long, value_parser = positive_secs)]
     pub duration: Option<f64>,
@@ -135,6 +190,8 @@ pub fn main() -> ExitCode {
             Command::Proxy(a) => proxy(a).await,
             Command::Serve(a) => serve(a).await,
             Command::Demo(a) => crate::demo::run(a).await,
+            Command::Profiles(a) => profiles(a),
+            Command::CheckProfile(a) => check_profile(a),
         }
     });
     match result {
@@ -199,18 +256,26 @@ fn warn_if_exposed(addr: SocketAddr) {
 async fn proxy(a: ProxyArgs) -> Result<ExitCode, RunError> {
     check_upstream(&a.upstream).await?;
     warn_if_exposed(a.listen);
+    let profile = load_profile(&a.faults.profile)?;
+    let seed = seed_or_draw(a.faults.seed);
+    let profile_name = profile.name.clone();
+    let control = Arc::new(Control::new(Arc::new(profile), seed));
     let agg = Aggregator::start(a.events.as_deref()).map_err(|e| RunError::Usage(e.to_string()))?;
     let mut cfg = ProxyConfig::new(a.listen, a.upstream.clone());
     cfg.connect_timeout = Duration::from_secs_f64(a.connect_timeout);
-    let handle = relay::start(cfg, agg.sink())
+    cfg.idle_timeout = Duration::from_secs_f64(a.idle_timeout);
+    let handle = relay::start(cfg, control, agg.sink())
         .await
         .map_err(|e| RunError::Usage(format!("cannot listen on {}: {e}", a.listen)))?;
-    eprintln!("popfault: proxy {} → {} (Ctrl-C to stop)", handle.local_addr, a.upstream);
+    eprintln!(
+        "popfault: proxy {} → {}, profile {profile_name}, seed {seed} (Ctrl-C to stop)",
+        handle.local_addr, a.upstream
+    );
     wait_for_end(a.duration).await;
     eprintln!("popfault: stopping; draining live sessions for up to {}s", a.drain);
     handle.drain(Duration::from_secs_f64(a.drain)).await;
     let summary = agg
-        .finish(0, "passthrough", a.events.as_deref())
+        .finish(seed, &profile_name, a.events.as_deref())
         .await
         .map_err(|e| RunError::Failed(format!("writing events: {e}")))?;
     println!("{}", summary.to_table());
@@ -264,4 +329,45 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, RunError> {
     let ledger = maildrop.ledger();
     println!("popfault serve: {} messages deleted by QUIT", ledger.len());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves `--profile`: a clear message (exit 2) when it is unusable.
+pub fn load_profile(name_or_path: &str) -> Result<crate::faults::Profile, RunError> {
+    builtin::load(name_or_path).map_err(|e| RunError::Usage(e.to_string()))
+}
+
+/// The given seed, or a fresh one (printed by the caller, for replay).
+pub fn seed_or_draw(seed: Option<u64>) -> u64 {
+    seed.unwrap_or_else(rand::random)
+}
+
+fn profiles(a: ProfilesArgs) -> Result<ExitCode, RunError> {
+    match a.show {
+        None => {
+            let all = builtin::builtins().map_err(|e| RunError::Failed(e.to_string()))?;
+            let width = all.iter().map(|p| p.name.len()).max().unwrap_or(0);
+            for p in all {
+                println!("{:<width$}  {}", p.name, p.summary);
+            }
+            println!("\n`popfault profiles show NAME` prints one as TOML; --profile takes a name or a file.");
+        }
+        Some(ProfilesCommand::Show { name }) => match builtin::BUILTIN.iter().find(|(n, _)| *n == name) {
+            Some((_, text)) => print!("{text}"),
+            None => {
+                let known: Vec<&str> = builtin::BUILTIN.iter().map(|(n, _)| *n).collect();
+                return Err(RunError::Usage(format!("no built-in profile '{name}' (built-ins: {})", known.join(", "))));
+            }
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_profile(a: CheckProfileArgs) -> Result<ExitCode, RunError> {
+    match builtin::load_file(&a.file) {
+        Ok(p) => {
+            println!("{}: ok: profile '{}' with {} rule(s)", a.file.display(), p.name, p.rules.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(RunError::Usage(e.to_string())),
+    }
 }

@@ -12,7 +12,10 @@ use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::Aggregator;
-use crate::cli::{DemoArgs, RunError, wait_for_end};
+use std::sync::Arc;
+
+use crate::cli::{DemoArgs, RunError, load_profile, seed_or_draw, wait_for_end};
+use crate::control::Control;
 use crate::client::{self, Mode, SessionReport, UidMemory, WorkloadConfig};
 use crate::relay::{self, ProxyConfig};
 use crate::server::{self, Maildrop, ServerConfig};
@@ -47,11 +50,18 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, RunError> {
     let srv = server::spawn(loopback, maildrop.clone())
         .await
         .map_err(|e| RunError::Failed(format!("embedded server: {e}")))?;
+    let profile = load_profile(&a.profile)?;
+    let seed = seed_or_draw(a.seed);
+    let profile_name = profile.name.clone();
+    let control = Arc::new(Control::new(Arc::new(profile), seed));
     let agg = Aggregator::start(a.events.as_deref()).map_err(|e| RunError::Usage(e.to_string()))?;
-    let proxy = relay::start(ProxyConfig::new(loopback, srv.addr.to_string()), agg.sink())
+    let proxy = relay::start(ProxyConfig::new(loopback, srv.addr.to_string()), control, agg.sink())
         .await
         .map_err(|e| RunError::Failed(format!("proxy: {e}")))?;
-    eprintln!("popfault demo: server {} ← proxy {} ← {} clients, for {secs}s", srv.addr, proxy.local_addr, a.users);
+    eprintln!(
+        "popfault demo: server {} ← proxy {} ← {} clients, profile {profile_name}, seed {seed}, for {secs}s",
+        srv.addr, proxy.local_addr, a.users
+    );
 
     let stop = CancellationToken::new();
     let mut clients = tokio::task::JoinSet::new();
@@ -81,7 +91,7 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, RunError> {
     proxy.shutdown().await;
     srv.shutdown().await;
     let summary = agg
-        .finish(0, "passthrough", a.events.as_deref())
+        .finish(seed, &profile_name, a.events.as_deref())
         .await
         .map_err(|e| RunError::Failed(format!("writing events: {e}")))?;
 

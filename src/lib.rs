@@ -6,6 +6,7 @@ pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod control;
+pub mod dashboard;
 pub mod faults;
 pub mod demo;
 pub mod events;

@@ -1,11 +1,14 @@
 //! The relay: all of popfault's network I/O. It accepts clients, connects
-//! upstream, and moves bytes both ways through the pure codec and tracker,
-//! byte for byte. Faults (issue-built engine) decide; this module acts.
+//! upstream, and moves bytes both ways through the pure codec, tracker and
+//! fault engine. The engine decides; [`Session::act`] is the one place that
+//! carries decisions out, and [`Session::deliver`] the one place that
+//! writes relayed bytes, so a fault lands at the exact byte.
 //!
 //! One task per session. Its two directions are two futures joined in that
-//! task, sharing the pure state under a mutex that is never held across an
-//! `.await`. A direction only holds bytes it has read and not yet written:
-//! at most one read's worth, or one incomplete line (bounded by RFC 2449).
+//! task with a third that runs timers and manual cuts; they share the pure
+//! state under a mutex that is never held across an `.await`. A direction
+//! holds only bytes it has read and not yet written: at most one read's
+//! worth, or one incomplete line (bounded by RFC 2449's limits).
 
 use std::collections::VecDeque;
 use std::io;
@@ -14,15 +17,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
+use rand::rngs::SmallRng;
+use rand::{Rng, RngCore};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::codec::{ClientEvent, Pop3Codec, ServerEvent};
-use crate::events::{Event, EventSink, SessionEnd};
+use crate::codec::status::announced_size;
+use crate::codec::{ClientEvent, Command, Pop3Codec, ServerEvent, Status};
+use crate::control::Control;
+use crate::events::{Event, EventSink, SessionEnd, SessionSnapshot};
+use crate::faults::engine::{jittered, rng_for};
+use crate::faults::{Action, BodyCut, Decision, Engine, Facts, How, Point, RefuseHow, Side};
 use crate::session::Tracker;
 
 /// Bytes asked of the kernel per read.
@@ -37,18 +46,18 @@ pub struct ProxyConfig {
     pub upstream: String,
     /// Give up connecting upstream after this long (outcome `refused`).
     pub connect_timeout: Duration,
-    /// Name of the fault profile, for events and the dashboard.
-    pub profile: String,
+    /// Cut a session after this long without a byte either way.
+    pub idle_timeout: Duration,
 }
 
 impl ProxyConfig {
-    /// A transparent proxy from `listen` to `upstream`.
+    /// A proxy from `listen` to `upstream` with default timeouts.
     pub fn new(listen: SocketAddr, upstream: impl Into<String>) -> ProxyConfig {
         ProxyConfig {
             listen,
             upstream: upstream.into(),
             connect_timeout: Duration::from_secs(10),
-            profile: "passthrough".into(),
+            idle_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -58,6 +67,8 @@ impl ProxyConfig {
 pub struct ProxyHandle {
     /// The address it listens on (the real port when asked for port 0).
     pub local_addr: SocketAddr,
+    /// Its live controls.
+    pub control: Arc<Control>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     live: watch::Receiver<usize>,
@@ -84,23 +95,26 @@ impl ProxyHandle {
     }
 }
 
-/// Binds `cfg.listen` and relays every client to `cfg.upstream`.
-pub async fn start(cfg: ProxyConfig, sink: EventSink) -> io::Result<ProxyHandle> {
+/// Binds `cfg.listen` and relays every client to `cfg.upstream`, with the
+/// faults of `control`'s profile.
+pub async fn start(cfg: ProxyConfig, control: Arc<Control>, sink: EventSink) -> io::Result<ProxyHandle> {
     let listener = TcpListener::bind(cfg.listen).await?;
     let local_addr = listener.local_addr()?;
     let stop = CancellationToken::new();
     let (live_tx, live) = watch::channel(0usize);
-    let task = tokio::spawn(accept_loop(listener, Arc::new(cfg), sink, stop.clone(), live_tx));
-    Ok(ProxyHandle { local_addr, stop, task, live })
+    let task = tokio::spawn(accept_loop(listener, Arc::new(cfg), control.clone(), sink, stop.clone(), live_tx));
+    Ok(ProxyHandle { local_addr, control, stop, task, live })
 }
 
 async fn accept_loop(
     listener: TcpListener,
     cfg: Arc<ProxyConfig>,
+    control: Arc<Control>,
     sink: EventSink,
     stop: CancellationToken,
     live: watch::Sender<usize>,
 ) {
+    let started = Instant::now();
     let counter = AtomicU64::new(0);
     let mut sessions = tokio::task::JoinSet::new();
     loop {
@@ -115,8 +129,23 @@ async fn accept_loop(
         match accepted {
             Ok((client, peer)) => {
                 let number = counter.fetch_add(1, Ordering::Relaxed) + 1;
-                let ctx = SessionCtx { number, peer, cfg: cfg.clone(), sink: sink.clone(), stop: stop.child_token() };
-                sessions.spawn(run_session(client, ctx));
+                let profile = control.profile();
+                let ctx = SessionCtx {
+                    number,
+                    peer,
+                    cfg: cfg.clone(),
+                    sink: sink.clone(),
+                    shutdown: stop.clone(),
+                    cut: stop.child_token(),
+                    wake: [Notify::new(), Notify::new()],
+                    control: control.clone(),
+                    run_started: started,
+                    started: Instant::now(),
+                    engine_seed: control.seed(),
+                    profile_name: profile.name.clone(),
+                };
+                let engine = Engine::new(profile, ctx.engine_seed, number);
+                sessions.spawn(run_session(client, ctx, engine));
                 live.send_replace(sessions.len());
             }
             Err(e) => {
@@ -133,34 +162,89 @@ async fn accept_loop(
     live.send_replace(0);
 }
 
+/// What a session knows that does not change.
 struct SessionCtx {
     number: u64,
     peer: SocketAddr,
     cfg: Arc<ProxyConfig>,
     sink: EventSink,
-    stop: CancellationToken,
+    /// The proxy is shutting down.
+    shutdown: CancellationToken,
+    /// This session is being cut (a fault, a manual cut, shutdown).
+    cut: CancellationToken,
+    /// Wakes a direction that has something injected to write.
+    wake: [Notify; 2],
+    control: Arc<Control>,
+    run_started: Instant,
+    started: Instant,
+    engine_seed: u64,
+    profile_name: String,
 }
 
-/// The pure state of one session, shared by its two directions.
+/// Which way bytes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    /// Client → server.
+    Up = 0,
+    /// Server → client.
+    Down = 1,
+}
+
+impl Dir {
+    fn toward(side: Side) -> Dir {
+        if side == Side::Server { Dir::Up } else { Dir::Down }
+    }
+}
+
+/// The pure state of one session plus the fault effects in force, shared
+/// by its directions.
 struct Core {
     codec: Pop3Codec,
     tracker: Tracker,
+    engine: Engine,
+    /// Rule names that fired, in order.
     faults: Vec<String>,
-    /// When each unanswered command was forwarded, oldest first, for
-    /// latency; bounded like the codec's queue.
+    /// When each unanswered command was forwarded, oldest first.
     inflight: VecDeque<(u64, Instant)>,
-    /// The response being delivered now: (seq, command name).
-    answering: Option<(u64, String)>,
+    /// The multi-line response being delivered: (seq, command).
+    answering: Option<(u64, Command)>,
+    /// Cuts planned in the body being delivered.
+    body_cuts: VecDeque<BodyCut>,
+    /// Answers the proxy makes itself (`reply`), in command order.
+    replies: VecDeque<Vec<u8>>,
+    /// Bytes to inject, per direction (line noise).
+    inject: [Vec<u8>; 2],
+    /// Flip a bit in each of this many next bytes, per direction.
+    corrupt: [usize; 2],
+    /// Nothing is written before this instant (stall).
+    hold_until: Option<Instant>,
+    /// Line speed in bytes per second (throttle).
+    rate: Option<u64>,
+    /// Added before each response: (ms, jitter ms).
+    delay: Option<(u64, u64)>,
+    /// Draws for fault effects, in the order they happen.
+    rng: SmallRng,
+    /// How the session was cut, if a fault or a person cut it.
+    cut: Option<(Side, How, String)>,
+    last_activity: Instant,
+    /// The idle timeout ended the session.
+    idle: bool,
+}
+
+fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
+    // A panic elsewhere cannot leave Core half-updated in a way that
+    // matters more than losing the session, so poisoning is ignored.
+    core.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Core {
-    fn new() -> Core {
-        Core {
-            codec: Pop3Codec::new(),
-            tracker: Tracker::new(),
-            faults: Vec::new(),
-            inflight: VecDeque::new(),
-            answering: None,
+    fn facts(&self, ctx: &SessionCtx, seq: u64) -> Facts {
+        Facts {
+            state: self.tracker.state(),
+            retrieved: self.tracker.downloads(),
+            deleted: self.tracker.marked() as u64,
+            run_elapsed: ctx.run_started.elapsed(),
+            seq,
         }
     }
 
@@ -180,12 +264,6 @@ impl Core {
     }
 }
 
-fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
-    // A panic elsewhere cannot leave Core half-updated in a way that
-    // matters more than losing the session, so poisoning is ignored.
-    core.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// How one direction stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
@@ -193,36 +271,55 @@ enum End {
     Eof,
     /// The reading side reset, or writing to the other side failed.
     Reset,
-    /// The session was cut from outside (shutdown).
-    Cancelled,
+    /// The session was cut (fault, manual, idle, shutdown).
+    Cut,
 }
 
-async fn run_session(mut client: TcpStream, ctx: SessionCtx) {
-    let started = Instant::now();
+/// What to do with the bytes of the event that triggered decisions.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    /// Relay them.
+    Go,
+    /// The session is being cut: relay nothing more.
+    Stop,
+    /// Do not forward the command (`swallow`).
+    Swallow,
+    /// Answer the command with this line instead of forwarding it.
+    Reply(Vec<u8>),
+}
+
+async fn run_session(mut client: TcpStream, ctx: SessionCtx, engine: Engine) {
     let _ = client.set_nodelay(true);
     ctx.sink.emit(Event::SessionStart {
         session: ctx.number,
         client: ctx.peer,
         upstream: ctx.cfg.upstream.clone(),
-        profile: ctx.cfg.profile.clone(),
+        profile: ctx.profile_name.clone(),
     });
-    let core = Mutex::new(Core::new());
-
-    let ended_by = match connect_upstream(&ctx).await {
-        Err(why) => {
-            lock(&core).tracker.set_refused();
-            // Mirror what a client sees from a dead server: a reset when it
-            // refused, a close when it never answered.
-            if why.starts_with("refused") {
-                let _ = client.set_zero_linger();
-            }
-            why
-        }
-        Ok(mut server) => {
-            let _ = server.set_nodelay(true);
-            relay(&mut client, &mut server, &core, &ctx).await
-        }
-    };
+    let rng = rng_for(ctx.engine_seed, ctx.number, usize::MAX, 0);
+    let core = Mutex::new(Core {
+        codec: Pop3Codec::new(),
+        tracker: Tracker::new(),
+        engine,
+        faults: Vec::new(),
+        inflight: VecDeque::new(),
+        answering: None,
+        body_cuts: VecDeque::new(),
+        replies: VecDeque::new(),
+        inject: [Vec::new(), Vec::new()],
+        corrupt: [0, 0],
+        hold_until: None,
+        rate: None,
+        delay: None,
+        rng,
+        cut: None,
+        last_activity: Instant::now(),
+        idle: false,
+    });
+    let remote = ctx.control.register(ctx.number);
+    let s = Session { ctx: &ctx, core: &core };
+    let ended_by = s.run(&mut client, &remote).await;
+    ctx.control.unregister(ctx.number);
 
     let core = core.into_inner().unwrap_or_else(|p| p.into_inner());
     let t = &core.tracker;
@@ -239,11 +336,11 @@ async fn run_session(mut client: TcpStream, ctx: SessionCtx) {
         duplicates: 0,
         bytes_up: t.bytes_up(),
         bytes_down: t.bytes_down(),
-        duration_ms: started.elapsed().as_millis() as u64,
+        duration_ms: ctx.started.elapsed().as_millis() as u64,
         faults: core.faults.clone(),
         encrypted: t.encrypted(),
         violations: t.violations(),
-        profile: ctx.cfg.profile.clone(),
+        profile: ctx.profile_name.clone(),
         fingerprints: t.fingerprints().to_vec(),
         ended_by,
     };
@@ -251,154 +348,670 @@ async fn run_session(mut client: TcpStream, ctx: SessionCtx) {
     ctx.sink.emit(Event::SessionEnd(Box::new(end)));
 }
 
-async fn connect_upstream(ctx: &SessionCtx) -> Result<TcpStream, String> {
-    let connect = async {
-        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-        for addr in tokio::net::lookup_host(ctx.cfg.upstream.as_str()).await? {
-            match TcpStream::connect(addr).await {
-                Ok(s) => return Ok(s),
-                Err(e) => last = e,
+/// One session's I/O, borrowing its context and core.
+#[derive(Clone, Copy)]
+struct Session<'a> {
+    ctx: &'a SessionCtx,
+    core: &'a Mutex<Core>,
+}
+
+impl Session<'_> {
+    fn paused(&self) -> bool {
+        self.ctx.control.paused()
+    }
+
+    async fn run(self, client: &mut TcpStream, remote: &Notify) -> String {
+        // === accept ===
+        if !self.paused() {
+            let decisions = {
+                let mut c = lock(self.core);
+                let facts = Facts::at_accept(self.ctx.run_started.elapsed());
+                c.engine.decide(&Point::Accept, &facts)
+            };
+            for d in &decisions {
+                self.record(d);
+                for a in &d.actions {
+                    if let Action::Refuse { how, text, .. } = a {
+                        lock(self.core).tracker.set_refused();
+                        return self.refuse(client, *how, text, &d.rule).await;
+                    }
+                }
+            }
+            for d in decisions {
+                if self.act(d, Dir::Up).await == Flow::Stop {
+                    lock(self.core).tracker.set_refused();
+                    return self.finish_cut(client, None).await;
+                }
             }
         }
-        Err(last)
-    };
-    tokio::select! {
-        _ = ctx.stop.cancelled() => Err("upstream connect cancelled".into()),
-        r = tokio::time::timeout(ctx.cfg.connect_timeout, connect) => match r {
-            Err(_) => Err(format!("upstream connect timed out after {:?}", ctx.cfg.connect_timeout)),
-            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => Err(format!("refused by upstream: {e}")),
-            Ok(Err(e)) => Err(format!("upstream unreachable: {e}")),
-            Ok(Ok(s)) => Ok(s),
+        let mut server = match self.connect_upstream().await {
+            Err(why) => {
+                lock(self.core).tracker.set_refused();
+                // Mirror what a client sees from a dead server: a reset when
+                // it refused, a close when it never answered.
+                if why.starts_with("refused") {
+                    let _ = client.set_zero_linger();
+                }
+                return why;
+            }
+            Ok(s) => s,
+        };
+        let _ = server.set_nodelay(true);
+
+        // === relay ===
+        let (up, down) = {
+            let (mut cr, mut cw) = client.split();
+            let (mut sr, mut sw) = server.split();
+            let done = CancellationToken::new();
+            let pumps = async {
+                let r = tokio::join!(self.pump(Dir::Up, &mut cr, &mut sw), self.pump(Dir::Down, &mut sr, &mut cw));
+                done.cancel();
+                r
+            };
+            let ((up, down), ()) = tokio::join!(pumps, self.timers_and_cuts(remote, &done));
+            (up, down)
+        };
+
+        let (faulted, idle) = {
+            let c = lock(self.core);
+            (c.cut.is_some(), c.idle)
+        };
+        if faulted {
+            return self.finish_cut(client, Some(&mut server)).await;
+        }
+        if up == End::Reset || down == End::Reset || self.ctx.shutdown.is_cancelled() {
+            // A reset on one side becomes a reset on the other; a session
+            // cut at shutdown is reset both ways, like a lost carrier.
+            let _ = client.set_zero_linger();
+            let _ = server.set_zero_linger();
+        }
+        match (up, down) {
+            (End::Reset, _) => "reset by client".into(),
+            (_, End::Reset) => "reset by server".into(),
+            _ if self.ctx.shutdown.is_cancelled() => "cut at shutdown".into(),
+            _ if idle => "idle timeout".into(),
+            _ => "closed".into(),
         }
     }
-}
 
-async fn relay(client: &mut TcpStream, server: &mut TcpStream, core: &Mutex<Core>, ctx: &SessionCtx) -> String {
-    let (mut cr, mut cw) = client.split();
-    let (mut sr, mut sw) = server.split();
-    let (up, down) =
-        tokio::join!(pump(Dir::Up, &mut cr, &mut sw, core, ctx), pump(Dir::Down, &mut sr, &mut cw, core, ctx),);
-    let resets = up == End::Reset || down == End::Reset;
-    if resets || up == End::Cancelled || down == End::Cancelled {
-        // A reset on one side becomes a reset on the other; a cut session
-        // is reset both ways, like a lost carrier.
-        let _ = cr.as_ref().set_zero_linger();
-        let _ = sr.as_ref().set_zero_linger();
-    }
-    match (up, down) {
-        (End::Reset, _) => "reset by client".into(),
-        (_, End::Reset) => "reset by server".into(),
-        (End::Cancelled, _) | (_, End::Cancelled) => "cut at shutdown".into(),
-        _ => "closed".into(),
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dir {
-    /// Client → server.
-    Up,
-    /// Server → client.
-    Down,
-}
-
-/// Moves one direction until EOF, reset or cancellation. Holds at most one
-/// read's worth of bytes, released when idle so an idle session costs no
-/// buffer.
-async fn pump(dir: Dir, from: &mut ReadHalf<'_>, to: &mut WriteHalf<'_>, core: &Mutex<Core>, ctx: &SessionCtx) -> End {
-    let stop = &ctx.stop;
-    let mut buf: Vec<u8> = Vec::new();
-    let other_stop = stop.clone();
-    loop {
-        tokio::select! {
-            _ = other_stop.cancelled() => return End::Cancelled,
-            r = from.readable() => if r.is_err() { stop.cancel(); return End::Reset; },
+    /// Carries out a cut: rst / fin / silent per side. Silent sides are held
+    /// open, read and ignored, until they close, the idle timeout, or
+    /// shutdown.
+    async fn finish_cut(&self, client: &mut TcpStream, server: Option<&mut TcpStream>) -> String {
+        let cut = lock(self.core).cut.clone();
+        let Some((side, how, why)) = cut else {
+            let _ = client.set_zero_linger();
+            return "cut".into();
+        };
+        let how_for = |s: Side| if side == Side::Both || side == s { how } else { How::Fin };
+        let mut silent: Vec<&mut TcpStream> = Vec::new();
+        for (s, stream) in [(Side::Client, Some(client)), (Side::Server, server)] {
+            let Some(stream) = stream else { continue };
+            match how_for(s) {
+                How::Rst => {
+                    let _ = stream.set_zero_linger();
+                }
+                How::Fin => {
+                    let _ = stream.shutdown().await;
+                }
+                How::Silent => silent.push(stream),
+            }
         }
-        buf.reserve(READ_SIZE);
-        let n = match from.try_read_buf(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => {
-                debug!(?dir, error = %e, "read failed");
-                stop.cancel();
-                return End::Reset;
+        if !silent.is_empty() {
+            self.hold_silent(silent).await;
+        }
+        why
+    }
+
+    /// Keeps `streams` open and unanswered (the half-open line) until a
+    /// peer closes, the idle timeout passes, or the proxy shuts down.
+    async fn hold_silent(&self, streams: Vec<&mut TcpStream>) {
+        let idle = self.ctx.cfg.idle_timeout;
+        let drain = async {
+            let mut futs = Vec::new();
+            for s in streams {
+                futs.push(async move {
+                    let mut sink = [0u8; 4096];
+                    // Read and drop: bounded memory whatever the peer sends.
+                    while let Ok(n) = tokio::time::timeout(idle, s.read(&mut sink)).await {
+                        if matches!(n, Ok(0) | Err(_)) {
+                            return;
+                        }
+                    }
+                });
+            }
+            // The first side to close (or go idle) ends the hold.
+            let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
+            if !futs.is_empty() {
+                let _ = futures_select_all(&mut futs).await;
             }
         };
-        if n == 0 {
-            // Orderly close: whatever is held is an incomplete line; pass
-            // it on as it is, then pass the FIN on (half-close).
-            if !buf.is_empty() {
-                if to.write_all(&buf).await.is_err() {
-                    stop.cancel();
+        tokio::select! {
+            _ = drain => {}
+            _ = self.ctx.shutdown.cancelled() => {}
+        }
+    }
+
+    async fn refuse(&self, client: &mut TcpStream, how: RefuseHow, text: &str, rule: &str) -> String {
+        match how {
+            RefuseHow::Rst => {
+                let _ = client.set_zero_linger();
+            }
+            RefuseHow::Close => {
+                let _ = client.shutdown().await;
+            }
+            RefuseHow::Err => {
+                let mut line = text.as_bytes().to_vec();
+                line.extend_from_slice(b"\r\n");
+                let _ = client.write_all(&line).await;
+                let _ = client.shutdown().await;
+                lock(self.core).tracker.on_unframed(false, line.len());
+            }
+            RefuseHow::Hang => self.hold_silent(vec![client]).await,
+        }
+        format!("refused by fault: {rule}")
+    }
+
+    async fn connect_upstream(&self) -> Result<TcpStream, String> {
+        let upstream = self.ctx.cfg.upstream.as_str();
+        let connect = async {
+            let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+            for addr in tokio::net::lookup_host(upstream).await? {
+                match TcpStream::connect(addr).await {
+                    Ok(s) => return Ok(s),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        };
+        let limit = self.ctx.cfg.connect_timeout;
+        tokio::select! {
+            _ = self.ctx.cut.cancelled() => Err("upstream connect cancelled".into()),
+            r = tokio::time::timeout(limit, connect) => match r {
+                Err(_) => Err(format!("upstream connect timed out after {limit:?}")),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => Err(format!("refused by upstream: {e}")),
+                Ok(Err(e)) => Err(format!("upstream unreachable: {e}")),
+                Ok(Ok(s)) => Ok(s),
+            }
+        }
+    }
+
+    /// Timer faults, manual cuts and the idle timeout.
+    async fn timers_and_cuts(&self, remote: &Notify, done: &CancellationToken) {
+        let timers = lock(self.core).engine.timers();
+        let mut timers: VecDeque<(Duration, usize)> = timers.into();
+        let idle = self.ctx.cfg.idle_timeout;
+        loop {
+            let next_timer = timers.front().map(|(after, _)| self.ctx.started + *after);
+            let idle_at = lock(self.core).last_activity + idle;
+            let wake_at = next_timer.map_or(idle_at, |t| t.min(idle_at));
+            tokio::select! {
+                _ = self.ctx.cut.cancelled() => return,
+                _ = done.cancelled() => return,
+                _ = remote.notified() => {
+                    let d = Decision { rule: "manual".into(), point: "manual".into(), actions: vec![Action::Disconnect { side: Side::Both, how: How::Rst, probability: None }] };
+                    self.record(&d);
+                    let _ = self.act(d, Dir::Down).await;
+                    return;
+                }
+                _ = tokio::time::sleep_until(wake_at.into()) => {}
+            }
+            let now = Instant::now();
+            if lock(self.core).last_activity + idle <= now {
+                debug!(session = self.ctx.number, "idle timeout");
+                lock(self.core).idle = true;
+                self.ctx.cut.cancel();
+                return;
+            }
+            while let Some(&(after, rule)) = timers.front() {
+                if self.ctx.started + after > now {
+                    break;
+                }
+                timers.pop_front();
+                if self.paused() {
+                    continue;
+                }
+                let d = {
+                    let mut c = lock(self.core);
+                    let facts = c.facts(self.ctx, 0);
+                    c.engine.timer_due(rule, after, &facts)
+                };
+                if let Some(d) = d {
+                    self.record(&d);
+                    if self.act(d, Dir::Down).await == Flow::Stop {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Emits the fault event(s) of a decision and remembers the rule.
+    fn record(&self, d: &Decision) {
+        lock(self.core).faults.push(d.rule.clone());
+        let actions = if d.actions.is_empty() {
+            "none".to_string()
+        } else {
+            d.actions.iter().map(Action::name).collect::<Vec<_>>().join("+")
+        };
+        info!(session = self.ctx.number, rule = %d.rule, point = %d.point, actions = %actions, "fault");
+        self.ctx.sink.emit(Event::Fault {
+            session: self.ctx.number,
+            rule: d.rule.clone(),
+            action: actions,
+            point: d.point.clone(),
+        });
+    }
+
+    /// Carries out a decision's steps, in order. `dir` is the direction of
+    /// the bytes that triggered it (corrupt acts on those).
+    async fn act(&self, d: Decision, dir: Dir) -> Flow {
+        let mut flow = Flow::Go;
+        for a in d.actions {
+            match a {
+                Action::Disconnect { side, how, .. } => {
+                    lock(self.core).cut = Some((side, how, format!("fault: {}", d.rule)));
+                    self.ctx.cut.cancel();
+                    return Flow::Stop;
+                }
+                Action::Stall { ms, jitter_ms, .. } => {
+                    let until = {
+                        let mut c = lock(self.core);
+                        let until = Instant::now() + jittered(&mut c.rng, ms, jitter_ms);
+                        c.hold_until = Some(c.hold_until.map_or(until, |h| h.max(until)));
+                        until
+                    };
+                    // The triggering direction waits here; the other holds
+                    // at its next write.
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until.into()) => {}
+                        _ = self.ctx.cut.cancelled() => return Flow::Stop,
+                    }
+                }
+                Action::Noise { bytes, toward, .. } => {
+                    let to = Dir::toward(toward);
+                    {
+                        let mut c = lock(self.core);
+                        let mut noise = vec![0u8; bytes];
+                        c.rng.fill_bytes(&mut noise);
+                        c.inject[to as usize].extend_from_slice(&noise);
+                    }
+                    self.ctx.wake[to as usize].notify_one();
+                }
+                Action::Corrupt { bytes, .. } => lock(self.core).corrupt[dir as usize] += bytes,
+                Action::Throttle { bps, .. } => lock(self.core).rate = Some((bps / 8).max(1)),
+                Action::Delay { ms, jitter_ms, .. } => lock(self.core).delay = Some((ms, jitter_ms)),
+                Action::Reply { text, .. } => {
+                    let mut line = text.into_bytes();
+                    line.extend_from_slice(b"\r\n");
+                    flow = Flow::Reply(line);
+                }
+                Action::Swallow { .. } => flow = Flow::Swallow,
+                // Refusals happen at accept, before there is a stream.
+                Action::Refuse { .. } => {}
+            }
+        }
+        flow
+    }
+
+    /// Runs decisions for a point; the flow of the last that says anything.
+    async fn decide_and_act(&self, point: Point<'_>, seq: u64, dir: Dir) -> Flow {
+        if self.paused() {
+            return Flow::Go;
+        }
+        let decisions = {
+            let mut c = lock(self.core);
+            let facts = c.facts(self.ctx, seq);
+            c.engine.decide(&point, &facts)
+        };
+        let mut flow = Flow::Go;
+        for d in decisions {
+            self.record(&d);
+            match self.act(d, dir).await {
+                Flow::Stop => return Flow::Stop,
+                Flow::Go => {}
+                f => flow = f,
+            }
+        }
+        flow
+    }
+
+    /// Writes relayed bytes toward `dir`'s destination, honouring stalls,
+    /// line speed and corruption. Injected noise goes out first.
+    async fn deliver(&self, dir: Dir, to: &mut WriteHalf<'_>, bytes: &[u8]) -> Result<(), End> {
+        self.flush_injected(dir, to).await?;
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let (hold, rate, flip) = {
+                let c = lock(self.core);
+                (c.hold_until, c.rate, c.corrupt[dir as usize])
+            };
+            if let Some(h) = hold.filter(|h| *h > Instant::now()) {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(h.into()) => {}
+                    _ = self.ctx.cut.cancelled() => return Err(End::Cut),
+                }
+            }
+            // At a line speed, write in slices of ~50 ms worth.
+            let n = rate.map_or(rest.len(), |r| rest.len().min((r as usize / 20).max(1)));
+            let piece = &rest[..n];
+            if flip > 0 {
+                let mut owned = piece.to_vec();
+                let k = flip.min(owned.len());
+                {
+                    let mut c = lock(self.core);
+                    for b in &mut owned[..k] {
+                        *b ^= 1 << c.rng.gen_range(0..8);
+                    }
+                    c.corrupt[dir as usize] -= k;
+                }
+                self.write(to, &owned).await?;
+            } else {
+                self.write(to, piece).await?;
+            }
+            self.ctx.control.count(dir == Dir::Up, n);
+            if let Some(r) = rate {
+                let pace = Duration::from_secs_f64(n as f64 / r as f64);
+                tokio::select! {
+                    _ = tokio::time::sleep(pace) => {}
+                    _ = self.ctx.cut.cancelled() => return Err(End::Cut),
+                }
+            }
+            rest = &rest[n..];
+        }
+        Ok(())
+    }
+
+    async fn write(&self, to: &mut WriteHalf<'_>, bytes: &[u8]) -> Result<(), End> {
+        tokio::select! {
+            _ = self.ctx.cut.cancelled() => Err(End::Cut),
+            r = to.write_all(bytes) => r.map_err(|e| {
+                debug!(session = self.ctx.number, error = %e, "write failed");
+                self.ctx.cut.cancel();
+                End::Reset
+            }),
+        }
+    }
+
+    /// Writes injected noise for `dir`, and (server → client) the proxy's
+    /// own answers that are due.
+    async fn flush_injected(&self, dir: Dir, to: &mut WriteHalf<'_>) -> Result<(), End> {
+        let noise = std::mem::take(&mut lock(self.core).inject[dir as usize]);
+        if !noise.is_empty() {
+            self.write(to, &noise).await?;
+        }
+        if dir == Dir::Down {
+            loop {
+                let due = {
+                    let mut c = lock(self.core);
+                    match c.codec.take_synthetic() {
+                        Some((cmd, seq)) => c.replies.pop_front().map(|r| (cmd, seq, r)),
+                        None => None,
+                    }
+                };
+                let Some((cmd, seq, reply)) = due else { break };
+                self.write(to, &reply).await?;
+                let mut c = lock(self.core);
+                let status = Status::parse(&reply);
+                let ev = ServerEvent::Status { cmd, seq, status, multiline: false };
+                c.tracker.on_server(&ev, &reply);
+            }
+        }
+        Ok(())
+    }
+
+    fn progress(&self) {
+        if !self.ctx.sink.is_live() {
+            return;
+        }
+        let c = lock(self.core);
+        let t = &c.tracker;
+        self.ctx.sink.emit(Event::Progress(Box::new(SessionSnapshot {
+            session: self.ctx.number,
+            state: t.state(),
+            user: t.user().map(str::to_owned),
+            last_command: t.last_command().map(str::to_owned),
+            downloaded: t.downloads(),
+            marked: t.marked(),
+            bytes_up: t.bytes_up(),
+            bytes_down: t.bytes_down(),
+        })));
+    }
+
+    /// Moves one direction until EOF, reset or a cut. Holds at most one
+    /// read's worth of bytes, released when idle so an idle session costs
+    /// no buffer.
+    async fn pump(&self, dir: Dir, from: &mut ReadHalf<'_>, to: &mut WriteHalf<'_>) -> End {
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            if let Err(e) = self.flush_injected(dir, to).await {
+                return e;
+            }
+            tokio::select! {
+                _ = self.ctx.cut.cancelled() => return End::Cut,
+                _ = self.ctx.wake[dir as usize].notified() => continue,
+                r = from.readable() => if r.is_err() {
+                    self.ctx.cut.cancel();
+                    return End::Reset;
+                },
+            }
+            buf.reserve(READ_SIZE);
+            let n = match from.try_read_buf(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => {
+                    debug!(session = self.ctx.number, ?dir, error = %e, "read failed");
+                    self.ctx.cut.cancel();
                     return End::Reset;
                 }
-                lock(core).tracker.on_unframed(dir == Dir::Up, buf.len());
-            }
-            let _ = to.shutdown().await;
-            return End::Eof;
-        }
-        let mut start = 0;
-        while start < buf.len() {
-            let consumed = match dir {
-                Dir::Up => {
-                    let step = lock(core).codec.decode_client(&buf[start..]);
-                    let Some(ev) = step.event else { break };
-                    let bytes = &buf[start..start + step.consumed];
-                    if write(to, bytes, stop).await.is_err() {
-                        return End::Reset;
+            };
+            lock(self.core).last_activity = Instant::now();
+            if n == 0 {
+                // Orderly close: whatever is held is an incomplete line; pass
+                // it on as it is, then pass the FIN on (half-close).
+                if !buf.is_empty() {
+                    if let Err(e) = self.deliver(dir, to, &buf).await {
+                        return e;
                     }
-                    let mut c = lock(core);
-                    if let ClientEvent::Command { cmd, .. } = &ev {
-                        let seq = c.codec.forwarded(cmd);
-                        if c.inflight.len() < crate::codec::framer::MAX_PENDING {
-                            c.inflight.push_back((seq, Instant::now()));
-                        }
-                    }
-                    c.tracker.on_client(&ev, bytes, true);
-                    step.consumed
+                    lock(self.core).tracker.on_unframed(dir == Dir::Up, buf.len());
                 }
-                Dir::Down => {
-                    let step = lock(core).codec.decode_server(&buf[start..]);
-                    let Some(ev) = step.event else { break };
-                    let bytes = &buf[start..start + step.consumed];
-                    if write(to, bytes, stop).await.is_err() {
-                        return End::Reset;
+                let _ = to.shutdown().await;
+                return End::Eof;
+            }
+            let mut start = 0;
+            while start < buf.len() {
+                let step = match dir {
+                    Dir::Up => self.up_event(&buf[start..], to).await,
+                    Dir::Down => self.down_event(&buf[start..], to).await,
+                };
+                match step {
+                    Ok(0) => break,
+                    Ok(consumed) => start += consumed,
+                    Err(e) => return e,
+                }
+            }
+            buf.drain(..start);
+            if buf.is_empty() {
+                buf = Vec::new();
+            }
+        }
+    }
+
+    /// Decodes and relays the next client event in `buf`; returns the bytes
+    /// consumed (0: need more).
+    async fn up_event(&self, buf: &[u8], to: &mut WriteHalf<'_>) -> Result<usize, End> {
+        let step = lock(self.core).codec.decode_client(buf);
+        let Some(ev) = step.event else { return Ok(0) };
+        let bytes = &buf[..step.consumed];
+        let ClientEvent::Command { cmd, overlong } = &ev else {
+            self.deliver(Dir::Up, to, bytes).await?;
+            lock(self.core).tracker.on_client(&ev, bytes, true);
+            return Ok(step.consumed);
+        };
+        // An over-long line was partly relayed already: it can only go on.
+        if !*overlong {
+            match self.decide_and_act(Point::Command(cmd), 0, Dir::Up).await {
+                Flow::Stop => return Err(End::Cut),
+                Flow::Go => {}
+                Flow::Swallow => {
+                    lock(self.core).tracker.on_client(&ev, bytes, false);
+                    self.progress();
+                    return Ok(step.consumed);
+                }
+                Flow::Reply(line) => {
+                    {
+                        let mut c = lock(self.core);
+                        c.codec.replied(cmd);
+                        c.replies.push_back(line);
+                        c.tracker.on_client(&ev, bytes, false);
                     }
-                    let mut c = lock(core);
+                    self.ctx.wake[Dir::Down as usize].notify_one();
+                    self.progress();
+                    return Ok(step.consumed);
+                }
+            }
+        }
+        self.deliver(Dir::Up, to, bytes).await?;
+        let seq = {
+            let mut c = lock(self.core);
+            let seq = c.codec.forwarded(cmd);
+            if c.inflight.len() < crate::codec::framer::MAX_PENDING {
+                c.inflight.push_back((seq, Instant::now()));
+            }
+            c.tracker.on_client(&ev, bytes, true);
+            seq
+        };
+        self.progress();
+        if self.decide_and_act(Point::Forwarded(cmd), seq, Dir::Up).await == Flow::Stop {
+            return Err(End::Cut);
+        }
+        Ok(step.consumed)
+    }
+
+    /// Decodes and relays the next server event in `buf`; returns the bytes
+    /// consumed (0: need more).
+    async fn down_event(&self, buf: &[u8], to: &mut WriteHalf<'_>) -> Result<usize, End> {
+        self.flush_injected(Dir::Down, to).await?;
+        let step = lock(self.core).codec.decode_server(buf);
+        let Some(ev) = step.event else { return Ok(0) };
+        let bytes = &buf[..step.consumed];
+        match &ev {
+            ServerEvent::Greeting(_) => {
+                if self.decide_and_act(Point::Greeting, 0, Dir::Down).await == Flow::Stop {
+                    return Err(End::Cut);
+                }
+                self.deliver(Dir::Down, to, bytes).await?;
+                lock(self.core).tracker.on_server(&ev, bytes);
+            }
+            ServerEvent::Status { cmd, seq, multiline, .. } => {
+                if self.decide_and_act(Point::Status(cmd), *seq, Dir::Down).await == Flow::Stop {
+                    return Err(End::Cut);
+                }
+                let delay = {
+                    let mut c = lock(self.core);
+                    c.delay.map(|(ms, j)| jittered(&mut c.rng, ms, j))
+                };
+                if let Some(d) = delay {
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        _ = self.ctx.cut.cancelled() => return Err(End::Cut),
+                    }
+                }
+                self.deliver(Dir::Down, to, bytes).await?;
+                {
+                    let mut c = lock(self.core);
                     c.tracker.on_server(&ev, bytes);
-                    // A response is answered when its last byte is delivered.
-                    let done = match &ev {
-                        ServerEvent::Status { seq, cmd, multiline: false, .. } => Some((*seq, cmd.name().to_string())),
-                        ServerEvent::Status { seq, cmd, multiline: true, .. } => {
-                            c.answering = Some((*seq, cmd.name().to_string()));
-                            None
-                        }
-                        ServerEvent::Body { end: true, .. } => c.answering.take(),
-                        _ => None,
-                    };
-                    if let Some((seq, command)) = done {
-                        if let Some(micros) = c.answered(seq, Instant::now()) {
-                            ctx.sink.emit(Event::Latency { session: ctx.number, seq, command, micros });
+                    if *multiline {
+                        c.answering = Some((*seq, cmd.clone()));
+                        if !self.paused() {
+                            let facts = c.facts(self.ctx, *seq);
+                            let cuts = c.engine.plan_body(cmd, announced_size(bytes), &facts);
+                            c.body_cuts = cuts.into();
                         }
                     }
-                    step.consumed
+                }
+                if !*multiline {
+                    self.response_done(*seq, cmd).await?;
+                }
+            }
+            ServerEvent::Body { offset, end } => {
+                self.body(bytes, *offset, *end, to).await?;
+            }
+            _ => {
+                self.deliver(Dir::Down, to, bytes).await?;
+                lock(self.core).tracker.on_server(&ev, bytes);
+            }
+        }
+        Ok(step.consumed)
+    }
+
+    /// Relays body bytes, stopping at each planned cut to act there.
+    async fn body(&self, bytes: &[u8], offset: u64, end: bool, to: &mut WriteHalf<'_>) -> Result<(), End> {
+        let mut done = 0usize;
+        loop {
+            let cut = {
+                let mut c = lock(self.core);
+                match c.body_cuts.front() {
+                    Some(cut) if cut.at < offset + bytes.len() as u64 => c.body_cuts.pop_front(),
+                    _ => None,
                 }
             };
-            start += consumed;
+            let Some(cut) = cut else { break };
+            // Exactly `cut.at` body bytes reach the client before it acts.
+            let upto = (cut.at.saturating_sub(offset) as usize).clamp(done, bytes.len());
+            if upto > done {
+                let part = &bytes[done..upto];
+                self.deliver(Dir::Down, to, part).await?;
+                let ev = ServerEvent::Body { offset: offset + done as u64, end: false };
+                lock(self.core).tracker.on_server(&ev, part);
+                done = upto;
+            }
+            self.record(&cut.decision);
+            if self.act(cut.decision, Dir::Down).await == Flow::Stop {
+                return Err(End::Cut);
+            }
         }
-        buf.drain(..start);
-        if buf.is_empty() {
-            buf = Vec::new();
+        let part = &bytes[done..];
+        self.deliver(Dir::Down, to, part).await?;
+        let finished = {
+            let mut c = lock(self.core);
+            c.tracker.on_server(&ServerEvent::Body { offset: offset + done as u64, end }, part);
+            if end {
+                c.body_cuts.clear();
+                c.answering.take()
+            } else {
+                None
+            }
+        };
+        if let Some((seq, cmd)) = finished {
+            self.response_done(seq, &cmd).await?;
         }
+        Ok(())
+    }
+
+    /// A response was delivered in full: latency, then `response` faults.
+    async fn response_done(&self, seq: u64, cmd: &Command) -> Result<(), End> {
+        let micros = lock(self.core).answered(seq, Instant::now());
+        if let Some(micros) = micros {
+            self.ctx.sink.emit(Event::Latency { session: self.ctx.number, seq, command: cmd.name().to_string(), micros });
+        }
+        if self.decide_and_act(Point::Response(cmd), seq, Dir::Down).await == Flow::Stop {
+            return Err(End::Cut);
+        }
+        Ok(())
     }
 }
 
-async fn write(to: &mut WriteHalf<'_>, bytes: &[u8], stop: &CancellationToken) -> io::Result<()> {
-    let r = tokio::select! {
-        _ = stop.cancelled() => Err(io::Error::new(io::ErrorKind::Interrupted, "cut")),
-        r = to.write_all(bytes) => r,
-    };
-    if r.is_err() {
-        stop.cancel();
-    }
-    r
+/// Resolves when the first of `futs` does (a tiny `select_all`, to avoid
+/// a dependency for one use).
+async fn futures_select_all<F: std::future::Future<Output = ()> + Unpin>(futs: &mut [F]) {
+    std::future::poll_fn(|cx| {
+        for f in futs.iter_mut() {
+            if std::pin::Pin::new(f).poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }

@@ -18,7 +18,7 @@ pub const MAX_TRACKED_MESSAGES: usize = 100_000;
 const MAX_HEADER_LINE: usize = 1000;
 
 /// RFC 1939 session state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum State {
     /// Before a successful login (RFC 1939 §4).

@@ -109,6 +109,8 @@ pub enum ServerEvent {
 struct Pending {
     cmd: Command,
     seq: u64,
+    /// Answered by the proxy itself (a fault's `reply`), not the server.
+    synthetic: bool,
 }
 
 /// Where the server → client stream is.
@@ -253,8 +255,32 @@ impl Pop3Codec {
             self.untracked += 1;
             return seq;
         }
-        self.pending.push_back(Pending { cmd: cmd.clone(), seq });
+        self.pending.push_back(Pending { cmd: cmd.clone(), seq, synthetic: false });
         seq
+    }
+
+    /// Records that the proxy will answer `cmd` itself instead of
+    /// forwarding it. Its answer must go out in turn: call
+    /// [`take_synthetic`](Pop3Codec::take_synthetic) before each
+    /// `decode_server` and deliver the answer when it returns the command.
+    pub fn replied(&mut self, cmd: &Command) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if self.pending.len() >= MAX_PENDING {
+            self.untracked += 1;
+            return seq;
+        }
+        self.pending.push_back(Pending { cmd: cmd.clone(), seq, synthetic: true });
+        seq
+    }
+
+    /// The command whose proxy-made answer is due now: at the head of the
+    /// queue, with no server response in progress.
+    pub fn take_synthetic(&mut self) -> Option<(Command, u64)> {
+        if !matches!(self.server, ServerMode::Lines) || !self.pending.front().is_some_and(|p| p.synthetic) {
+            return None;
+        }
+        self.pending.pop_front().map(|p| (p.cmd, p.seq))
     }
 
     /// The next server → client event in `buf`.
@@ -309,7 +335,7 @@ impl Pop3Codec {
         if head.cmd.is_sasl() && self.sasl_open && status.is_continuation() {
             return ServerEvent::Continuation;
         }
-        let Some(Pending { cmd, seq }) = self.pending.pop_front() else {
+        let Some(Pending { cmd, seq, .. }) = self.pending.pop_front() else {
             return ServerEvent::Unsolicited;
         };
         if cmd.is_sasl() {

@@ -72,3 +72,28 @@ mod tests {
         assert!(Status::parse(b"-ERR [unterminated\r\n").code.is_none());
     }
 }
+
+/// The size a `+OK` status line announces (`+OK 1234 octets`): its first
+/// word, when that is a number. Used to aim `fraction` body faults.
+pub fn announced_size(line: &[u8]) -> Option<u64> {
+    let line = trim_eol(line);
+    let rest = line.get(3..)?.strip_prefix(b" ")?;
+    let word = rest.split(|&b| b == b' ').next()?;
+    if word.is_empty() || word.len() > 19 || !word.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(word).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::announced_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(announced_size(b"+OK 120 octets\r\n"), Some(120));
+        assert_eq!(announced_size(b"+OK message follows\r\n"), None);
+        assert_eq!(announced_size(b"+OK\r\n"), None);
+        assert_eq!(announced_size(b"+OK 99999999999999999999999\r\n"), None);
+    }
+}

@@ -1,5 +1,9 @@
 //! Fault profiles and the pure fault engine.
 
+pub mod builtin;
+pub mod engine;
 pub mod profile;
 
 pub use profile::Profile;
+pub use engine::{BodyCut, Decision, Engine, Facts, Point};
+pub use profile::{Action, How, ProfileError, RefuseHow, Side, When};

@@ -1,0 +1,271 @@
+//! The fault engine: pure. It is told protocol points and session facts,
+//! and answers with decisions; the relay carries them out at the exact
+//! byte. No sockets, no clock: time comes in as numbers.
+//!
+//! Randomness is deterministic per (run seed, session, rule, match): every
+//! draw has its own RNG seeded from those, so a session's faults replay
+//! identically whatever other sessions do and however bytes were chunked.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::profile::{Action, Millis, Profile, Rule, When};
+use crate::codec::Command;
+use crate::session::State;
+
+/// A protocol point the relay reports.
+#[derive(Debug, Clone, Copy)]
+pub enum Point<'a> {
+    /// A client connected, before the upstream connection.
+    Accept,
+    /// The greeting arrived, before it is forwarded.
+    Greeting,
+    /// A complete command, before it is forwarded.
+    Command(&'a Command),
+    /// The command was forwarded, before any response byte.
+    Forwarded(&'a Command),
+    /// A status line answering `cmd` arrived, before it is forwarded.
+    Status(&'a Command),
+    /// A response to `cmd` was fully delivered.
+    Response(&'a Command),
+}
+
+impl Point<'_> {
+    fn when(&self) -> When {
+        match self {
+            Point::Accept => When::Accept,
+            Point::Greeting => When::Greeting,
+            Point::Command(_) => When::Command,
+            Point::Forwarded(_) => When::Forwarded,
+            Point::Status(_) => When::Status,
+            Point::Response(_) => When::Response,
+        }
+    }
+
+    fn command(&self) -> Option<&Command> {
+        match self {
+            Point::Command(c) | Point::Forwarded(c) | Point::Status(c) | Point::Response(c) => Some(c),
+            Point::Accept | Point::Greeting => None,
+        }
+    }
+}
+
+/// What the session looks like at the point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Facts {
+    /// RFC 1939 state.
+    pub state: State,
+    /// Complete downloads so far in the session.
+    pub retrieved: u64,
+    /// Messages marked deleted now.
+    pub deleted: u64,
+    /// Time since the proxy started (for down windows).
+    pub run_elapsed: Duration,
+    /// The command's sequence number in the session, where there is one.
+    pub seq: u64,
+}
+
+impl Facts {
+    /// Facts at accept, `run_elapsed` into the run.
+    pub fn at_accept(run_elapsed: Duration) -> Facts {
+        Facts { state: State::Authorization, retrieved: 0, deleted: 0, run_elapsed, seq: 0 }
+    }
+}
+
+/// A rule fired: what to do, and where it was, for the event log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The rule's name.
+    pub rule: String,
+    /// The trigger point with detail, e.g. `body RETR #4 @1024`.
+    pub point: String,
+    /// The steps that won their probability roll, in order.
+    pub actions: Vec<Action>,
+}
+
+/// A planned cut inside a body: act after exactly `at` body bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BodyCut {
+    /// Body offset (bytes as on the wire, from the first byte after the
+    /// status line).
+    pub at: u64,
+    /// What to do there.
+    pub decision: Decision,
+}
+
+/// One session's fault engine.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    profile: Arc<Profile>,
+    seed: u64,
+    session: u64,
+    selected: Vec<bool>,
+    matches: Vec<u32>,
+    fired: Vec<u32>,
+}
+
+/// SplitMix64: a good 64-bit mixer, to derive independent seeds.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The RNG for one draw site: (seed, session, rule, match number).
+pub fn rng_for(seed: u64, session: u64, rule: usize, n: u64) -> SmallRng {
+    SmallRng::seed_from_u64(mix(mix(mix(seed) ^ session) ^ (rule as u64).wrapping_mul(0x100_0000_01b3)) ^ n)
+}
+
+/// Draws `ms ± jitter` milliseconds.
+pub fn jittered(rng: &mut SmallRng, ms: u64, jitter_ms: u64) -> Duration {
+    let j = if jitter_ms > 0 { rng.gen_range(0..=2 * jitter_ms) as i64 - jitter_ms as i64 } else { 0 };
+    Duration::from_millis((ms as i64 + j).max(0) as u64)
+}
+
+impl Engine {
+    /// The engine for session number `session` of a run seeded `seed`.
+    /// Per-rule session filters are rolled here, once.
+    pub fn new(profile: Arc<Profile>, seed: u64, session: u64) -> Engine {
+        let selected = profile
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let s = r.sessions;
+                s.every.is_none_or(|e| session % e == 0)
+                    && s.first.is_none_or(|f| session <= f)
+                    && s.probability.is_none_or(|p| rng_for(seed, session, i, u64::MAX).gen_bool(p.clamp(0.0, 1.0)))
+            })
+            .collect();
+        let n = profile.rules.len();
+        Engine { profile, seed, session, selected, matches: vec![0; n], fired: vec![0; n] }
+    }
+
+    /// The profile this engine runs.
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    /// Rules that fire at `point`, in rule order.
+    pub fn decide(&mut self, point: &Point<'_>, facts: &Facts) -> Vec<Decision> {
+        let when = point.when();
+        let mut out = Vec::new();
+        for i in 0..self.profile.rules.len() {
+            let rule = &self.profile.rules[i];
+            if rule.when != when || !self.applies(i, point.command(), facts) {
+                continue;
+            }
+            let detail = match point.command() {
+                Some(c) => format!("{} {} #{}", when.as_str(), c.name(), facts.seq),
+                None => when.as_str().to_string(),
+            };
+            if let Some(d) = self.roll(i, detail) {
+                out.push(d);
+            }
+        }
+        out
+    }
+
+    /// For a multi-line response to `cmd` whose status line just arrived:
+    /// the body cuts to make, sorted by offset. `size` is the message size
+    /// the status line announced (`+OK 1234 octets`), for `fraction`.
+    pub fn plan_body(&mut self, cmd: &Command, size: Option<u64>, facts: &Facts) -> Vec<BodyCut> {
+        let mut out = Vec::new();
+        for i in 0..self.profile.rules.len() {
+            let rule = &self.profile.rules[i];
+            if rule.when != When::Body || !self.applies(i, Some(cmd), facts) {
+                continue;
+            }
+            let at = match (rule.offset, rule.fraction, size) {
+                (Some(o), _, _) => o,
+                (None, Some(f), Some(size)) => (f * size as f64).floor() as u64,
+                // A fraction of an unknown size: nothing to aim at.
+                _ => continue,
+            };
+            let detail = format!("body {} #{} @{at}", cmd.name(), facts.seq);
+            if let Some(decision) = self.roll(i, detail) {
+                out.push(BodyCut { at, decision });
+            }
+        }
+        out.sort_by_key(|c| c.at);
+        out
+    }
+
+    /// Timer rules of this session: (delay from session start, rule index),
+    /// delays drawn now.
+    pub fn timers(&self) -> Vec<(Duration, usize)> {
+        let mut out = Vec::new();
+        for (i, rule) in self.profile.rules.iter().enumerate() {
+            if rule.when != When::Timer || !self.selected[i] {
+                continue;
+            }
+            let ms = match rule.after_ms {
+                Some(Millis::Fixed(ms)) => ms,
+                Some(Millis::Range([lo, hi])) => rng_for(self.seed, self.session, i, u64::MAX - 1).gen_range(lo..=hi),
+                None => continue,
+            };
+            out.push((Duration::from_millis(ms), i));
+        }
+        out.sort();
+        out
+    }
+
+    /// A timer from [`timers`](Engine::timers) is due: does its rule fire?
+    pub fn timer_due(&mut self, rule: usize, after: Duration, facts: &Facts) -> Option<Decision> {
+        if self.profile.rules.get(rule)?.when != When::Timer || !self.applies(rule, None, facts) {
+            return None;
+        }
+        self.roll(rule, format!("timer @{}ms", after.as_millis()))
+    }
+
+    /// Filters other than the trigger point itself.
+    fn applies(&self, i: usize, cmd: Option<&Command>, facts: &Facts) -> bool {
+        let rule: &Rule = &self.profile.rules[i];
+        if !self.selected[i] {
+            return false;
+        }
+        if let Some(want) = &rule.command {
+            if cmd.is_none_or(|c| c.name() != want) {
+                return false;
+            }
+        }
+        if rule.state.is_some_and(|s| s != facts.state) {
+            return false;
+        }
+        if facts.retrieved < rule.min_retrieved || facts.deleted < rule.min_deleted {
+            return false;
+        }
+        if let Some(w) = rule.window {
+            let t = facts.run_elapsed.as_millis() as u64 % w.every_ms.max(1);
+            if t >= w.down_ms {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Counts a match of rule `i` and rolls for it.
+    fn roll(&mut self, i: usize, point: String) -> Option<Decision> {
+        self.matches[i] += 1;
+        let n = self.matches[i];
+        let rule = &self.profile.rules[i];
+        if rule.nth.is_some_and(|nth| nth != n) {
+            return None;
+        }
+        if !rule.repeat && self.fired[i] > 0 {
+            return None;
+        }
+        let mut rng = rng_for(self.seed, self.session, i, n as u64);
+        if rule.probability < 1.0 && !rng.gen_bool(rule.probability.clamp(0.0, 1.0)) {
+            return None;
+        }
+        let actions: Vec<Action> =
+            rule.actions.iter().filter(|a| a.probability() >= 1.0 || rng.gen_bool(a.probability().clamp(0.0, 1.0))).cloned().collect();
+        self.fired[i] += 1;
+        Some(Decision { rule: rule.name.clone(), point, actions })
+    }
+}
