@@ -871,16 +871,19 @@ impl Session<'_> {
                 }
             }
         }
-        self.deliver(Dir::Up, to, bytes).await?;
+        // Queue the command for framing before writing it: the answer can
+        // arrive (and be decoded by the other direction) while this write
+        // is still in progress, e.g. paced by a line speed.
         let seq = {
             let mut c = lock(self.core);
             let seq = c.codec.forwarded(cmd);
             if c.inflight.len() < crate::codec::framer::MAX_PENDING {
                 c.inflight.push_back((seq, Instant::now()));
             }
-            c.tracker.on_client(&ev, bytes, true);
             seq
         };
+        self.deliver(Dir::Up, to, bytes).await?;
+        lock(self.core).tracker.on_client(&ev, bytes, true);
         self.progress();
         if self.decide_and_act(Point::Forwarded(cmd), seq, Dir::Up).await == Flow::Stop {
             return Err(End::Cut);
@@ -993,7 +996,12 @@ impl Session<'_> {
     async fn response_done(&self, seq: u64, cmd: &Command) -> Result<(), End> {
         let micros = lock(self.core).answered(seq, Instant::now());
         if let Some(micros) = micros {
-            self.ctx.sink.emit(Event::Latency { session: self.ctx.number, seq, command: cmd.name().to_string(), micros });
+            self.ctx.sink.emit(Event::Latency {
+                session: self.ctx.number,
+                seq,
+                command: cmd.name().to_string(),
+                micros,
+            });
         }
         if self.decide_and_act(Point::Response(cmd), seq, Dir::Down).await == Flow::Stop {
             return Err(End::Cut);

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use popfault::control::Control;
 use popfault::events::{Event, EventSink, SessionEnd};
+use popfault::faults::Profile;
 use popfault::relay::{self, ProxyConfig, ProxyHandle};
 use popfault::server::{self, Maildrop, ServerConfig, ServerHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,9 +30,15 @@ pub struct World {
 
 impl World {
     pub async fn start(users: usize, messages: usize) -> World {
-        let cfg = ServerConfig { users, messages, size: 1500, password: "secret".into() };
+        World::with(Profile::passthrough(), 1, users, messages, 1500).await
+    }
+
+    /// The embedded server (messages of exactly `size` bytes) behind a
+    /// proxy running `profile` with `seed`.
+    pub async fn with(profile: Profile, seed: u64, users: usize, messages: usize, size: usize) -> World {
+        let cfg = ServerConfig { users, messages, size, password: "secret".into() };
         let server = server::spawn(loopback(), Maildrop::new(&cfg)).await.expect("server");
-        let (proxy, events) = proxy_to(&server.addr.to_string()).await;
+        let (proxy, events) = proxy_with(&server.addr.to_string(), profile, seed).await;
         World { server, proxy, events }
     }
 
@@ -45,9 +53,25 @@ impl World {
 }
 
 pub async fn proxy_to(upstream: &str) -> (ProxyHandle, mpsc::Receiver<Event>) {
+    proxy_with(upstream, Profile::passthrough(), 1).await
+}
+
+/// A proxy to `upstream` running `profile` with `seed`.
+pub async fn proxy_with(upstream: &str, profile: Profile, seed: u64) -> (ProxyHandle, mpsc::Receiver<Event>) {
     let (sink, rx) = EventSink::channel(100_000);
-    let proxy = relay::start(ProxyConfig::new(loopback(), upstream), sink).await.expect("proxy");
+    let control = Arc::new(Control::new(Arc::new(profile), seed));
+    let proxy = relay::start(ProxyConfig::new(loopback(), upstream), control, sink).await.expect("proxy");
     (proxy, rx)
+}
+
+/// A built-in profile by name.
+pub fn builtin(name: &str) -> Profile {
+    popfault::faults::builtin::builtin(name).expect("a built-in").expect("valid")
+}
+
+/// A profile from TOML text (panics with the located error if invalid).
+pub fn profile(toml: &str) -> Profile {
+    Profile::from_toml(toml, "test", "test").unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub async fn next_end(rx: &mut mpsc::Receiver<Event>) -> SessionEnd {
@@ -163,3 +187,4 @@ pub fn sha256(b: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
 }
+pub mod dovecot;
