@@ -1,0 +1,642 @@
+//! The dashboard's model: a pure fold of [`Event`]s (no I/O, no clock; the
+//! caller says what time it is) into what the panels show.
+//!
+//! Everything it holds is bounded whatever the load, and cloning it is cheap
+//! (rows, log lines and histograms sit behind `Arc`s and are copied only
+//! when written while a snapshot still shares them), so the UI can take a
+//! snapshot ten times a second and draw without holding any lock.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::events::{Event, SessionEnd, SessionSnapshot};
+use crate::session::{Outcome, State};
+use crate::stats::Percentiles;
+
+/// Most recently ended sessions kept for the table.
+pub const MAX_ENDED: usize = 200;
+/// Most live sessions tracked. Past it the lowest-numbered one is forgotten:
+/// events can be dropped when the queue is full, so a session whose end was
+/// lost must not stay in memory for ever.
+pub const MAX_LIVE: usize = 10_000;
+/// Lines kept in the event log.
+pub const MAX_LOG: usize = 200;
+/// Throughput samples kept (at [`SAMPLE_PERIOD`], about four minutes).
+pub const MAX_SAMPLES: usize = 512;
+/// Shortest time between two throughput samples: shorter ticks are folded
+/// into the next sample so rates are not dominated by timer jitter.
+pub const SAMPLE_PERIOD: Duration = Duration::from_millis(500);
+/// Distinct command names with their own latency histogram; the rest (a
+/// client can invent any keyword) share [`OTHER_COMMANDS`].
+pub const MAX_COMMANDS: usize = 24;
+/// The histogram name for commands past [`MAX_COMMANDS`].
+pub const OTHER_COMMANDS: &str = "(other)";
+/// Fault names kept per session row (the count stays exact).
+const MAX_ROW_FAULTS: usize = 8;
+/// Longest text kept from an event field (user names, commands, rules).
+const MAX_TEXT: usize = 96;
+/// Highest latency recorded, in microseconds (an hour); longer is clamped.
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// How a session ended, as the table and log show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    /// The outcome (SPEC §5).
+    pub outcome: Outcome,
+    /// Messages at risk of a second download.
+    pub at_risk: usize,
+    /// Duplicate downloads observed in this session.
+    pub duplicates: u64,
+    /// How the connection ended, for humans.
+    pub ended_by: String,
+    /// When it ended (since the start of the run).
+    pub at: Duration,
+    /// STLS succeeded: the rest was not inspected.
+    pub encrypted: bool,
+}
+
+/// One row of the sessions table: a live or recently ended session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    /// Session number.
+    pub session: u64,
+    /// The client's address, once known.
+    pub client: Option<SocketAddr>,
+    /// User name, if given.
+    pub user: Option<String>,
+    /// RFC 1939 state.
+    pub state: State,
+    /// Last command, redacted by the tracker.
+    pub last_command: Option<String>,
+    /// Complete downloads.
+    pub downloaded: u64,
+    /// Messages marked for deletion.
+    pub marked: usize,
+    /// Bytes client → server.
+    pub bytes_up: u64,
+    /// Bytes server → client.
+    pub bytes_down: u64,
+    /// Names of fault rules that fired, oldest first (at most a few).
+    pub faults: Vec<String>,
+    /// Faults fired in total.
+    pub fault_count: u64,
+    /// The profile the session runs under.
+    pub profile: String,
+    /// When it was first seen (since the start of the run).
+    pub started: Duration,
+    /// Set once it ended.
+    pub end: Option<Ended>,
+}
+
+impl SessionRow {
+    fn new(session: u64, now: Duration) -> SessionRow {
+        SessionRow {
+            session,
+            client: None,
+            user: None,
+            state: State::Authorization,
+            last_command: None,
+            downloaded: 0,
+            marked: 0,
+            bytes_up: 0,
+            bytes_down: 0,
+            faults: Vec::new(),
+            fault_count: 0,
+            profile: String::new(),
+            started: now,
+            end: None,
+        }
+    }
+
+    /// Whether the session is still running.
+    pub fn is_live(&self) -> bool {
+        self.end.is_none()
+    }
+
+    /// The last fault fired, if any.
+    pub fn last_fault(&self) -> Option<&str> {
+        self.faults.last().map(String::as_str)
+    }
+
+    fn progress(&mut self, p: &SessionSnapshot) {
+        self.state = p.state;
+        if let Some(u) = &p.user {
+            self.user = Some(clean(u));
+        }
+        if let Some(c) = &p.last_command {
+            self.last_command = Some(clean(c));
+        }
+        self.downloaded = p.downloaded;
+        self.marked = p.marked;
+        self.bytes_up = p.bytes_up;
+        self.bytes_down = p.bytes_down;
+    }
+
+    fn fault(&mut self, rule: &str) {
+        self.fault_count += 1;
+        if self.faults.len() == MAX_ROW_FAULTS {
+            self.faults.remove(0);
+        }
+        self.faults.push(clean(rule));
+    }
+
+    fn finish(&mut self, e: &SessionEnd, now: Duration) {
+        self.client = Some(e.client);
+        if let Some(u) = &e.user {
+            self.user = Some(clean(u));
+        }
+        self.state = e.state;
+        self.downloaded = e.downloaded;
+        self.marked = e.marked;
+        self.bytes_up = e.bytes_up;
+        self.bytes_down = e.bytes_down;
+        self.profile = clean(&e.profile);
+        // The end's list is authoritative (fault events may have been dropped).
+        if !e.faults.is_empty() || self.fault_count == 0 {
+            self.fault_count = e.faults.len() as u64;
+            let skip = e.faults.len().saturating_sub(MAX_ROW_FAULTS);
+            self.faults = e.faults[skip..].iter().map(|f| clean(f)).collect();
+        }
+        self.end = Some(Ended {
+            outcome: e.outcome,
+            at_risk: e.at_risk,
+            duplicates: e.duplicates,
+            ended_by: clean(&e.ended_by),
+            at: now,
+            encrypted: e.encrypted,
+        });
+    }
+}
+
+/// One line of the event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// When (since the start of the run).
+    pub at: Duration,
+    /// Session number.
+    pub session: u64,
+    /// What happened.
+    pub kind: LogKind,
+}
+
+/// What a log line reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogKind {
+    /// A fault rule fired.
+    Fault {
+        /// Rule name.
+        rule: String,
+        /// What it did.
+        action: String,
+        /// Where.
+        point: String,
+    },
+    /// A session ended.
+    End {
+        /// Its outcome.
+        outcome: Outcome,
+        /// Messages at risk of a second download.
+        at_risk: usize,
+        /// Duplicate downloads observed.
+        duplicates: u64,
+        /// How the connection ended.
+        ended_by: String,
+    },
+}
+
+/// Throughput over one sample period, in bytes per second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rate {
+    /// Client → server.
+    pub up: u64,
+    /// Server → client.
+    pub down: u64,
+}
+
+/// Everything the dashboard shows, folded from events. See the module docs.
+#[derive(Debug, Clone)]
+pub struct Model {
+    outcomes: [u64; Outcome::ALL.len()],
+    at_risk: u64,
+    duplicates: u64,
+    downloaded: u64,
+    faults_fired: u64,
+    forgotten: u64,
+    live: BTreeMap<u64, Arc<SessionRow>>,
+    /// Most recently ended last.
+    ended: VecDeque<Arc<SessionRow>>,
+    latency: BTreeMap<String, Arc<Histogram<u64>>>,
+    log: VecDeque<Arc<LogLine>>,
+    samples: VecDeque<Rate>,
+    last_sample: Option<(u64, u64, Duration)>,
+    now: Duration,
+}
+
+impl Default for Model {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    // Two significant figures are plenty on screen and keep each histogram
+    // at a few KiB, so a copy-on-write after a snapshot stays cheap.
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 2).expect("constant bounds are valid")
+}
+
+/// Peer-supplied text made safe to draw and bounded: control characters
+/// (an escape sequence in a user name) would reach the terminal otherwise.
+fn clean(s: &str) -> String {
+    s.chars().take(MAX_TEXT).map(|c| if c.is_control() { '\u{FFFD}' } else { c }).collect()
+}
+
+fn outcome_index(o: Outcome) -> usize {
+    Outcome::ALL.iter().position(|x| *x == o).unwrap_or(0)
+}
+
+// === impl Model ===
+
+impl Model {
+    /// An empty model.
+    pub fn new() -> Model {
+        Model {
+            outcomes: [0; Outcome::ALL.len()],
+            at_risk: 0,
+            duplicates: 0,
+            downloaded: 0,
+            faults_fired: 0,
+            forgotten: 0,
+            live: BTreeMap::new(),
+            ended: VecDeque::new(),
+            latency: BTreeMap::new(),
+            log: VecDeque::new(),
+            samples: VecDeque::new(),
+            last_sample: None,
+            now: Duration::ZERO,
+        }
+    }
+
+    /// Folds one event in; `now` is the time since the run started. A
+    /// `SessionEnd` must already have its `duplicates` filled in (fold it
+    /// through [`crate::stats::Stats::apply`] first).
+    pub fn apply(&mut self, ev: &Event, now: Duration) {
+        self.now = self.now.max(now);
+        match ev {
+            Event::SessionStart { session, client, profile, .. } => {
+                let row = self.live_row(*session, now);
+                row.client = Some(*client);
+                row.profile = clean(profile);
+            }
+            Event::Progress(p) => {
+                // A late progress report for a session that already ended
+                // must not bring it back to life.
+                if self.live.contains_key(&p.session) || !self.ended.iter().any(|r| r.session == p.session) {
+                    self.live_row(p.session, now).progress(p);
+                }
+            }
+            Event::Fault { session, rule, action, point } => {
+                self.faults_fired += 1;
+                if let Some(row) = self.live.get_mut(session) {
+                    Arc::make_mut(row).fault(rule);
+                }
+                self.log_line(LogLine {
+                    at: now,
+                    session: *session,
+                    kind: LogKind::Fault { rule: clean(rule), action: clean(action), point: clean(point) },
+                });
+            }
+            Event::Latency { command, micros, .. } => self.latency(command, *micros),
+            Event::SessionEnd(e) => self.session_end(e, now),
+        }
+    }
+
+    /// Records the global byte counters (as returned by
+    /// [`crate::control::Control::bytes`]); call once per UI tick. A rate
+    /// sample is taken when at least [`SAMPLE_PERIOD`] has passed since the
+    /// last one.
+    pub fn sample_bytes(&mut self, up: u64, down: u64, now: Duration) {
+        self.now = self.now.max(now);
+        let Some((u0, d0, t0)) = self.last_sample else {
+            self.last_sample = Some((up, down, now));
+            return;
+        };
+        let dt = now.saturating_sub(t0);
+        if dt < SAMPLE_PERIOD {
+            return;
+        }
+        let per_sec = |delta: u64| (delta as u128 * 1_000_000 / dt.as_micros().max(1)) as u64;
+        // saturating_sub: counters that went backwards (a new proxy) read as idle.
+        let rate = Rate { up: per_sec(up.saturating_sub(u0)), down: per_sec(down.saturating_sub(d0)) };
+        if self.samples.len() == MAX_SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(rate);
+        self.last_sample = Some((up, down, now));
+    }
+
+    fn live_row(&mut self, session: u64, now: Duration) -> &mut SessionRow {
+        if !self.live.contains_key(&session) && self.live.len() >= MAX_LIVE {
+            self.live.pop_first();
+            self.forgotten += 1;
+        }
+        Arc::make_mut(self.live.entry(session).or_insert_with(|| Arc::new(SessionRow::new(session, now))))
+    }
+
+    fn session_end(&mut self, e: &SessionEnd, now: Duration) {
+        let mut row = self.live.remove(&e.session).unwrap_or_else(|| Arc::new(SessionRow::new(e.session, now)));
+        Arc::make_mut(&mut row).finish(e, now);
+        self.outcomes[outcome_index(e.outcome)] += 1;
+        self.at_risk += e.at_risk as u64;
+        self.duplicates += e.duplicates;
+        self.downloaded += e.downloaded;
+        if self.ended.len() == MAX_ENDED {
+            self.ended.pop_front();
+        }
+        self.ended.push_back(row);
+        self.log_line(LogLine {
+            at: now,
+            session: e.session,
+            kind: LogKind::End {
+                outcome: e.outcome,
+                at_risk: e.at_risk,
+                duplicates: e.duplicates,
+                ended_by: clean(&e.ended_by),
+            },
+        });
+    }
+
+    fn latency(&mut self, command: &str, micros: u64) {
+        let key = if self.latency.contains_key(command) || self.latency.len() < MAX_COMMANDS {
+            clean(command)
+        } else {
+            OTHER_COMMANDS.to_string()
+        };
+        let h = self.latency.entry(key).or_insert_with(|| Arc::new(histogram()));
+        Arc::make_mut(h).saturating_record(micros.clamp(1, MAX_LATENCY_US));
+    }
+
+    fn log_line(&mut self, line: LogLine) {
+        if self.log.len() == MAX_LOG {
+            self.log.pop_front();
+        }
+        self.log.push_back(Arc::new(line));
+    }
+
+    // --- reading ---
+
+    /// The latest time seen by `apply` or `sample_bytes`.
+    pub fn now(&self) -> Duration {
+        self.now
+    }
+
+    /// Sessions that ended with `outcome`.
+    pub fn outcome_count(&self, outcome: Outcome) -> u64 {
+        self.outcomes[outcome_index(outcome)]
+    }
+
+    /// Sessions ended so far.
+    pub fn ended_total(&self) -> u64 {
+        self.outcomes.iter().sum()
+    }
+
+    /// Sessions running now.
+    pub fn live_count(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Messages at risk of a second download, all sessions.
+    pub fn at_risk(&self) -> u64 {
+        self.at_risk
+    }
+
+    /// Duplicate downloads observed, all sessions.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
+    }
+
+    /// Complete downloads in ended sessions.
+    pub fn downloaded(&self) -> u64 {
+        self.downloaded
+    }
+
+    /// Faults fired, all sessions.
+    pub fn faults_fired(&self) -> u64 {
+        self.faults_fired
+    }
+
+    /// Live sessions forgotten because more than [`MAX_LIVE`] were tracked
+    /// (their end events were probably dropped).
+    pub fn forgotten(&self) -> u64 {
+        self.forgotten
+    }
+
+    /// Rows in table order: live sessions newest first, then ended ones,
+    /// most recently ended first.
+    pub fn rows(&self) -> impl Iterator<Item = &SessionRow> + '_ {
+        self.live.values().rev().chain(self.ended.iter().rev()).map(|r| &**r)
+    }
+
+    /// Number of rows in the table.
+    pub fn row_count(&self) -> usize {
+        self.live.len() + self.ended.len()
+    }
+
+    /// The table position of `session`, if it has a row.
+    pub fn row_index(&self, session: u64) -> Option<usize> {
+        if self.live.contains_key(&session) {
+            return Some(self.live.range((Bound::Excluded(session), Bound::Unbounded)).count());
+        }
+        let pos = self.ended.iter().rev().position(|r| r.session == session)?;
+        Some(self.live.len() + pos)
+    }
+
+    /// The session number of the row at table position `index`.
+    pub fn row_at(&self, index: usize) -> Option<u64> {
+        self.rows().nth(index).map(|r| r.session)
+    }
+
+    /// A session's row, live or recently ended.
+    pub fn session(&self, session: u64) -> Option<&SessionRow> {
+        match self.live.get(&session) {
+            Some(r) => Some(r),
+            None => self.ended.iter().rev().find(|r| r.session == session).map(|r| &**r),
+        }
+    }
+
+    /// Whether `session` is live (can be cut).
+    pub fn is_live(&self, session: u64) -> bool {
+        self.live.contains_key(&session)
+    }
+
+    /// Per-command latency in microseconds, by command name.
+    pub fn latency_percentiles(&self) -> Vec<(&str, Percentiles)> {
+        self.latency
+            .iter()
+            .map(|(k, h)| {
+                let p = Percentiles {
+                    p50: h.value_at_quantile(0.5),
+                    p99: h.value_at_quantile(0.99),
+                    max: h.max(),
+                    count: h.len(),
+                };
+                (k.as_str(), p)
+            })
+            .collect()
+    }
+
+    /// Throughput samples, oldest first.
+    pub fn throughput(&self) -> &VecDeque<Rate> {
+        &self.samples
+    }
+
+    /// The event log, oldest first.
+    pub fn log(&self) -> impl DoubleEndedIterator<Item = &LogLine> + ExactSizeIterator + '_ {
+        self.log.iter().map(|l| &**l)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr() -> SocketAddr {
+        ([127, 0, 0, 1], 40000).into()
+    }
+
+    fn start(n: u64) -> Event {
+        Event::SessionStart { session: n, client: addr(), upstream: "up:110".into(), profile: "p".into() }
+    }
+
+    fn end(n: u64, outcome: Outcome) -> Event {
+        Event::SessionEnd(Box::new(SessionEnd {
+            session: n,
+            client: addr(),
+            upstream: "up:110".into(),
+            user: Some("alice".into()),
+            outcome,
+            state: State::Transaction,
+            downloaded: 2,
+            marked: 1,
+            at_risk: 2,
+            duplicates: 1,
+            bytes_up: 10,
+            bytes_down: 100,
+            duration_ms: 5,
+            faults: vec!["cut".into()],
+            encrypted: false,
+            violations: 0,
+            profile: "p".into(),
+            fingerprints: Vec::new(),
+            ended_by: "client closed".into(),
+        }))
+    }
+
+    const T: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn live_then_ended() {
+        let mut m = Model::new();
+        m.apply(&start(1), T);
+        assert!(m.is_live(1));
+        assert_eq!((m.live_count(), m.row_count()), (1, 1));
+        m.apply(&end(1, Outcome::RolledBack), T * 2);
+        assert!(!m.is_live(1));
+        assert_eq!((m.live_count(), m.row_count(), m.ended_total()), (0, 1, 1));
+        let row = m.session(1).expect("row kept");
+        assert_eq!(row.end.as_ref().map(|e| (e.outcome, e.at)), Some((Outcome::RolledBack, T * 2)));
+        assert_eq!(row.started, T);
+        assert_eq!((m.outcome_count(Outcome::RolledBack), m.at_risk(), m.duplicates()), (1, 2, 1));
+        // A late progress report does not resurrect it.
+        m.apply(&progress(1, "NOOP"), T * 3);
+        assert_eq!(m.live_count(), 0);
+    }
+
+    fn progress(n: u64, cmd: &str) -> Event {
+        Event::Progress(Box::new(SessionSnapshot {
+            session: n,
+            state: State::Transaction,
+            user: Some("bob".into()),
+            last_command: Some(cmd.into()),
+            downloaded: 1,
+            marked: 0,
+            bytes_up: 1,
+            bytes_down: 2,
+        }))
+    }
+
+    #[test]
+    fn bounded_whatever_the_load() {
+        let mut m = Model::new();
+        for n in 1..=10_000 {
+            m.apply(&start(n), T);
+            m.apply(&Event::Fault { session: n, rule: "r".into(), action: "disconnect".into(), point: "x".into() }, T);
+            m.apply(&Event::Latency { session: n, seq: 1, command: format!("X{n}"), micros: n }, T);
+            m.apply(&end(n, Outcome::Committed), T);
+        }
+        assert_eq!(m.ended_total(), 10_000);
+        assert_eq!(m.row_count(), MAX_ENDED);
+        assert_eq!(m.log().len(), MAX_LOG);
+        assert_eq!(m.latency_percentiles().len(), MAX_COMMANDS + 1);
+        // Starts whose ends were lost.
+        for n in 20_000..20_000 + MAX_LIVE as u64 + 50 {
+            m.apply(&start(n), T);
+        }
+        assert_eq!((m.live_count(), m.forgotten()), (MAX_LIVE, 50));
+        for i in 0..2 * MAX_SAMPLES as u64 {
+            m.sample_bytes(i, i, SAMPLE_PERIOD * i as u32);
+        }
+        assert_eq!(m.throughput().len(), MAX_SAMPLES);
+    }
+
+    #[test]
+    fn row_order_and_lookup() {
+        let mut m = Model::new();
+        for n in 1..=4 {
+            m.apply(&start(n), T);
+        }
+        m.apply(&end(2, Outcome::Committed), T);
+        m.apply(&end(1, Outcome::Refused), T);
+        let order: Vec<u64> = m.rows().map(|r| r.session).collect();
+        assert_eq!(order, [4, 3, 1, 2]);
+        for (i, n) in order.iter().enumerate() {
+            assert_eq!(m.row_index(*n), Some(i));
+            assert_eq!(m.row_at(i), Some(*n));
+        }
+        assert_eq!(m.row_index(9), None);
+    }
+
+    #[test]
+    fn throughput_rates_per_second() {
+        let mut m = Model::new();
+        m.sample_bytes(0, 0, Duration::ZERO);
+        m.sample_bytes(50, 50, Duration::from_millis(100)); // too soon: folded into the next
+        m.sample_bytes(500, 2000, Duration::from_millis(500));
+        m.sample_bytes(100, 2000, Duration::from_secs(1)); // went backwards
+        let rates: Vec<Rate> = m.throughput().iter().copied().collect();
+        assert_eq!(rates, [Rate { up: 1000, down: 4000 }, Rate { up: 0, down: 0 }]);
+    }
+
+    #[test]
+    fn peer_text_is_cleaned_and_bounded() {
+        let mut m = Model::new();
+        m.apply(&progress(1, &format!("X\x1b[2J{}", "a".repeat(500))), T);
+        let cmd = m.session(1).and_then(|r| r.last_command.clone()).unwrap_or_default();
+        assert!(!cmd.contains('\x1b'));
+        assert_eq!(cmd.chars().count(), MAX_TEXT);
+    }
+
+    #[test]
+    fn snapshot_is_independent_of_later_events() {
+        let mut m = Model::new();
+        m.apply(&progress(1, "RETR 1"), T);
+        let snap = m.clone();
+        m.apply(&progress(1, "DELE 1"), T);
+        assert_eq!(snap.session(1).and_then(|r| r.last_command.as_deref()), Some("RETR 1"));
+        assert_eq!(m.session(1).and_then(|r| r.last_command.as_deref()), Some("DELE 1"));
+    }
+}

@@ -1,0 +1,546 @@
+//! The dashboard's panels rendered from a fixed model into a buffer.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use popfault::dashboard::*;
+use popfault::events::{Event, SessionEnd, SessionSnapshot};
+use popfault::session::{Outcome, State};
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+
+use crossterm::event::{Event as InputEvent, KeyCode, KeyEvent, KeyModifiers};
+use popfault::control::Control;
+use popfault::faults::Profile;
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::buffer::Buffer;
+use ratatui::layout::Rect;
+use ratatui::widgets::Widget;
+use tokio_util::sync::CancellationToken;
+
+const S: Duration = Duration::from_secs(1);
+
+fn client(port: u16) -> SocketAddr {
+    ([127, 0, 0, 1], port).into()
+}
+
+fn start(n: u64, profile: &str) -> Event {
+    Event::SessionStart {
+        session: n,
+        client: client(50000 + n as u16),
+        upstream: "127.0.0.1:2110".into(),
+        profile: profile.into(),
+    }
+}
+
+fn progress(n: u64, state: State, user: &str, cmd: &str, dl: u64, mk: usize) -> Event {
+    Event::Progress(Box::new(SessionSnapshot {
+        session: n,
+        state,
+        user: Some(user.into()),
+        last_command: Some(cmd.into()),
+        downloaded: dl,
+        marked: mk,
+        bytes_up: 60 * dl,
+        bytes_down: 2100 * dl,
+    }))
+}
+
+struct End {
+    n: u64,
+    user: &'static str,
+    outcome: Outcome,
+    state: State,
+    dl: u64,
+    mk: usize,
+    at_risk: usize,
+    dup: u64,
+    faults: &'static [&'static str],
+    ended_by: &'static str,
+}
+
+fn end(e: End) -> Event {
+    Event::SessionEnd(Box::new(SessionEnd {
+        session: e.n,
+        client: client(50000 + e.n as u16),
+        upstream: "127.0.0.1:2110".into(),
+        user: if e.user.is_empty() { None } else { Some(e.user.into()) },
+        outcome: e.outcome,
+        state: e.state,
+        downloaded: e.dl,
+        marked: e.mk,
+        at_risk: e.at_risk,
+        duplicates: e.dup,
+        bytes_up: 60 * e.dl + 30,
+        bytes_down: 2100 * e.dl + 40,
+        duration_ms: 1000,
+        faults: e.faults.iter().map(|f| f.to_string()).collect(),
+        encrypted: false,
+        violations: 0,
+        profile: "lost-carrier".into(),
+        fingerprints: Vec::new(),
+        ended_by: e.ended_by.into(),
+    }))
+}
+
+fn latency(n: u64, command: &str, micros: u64) -> Event {
+    Event::Latency { session: n, seq: 1, command: command.into(), micros }
+}
+
+/// Six sessions: two live (2, 5), four ended with different outcomes.
+fn model() -> Model {
+    let mut m = Model::new();
+    let evs = [
+        start(1, "lost-carrier"),
+        progress(1, State::Transaction, "alice", "RETR 3", 2, 2),
+        Event::Fault {
+            session: 1,
+            rule: "cut-mid-retr".into(),
+            action: "disconnect".into(),
+            point: "body RETR 3 @1024".into(),
+        },
+        end(End {
+            n: 1,
+            user: "alice",
+            outcome: Outcome::RolledBack,
+            state: State::Transaction,
+            dl: 2,
+            mk: 2,
+            at_risk: 3,
+            dup: 0,
+            faults: &["cut-mid-retr"],
+            ended_by: "reset by server",
+        }),
+        start(2, "lost-carrier"),
+        progress(2, State::Authorization, "bob", "PASS ***", 0, 0),
+        start(3, "lost-carrier"),
+        end(End {
+            n: 3,
+            user: "carol",
+            outcome: Outcome::Committed,
+            state: State::Update,
+            dl: 5,
+            mk: 5,
+            at_risk: 0,
+            dup: 2,
+            faults: &[],
+            ended_by: "client closed",
+        }),
+        start(4, "lost-carrier"),
+        end(End {
+            n: 4,
+            user: "",
+            outcome: Outcome::Refused,
+            state: State::Authorization,
+            dl: 0,
+            mk: 0,
+            at_risk: 0,
+            dup: 0,
+            faults: &[],
+            ended_by: "upstream refused",
+        }),
+        start(5, "passthrough"),
+        progress(5, State::Transaction, "dave", "DELE 4", 4, 3),
+        start(6, "lost-carrier"),
+        Event::Fault {
+            session: 6,
+            rule: "quit-lost".into(),
+            action: "disconnect".into(),
+            point: "forwarded QUIT".into(),
+        },
+        end(End {
+            n: 6,
+            user: "erin",
+            outcome: Outcome::InDoubt,
+            state: State::Update,
+            dl: 1,
+            mk: 4,
+            at_risk: 4,
+            dup: 1,
+            faults: &["quit-lost"],
+            ended_by: "client closed",
+        }),
+        latency(1, "RETR", 1_200),
+        latency(3, "RETR", 1_250),
+        latency(3, "RETR", 48_000),
+        latency(3, "DELE", 310),
+        latency(3, "QUIT", 820),
+        latency(5, "USER", 150),
+    ];
+    for (i, ev) in evs.iter().enumerate() {
+        m.apply(ev, S * i as u32);
+    }
+    for i in 0..20u64 {
+        m.sample_bytes(i * i * 100, i * 5000, Duration::from_millis(500) * i as u32);
+    }
+    m
+}
+
+fn header() -> Header {
+    Header { listen: "127.0.0.1:1110".into(), upstream: "127.0.0.1:2110".into(), seed: 4242, started: Instant::now() }
+}
+
+fn lines(buf: &Buffer) -> Vec<String> {
+    let area = buf.area;
+    (0..area.height)
+        .map(|y| (0..area.width).map(|x| buf[(x, y)].symbol()).collect::<String>().trim_end().to_string())
+        .collect()
+}
+
+/// Renders one panel (or the whole dashboard) of `w`×`h` and reads it back.
+fn render(
+    m: &Model,
+    ui: &UiState,
+    paused: bool,
+    (w, h): (u16, u16),
+    panel: impl FnOnce(Rect, &mut Buffer, &Dashboard),
+) -> Vec<String> {
+    let header = header();
+    let d = Dashboard { model: m, header: &header, ui, profile: "lost-carrier", paused, uptime: S * 83 };
+    let mut buf = Buffer::empty(Rect::new(0, 0, w, h));
+    panel(buf.area, &mut buf, &d);
+    lines(&buf)
+}
+
+fn whole(area: Rect, buf: &mut Buffer, d: &Dashboard) {
+    d.render(area, buf);
+}
+
+fn selected(session: u64) -> UiState {
+    UiState { selected: Some(session), ..UiState::default() }
+}
+
+fn assert_lines(got: &[String], want: &[&str]) {
+    assert_eq!(got.len(), want.len(), "line count\n{}", got.join("\n"));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g, w.trim_end(), "line {i} differs; whole buffer:\n{}", got.join("\n"));
+    }
+}
+
+#[test]
+fn whole_dashboard_at_80x24() {
+    let got = render(&model(), &selected(2), false, (80, 24), whole);
+    assert_lines(
+        &got,
+        &[
+            "╭ popfault · up 00:01:23 ───────────────────────────────────────── ● faults on ╮",
+            "│127.0.0.1:1110 → 127.0.0.1:2110  profile lost-carrier  seed 4242              │",
+            "╰──────────────────────────────────────────────────────────────────────────────╯",
+            "╭ outcomes · 4 ended · 2 live ──────────╮╭ latency per command ────────────────╮",
+            "│committed         1 refused           1││cmd        p50    p99    max      n  │",
+            "│commit-failed     0 clean-quit        0││RETR     1.3ms   48ms   48ms      3  │",
+            "│rolled-back       1 at risk           7││DELE     311µs  311µs  311µs      1  │",
+            "│in-doubt          1 duplicates        3││QUIT     823µs  823µs  823µs      1  │",
+            "│no-login          0 faults fired      2││USER     150µs  150µs  150µs      1  │",
+            "╰───────────────────────────────────────╯╰─────────────────────────────────────╯",
+            "╭ sessions · 2 live · 4 recent ────────────────────────────────────────────────╮",
+            "│  #     user       state  last cmd   dl/mk fault                 outcome      │",
+            "│  5     dave       TRANS  DELE 4     4/3   -                     ● live       │",
+            "│▶ 2     bob        AUTH   PASS ***   0/0   -                     ● live       │",
+            "│  6     erin       UPDATE            1/4   quit-lost             in-doubt     │",
+            "│  4                AUTH              0/0   -                     refused      │",
+            "│  3     carol      UPDATE            5/5   -                     committed    │",
+            "╰───────────────────────────────────────────────────────────────────────── 2/6 ╯",
+            "╭ throughput ──────────────────╮╭ events ──────────────────────────────────────╮",
+            "│↑ 7.2 KiB/s   ▁▁▂▂▃▃▄▄▄▅▅▆▆▇▇█││00:09 #4   refused (upstream refused)         │",
+            "│↓ 9.8 KiB/s   ████████████████││00:13 #6   fault quit-lost: disconnect at forw│",
+            "│              ████████████████││00:14 #6   in-doubt · 4 at risk · 1 dup (clien│",
+            "╰──────────── peak ↓ 9.8 KiB/s ╯╰──────────────────────────────────────────────╯",
+            " q  quit   p  pause   tab  profile   k  cut   ↑↓  select   ?  help",
+        ],
+    );
+}
+
+#[test]
+fn wide_dashboard_shows_every_column_and_the_whole_log() {
+    let got = render(&model(), &selected(1), true, (130, 36), whole);
+    let text = got.join("\n");
+    assert!(got[0].contains("‖ faults PAUSED"), "{}", got[0]);
+    let head = got.iter().find(|l| l.contains("last cmd")).expect("table header");
+    for col in ["#", "client", "user", "state", "last cmd", "dl/mk", "up/down", "fault", "outcome", "profile"] {
+        assert!(head.contains(col), "column {col} missing: {head}");
+    }
+    let row = got.iter().find(|l| l.contains("▶ 1 ")).expect("selected row for session 1");
+    let cells: Vec<&str> = row.trim_matches('│').split_whitespace().collect();
+    assert_eq!(
+        cells,
+        [
+            "▶",
+            "1",
+            "127.0.0.1:50001",
+            "alice",
+            "TRANS",
+            "RETR",
+            "3",
+            "2/2",
+            "150/4.1K",
+            "cut-mid-retr",
+            "rolled-back",
+            "lost-carrier"
+        ]
+    );
+    let live = got.iter().find(|l| l.contains(" 5 ")).expect("row for session 5");
+    assert!(live.contains("dave") && live.contains("● live") && live.contains("passthrough"), "{live}");
+    assert!(text.contains("00:02 #1   fault cut-mid-retr: disconnect at body RETR 3 @1024"), "{text}");
+    assert!(text.contains("00:03 #1   rolled-back · 3 at risk (reset by server)"), "{text}");
+    assert!(text.contains("00:07 #3   committed · 2 dup (client closed)"), "{text}");
+    assert!(text.contains(" 6/6 "), "selection position in the border");
+    assert!(got[35].contains("p  resume"), "{}", got[35]);
+}
+
+#[test]
+fn header_shows_addresses_profile_seed_uptime_and_pause() {
+    let on = render(&model(), &UiState::default(), false, (80, 3), render_header);
+    assert_lines(
+        &on,
+        &[
+            "╭ popfault · up 00:01:23 ───────────────────────────────────────── ● faults on ╮",
+            "│127.0.0.1:1110 → 127.0.0.1:2110  profile lost-carrier  seed 4242              │",
+            "╰──────────────────────────────────────────────────────────────────────────────╯",
+        ],
+    );
+    let paused = render(&model(), &UiState::default(), true, (100, 3), render_header);
+    assert_eq!(
+        paused[0],
+        "╭ popfault · up 00:01:23 ───────────────────────────────────────────────────────── ‖ faults PAUSED ╮"
+    );
+    assert!(paused[1].contains("seed 4242") && paused[1].contains("profile lost-carrier"));
+}
+
+#[test]
+fn outcome_counters_with_at_risk_and_duplicates() {
+    let got = render(&model(), &UiState::default(), false, (41, 7), render_outcomes);
+    assert_lines(
+        &got,
+        &[
+            "╭ outcomes · 4 ended · 2 live ──────────╮",
+            "│committed         1 refused           1│",
+            "│commit-failed     0 clean-quit        0│",
+            "│rolled-back       1 at risk           7│",
+            "│in-doubt          1 duplicates        3│",
+            "│no-login          0 faults fired      2│",
+            "╰───────────────────────────────────────╯",
+        ],
+    );
+}
+
+#[test]
+fn latency_percentiles_per_command() {
+    let got = render(&model(), &UiState::default(), false, (40, 5), render_latency);
+    assert_lines(
+        &got,
+        &[
+            "╭ latency per command ─────────────────╮",
+            "│cmd        p50    p99    max      n   │",
+            "│RETR     1.3ms   48ms   48ms      3   │",
+            "│DELE     311µs  311µs  311µs      1   │",
+            "╰───────────────────────────── +2 more ╯",
+        ],
+    );
+    // Wide enough for two groups: every command shows.
+    let wide = render(&model(), &UiState::default(), false, (80, 5), render_latency).join("\n");
+    for cmd in ["RETR", "DELE", "QUIT", "USER"] {
+        assert!(wide.contains(cmd), "{wide}");
+    }
+    assert!(wide.contains("QUIT     823µs  823µs  823µs      1"), "{wide}");
+}
+
+#[test]
+fn sessions_table_scrolls_to_the_selection() {
+    let mut m = Model::new();
+    for n in 1..=30 {
+        m.apply(&start(n, "p"), S);
+        m.apply(&progress(n, State::Transaction, &format!("user{n}"), "STAT", 0, 0), S);
+    }
+    let mut ui = UiState::default();
+    handle_key(&mut ui, &m, KeyEvent::new(KeyCode::End, KeyModifiers::NONE));
+    ui.settle(&m, 5);
+    let got = render(&m, &ui, false, (80, 8), render_sessions);
+    assert_lines(
+        &got,
+        &[
+            "╭ sessions · 30 live · 0 recent ───────────────────────────────────────────────╮",
+            "│  #     user       state  last cmd   dl/mk fault                 outcome      │",
+            "│  5     user5      TRANS  STAT       0/0   -                     ● live       │",
+            "│  4     user4      TRANS  STAT       0/0   -                     ● live       │",
+            "│  3     user3      TRANS  STAT       0/0   -                     ● live       │",
+            "│  2     user2      TRANS  STAT       0/0   -                     ● live       │",
+            "│▶ 1     user1      TRANS  STAT       0/0   -                     ● live       │",
+            "╰─────────────────────────────────────────────────────────────────────── 30/30 ╯",
+        ],
+    );
+    // Without a selection the border says which rows are shown.
+    let top = render(&m, &UiState::default(), false, (80, 8), render_sessions);
+    assert!(top[2].contains("  30 "), "{}", top[2]);
+    assert!(top[7].contains(" 1–5 of 30 "), "{}", top[7]);
+}
+
+#[test]
+fn help_overlay_lists_keys_and_outcomes() {
+    let ui = UiState { help: true, ..UiState::default() };
+    let got = render(&model(), &ui, false, (80, 24), whole);
+    let text = got.join("\n");
+    assert!(got[3].contains("╭ help ─"), "{}", got[3]);
+    for want in [
+        "q  Ctrl-C     quit (stops the run, restores the terminal)",
+        "p             pause / resume fault injection",
+        "tab  ⇧tab     next / previous profile (new sessions)",
+        "k             cut the selected live session (lost carrier)",
+        "committed     QUIT +OK: marked messages deleted",
+        "in-doubt      QUIT sent, answer lost: nobody knows",
+        "? or Esc to close",
+    ] {
+        assert!(text.contains(want), "missing {want:?}:\n{text}");
+    }
+    let closed = render(&model(), &UiState::default(), false, (80, 24), whole).join("\n");
+    assert!(!closed.contains("Ctrl-C"));
+}
+
+#[test]
+fn passwords_are_shown_redacted_only() {
+    let mut m = Model::new();
+    m.apply(&start(1, "p"), S);
+    m.apply(&progress(1, State::Authorization, "alice", "PASS ***", 0, 0), S);
+    let got = render(&m, &selected(1), false, (120, 30), whole).join("\n");
+    assert_eq!(got.matches("PASS").count(), 1, "{got}");
+    let after = got.split("PASS ").nth(1).unwrap_or_default();
+    assert!(after.starts_with("***  "), "{after}");
+}
+
+#[test]
+fn empty_model_renders_placeholders() {
+    let got = render(&Model::new(), &UiState::default(), false, (80, 24), whole).join("\n");
+    for want in [
+        "0 ended · 0 live",
+        "no commands answered yet",
+        "waiting for the first client…",
+        "no faults or outcomes yet",
+        "↑ 0 B/s",
+    ] {
+        assert!(got.contains(want), "missing {want:?}:\n{got}");
+    }
+}
+
+#[test]
+fn tiny_and_odd_sizes_do_not_panic() {
+    let m = model();
+    let ui = UiState { help: true, selected: Some(3), ..UiState::default() };
+    for (w, h) in [(1, 1), (10, 5), (40, 12), (79, 23), (80, 24), (200, 60), (300, 10)] {
+        render(&m, &ui, true, (w, h), whole);
+    }
+}
+
+#[test]
+fn ended_sessions_stay_bounded() {
+    let mut m = Model::new();
+    for n in 1..=10_000 {
+        m.apply(&start(n, "p"), S);
+        m.apply(
+            &end(End {
+                n,
+                user: "u",
+                outcome: Outcome::RolledBack,
+                state: State::Transaction,
+                dl: 1,
+                mk: 1,
+                at_risk: 1,
+                dup: 0,
+                faults: &["f"],
+                ended_by: "x",
+            }),
+            S,
+        );
+    }
+    assert_eq!(m.ended_total(), 10_000);
+    assert_eq!(m.outcome_count(Outcome::RolledBack), 10_000);
+    assert_eq!(m.at_risk(), 10_000);
+    assert!(m.row_count() <= MAX_ENDED);
+    assert_eq!(m.live_count(), 0);
+    assert_eq!(m.rows().next().map(|r| r.session), Some(10_000), "newest first");
+}
+
+// === the terminal loop, on a test backend ===
+
+/// Input from a script: `None` waits out the timeout (so a frame is drawn).
+struct Script(VecDeque<Option<InputEvent>>);
+
+impl Input for Script {
+    fn next(&mut self, timeout: Duration) -> io::Result<Option<InputEvent>> {
+        match self.0.pop_front() {
+            Some(Some(ev)) => Ok(Some(ev)),
+            Some(None) => {
+                std::thread::sleep(timeout);
+                Ok(None)
+            }
+            // Out of script: quit rather than spin.
+            None => Ok(Some(key(KeyCode::Char('q')))),
+        }
+    }
+}
+
+fn key(code: KeyCode) -> InputEvent {
+    InputEvent::Key(KeyEvent::new(code, KeyModifiers::NONE))
+}
+
+fn profiles() -> Vec<Arc<Profile>> {
+    ["passthrough", "lost-carrier", "call-waiting"]
+        .iter()
+        .map(|n| Arc::new(Profile { name: n.to_string(), summary: format!("{n} summary"), ..Profile::passthrough() }))
+        .collect()
+}
+
+#[test]
+fn loop_runs_keys_against_control_and_quits() {
+    let ps = profiles();
+    let control = Control::new(ps[0].clone(), 4242);
+    let shared = shared_model();
+    feed(&shared, &[start(1, "passthrough"), progress(1, State::Transaction, "alice", "RETR 1", 1, 0)], S);
+    let stop = CancellationToken::new();
+    let mut terminal = Terminal::new(TestBackend::new(80, 24)).expect("test backend");
+    let mut script = Script(VecDeque::from([
+        None,
+        Some(key(KeyCode::Char('p'))),
+        Some(key(KeyCode::Tab)),
+        Some(key(KeyCode::Tab)),
+        Some(InputEvent::Key(KeyEvent::new(KeyCode::BackTab, KeyModifiers::SHIFT))),
+        Some(key(KeyCode::Down)),
+        Some(key(KeyCode::Char('k'))),
+        None,
+        Some(InputEvent::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL))),
+    ]));
+    run_on(&mut terminal, &mut script, &shared, &control, &header(), &ps, &stop).expect("loop");
+    assert!(script.0.is_empty(), "the loop stopped at Ctrl-C");
+    assert!(stop.is_cancelled(), "quitting stops the run");
+    assert!(control.paused());
+    assert_eq!(control.profile().name, "lost-carrier");
+    let screen = lines(terminal.backend().buffer());
+    assert!(screen[0].contains("faults PAUSED"), "{}", screen[0]);
+    assert!(screen[1].contains("profile lost-carrier"), "{}", screen[1]);
+    assert!(screen.iter().any(|l| l.contains("▶ 1") && l.contains("alice")), "{}", screen.join("\n"));
+    // Session 1 was never registered with this Control: the cut is refused.
+    assert!(screen[23].ends_with(" session #1 is no longer live"), "{}", screen[23]);
+}
+
+#[test]
+fn loop_returns_when_stopped_from_outside() {
+    let ps = profiles();
+    let control = Control::new(ps[0].clone(), 1);
+    let stop = CancellationToken::new();
+    let mut terminal = Terminal::new(TestBackend::new(80, 24)).expect("test backend");
+    // Cancel from "another thread" after the first wait.
+    let canceller = stop.clone();
+    struct CancelAfterWait(CancellationToken);
+    impl Input for CancelAfterWait {
+        fn next(&mut self, _: Duration) -> io::Result<Option<InputEvent>> {
+            self.0.cancel();
+            Ok(None)
+        }
+    }
+    run_on(&mut terminal, &mut CancelAfterWait(canceller), &shared_model(), &control, &header(), &ps, &stop)
+        .expect("loop");
+    assert!(!control.paused());
+    let screen = lines(terminal.backend().buffer());
+    assert!(screen[0].contains("popfault"), "a frame was drawn before stopping");
+}
