@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::dashboard::SharedModel;
 use crate::events::{Event, EventSink};
 use crate::stats::{Stats, Summary};
 
@@ -31,6 +32,15 @@ struct SummaryLine<'a> {
 impl Aggregator {
     /// Starts reading events; writes them to `events_file` if given.
     pub fn start(events_file: Option<&Path>) -> io::Result<Aggregator> {
+        Aggregator::with_model(events_file, None)
+    }
+
+    /// Also folds every event into the dashboard's `model`, timed from
+    /// `started`.
+    pub fn with_model(
+        events_file: Option<&Path>,
+        model: Option<(SharedModel, std::time::Instant)>,
+    ) -> io::Result<Aggregator> {
         let out =
             match events_file {
                 Some(p) => Some(BufWriter::new(File::create(p).map_err(|e| {
@@ -40,7 +50,7 @@ impl Aggregator {
             };
         let (sink, rx) = EventSink::channel(crate::events::EVENT_QUEUE);
         let latest = Arc::new(Mutex::new(Stats::new().summary(0, "", 0)));
-        let task = tokio::spawn(run(rx, out, latest.clone()));
+        let task = tokio::spawn(run(rx, out, latest.clone(), model));
         Ok(Aggregator { task, sink, latest })
     }
 
@@ -74,12 +84,19 @@ async fn run(
     mut rx: mpsc::Receiver<Event>,
     mut out: Option<BufWriter<File>>,
     latest: Arc<Mutex<Summary>>,
+    model: Option<(SharedModel, std::time::Instant)>,
 ) -> io::Result<Stats> {
     let mut stats = Stats::new();
     let mut batch = Vec::with_capacity(256);
     while rx.recv_many(&mut batch, 256).await > 0 {
-        for mut ev in batch.drain(..) {
-            stats.apply(&mut ev);
+        for ev in batch.iter_mut() {
+            // The fold fills in duplicates before anyone else sees the end.
+            stats.apply(ev);
+        }
+        if let Some((m, started)) = &model {
+            crate::dashboard::feed(m, batch.iter(), started.elapsed());
+        }
+        for ev in batch.drain(..) {
             if let Some(w) = &mut out {
                 // Progress and per-command latency feed the dashboard and
                 // the histograms; the file keeps sessions and faults.

@@ -7,10 +7,15 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use std::sync::Arc;
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::Aggregator;
 use crate::control::Control;
+use crate::dashboard::SharedModel;
 use crate::faults::builtin;
 use crate::relay::{self, ProxyConfig};
 use crate::server::{self, Maildrop, ServerConfig};
@@ -177,7 +182,13 @@ fn non_negative_secs(s: &str) -> Result<f64, String> {
 /// (as clap does for usage errors), 1 when a run fails.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    // Logs on stderr would tear the dashboard: with it, -v logs to a file.
+    let dashboard = match &cli.command {
+        Command::Proxy(a) => !a.headless,
+        Command::Demo(a) => !a.headless,
+        _ => false,
+    } && std::io::stdout().is_terminal();
+    init_logging(cli.verbose, dashboard);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -223,7 +234,7 @@ impl RunError {
     }
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, dashboard: bool) {
     let default = match verbose {
         0 => "warn",
         1 => "info",
@@ -232,7 +243,71 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("POPFAULT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("popfault={default}")));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    if !dashboard {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+        return;
+    }
+    if verbose > 0 || std::env::var_os("POPFAULT_LOG").is_some() {
+        match std::fs::OpenOptions::new().create(true).append(true).open("popfault.log") {
+            Ok(file) => {
+                let _ = tracing_subscriber::fmt()
+                    .with_env_filter(filter)
+                    .with_ansi(false)
+                    .with_writer(Mutex::new(file))
+                    .try_init();
+            }
+            Err(e) => eprintln!("popfault: cannot open popfault.log for logging: {e}"),
+        }
+    }
+}
+
+/// How a run shows itself: the live dashboard, or nothing (headless).
+pub struct Ui {
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    /// Cancelled when the person quits the dashboard (q, Ctrl-C).
+    pub quit: CancellationToken,
+    /// The dashboard's model, fed by the aggregator.
+    pub model: Option<(SharedModel, Instant)>,
+}
+
+impl Ui {
+    /// Prepares the dashboard when stdout is a terminal and not `headless`.
+    pub fn new(headless: bool) -> Ui {
+        let model =
+            (!headless && std::io::stdout().is_terminal()).then(|| (crate::dashboard::shared_model(), Instant::now()));
+        Ui { thread: None, quit: CancellationToken::new(), model }
+    }
+
+    /// Starts drawing (if the dashboard is on).
+    pub fn start(&mut self, control: Arc<Control>, listen: String, upstream: String) {
+        let Some((model, started)) = self.model.clone() else { return };
+        let header = crate::dashboard::Header { listen, upstream, seed: control.seed(), started };
+        let profiles = builtin::builtins().unwrap_or_default();
+        let quit = self.quit.clone();
+        self.thread = Some(std::thread::spawn(move || crate::dashboard::run(model, control, header, profiles, quit)));
+    }
+
+    /// Waits for the end of the run: `duration`, Ctrl-C / SIGTERM, or q in
+    /// the dashboard.
+    pub async fn wait(&self, duration: Option<f64>) {
+        tokio::select! {
+            _ = wait_for_end(duration) => {}
+            _ = self.quit.cancelled() => {}
+        }
+    }
+
+    /// Closes the dashboard and restores the terminal (before any summary
+    /// is printed).
+    pub async fn close(mut self) {
+        self.quit.cancel();
+        if let Some(t) = self.thread.take() {
+            match tokio::task::spawn_blocking(move || t.join()).await {
+                Ok(Ok(Err(e))) => eprintln!("popfault: dashboard unavailable ({e}); ran headless"),
+                Ok(Err(_)) => eprintln!("popfault: the dashboard stopped on an error"),
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Resolves `HOST:PORT` now, so a typo is reported at start-up.
@@ -260,18 +335,22 @@ async fn proxy(a: ProxyArgs) -> Result<ExitCode, RunError> {
     let seed = seed_or_draw(a.faults.seed);
     let profile_name = profile.name.clone();
     let control = Arc::new(Control::new(Arc::new(profile), seed));
-    let agg = Aggregator::start(a.events.as_deref()).map_err(|e| RunError::Usage(e.to_string()))?;
+    let mut ui = Ui::new(a.headless);
+    let agg =
+        Aggregator::with_model(a.events.as_deref(), ui.model.clone()).map_err(|e| RunError::Usage(e.to_string()))?;
     let mut cfg = ProxyConfig::new(a.listen, a.upstream.clone());
     cfg.connect_timeout = Duration::from_secs_f64(a.connect_timeout);
     cfg.idle_timeout = Duration::from_secs_f64(a.idle_timeout);
-    let handle = relay::start(cfg, control, agg.sink())
+    let handle = relay::start(cfg, control.clone(), agg.sink())
         .await
         .map_err(|e| RunError::Usage(format!("cannot listen on {}: {e}", a.listen)))?;
     eprintln!(
         "popfault: proxy {} → {}, profile {profile_name}, seed {seed} (Ctrl-C to stop)",
         handle.local_addr, a.upstream
     );
-    wait_for_end(a.duration).await;
+    ui.start(control, handle.local_addr.to_string(), a.upstream.clone());
+    ui.wait(a.duration).await;
+    ui.close().await;
     eprintln!("popfault: stopping; draining live sessions for up to {}s", a.drain);
     handle.drain(Duration::from_secs_f64(a.drain)).await;
     let summary = agg

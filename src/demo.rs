@@ -14,9 +14,9 @@ use tokio_util::sync::CancellationToken;
 use crate::aggregate::Aggregator;
 use std::sync::Arc;
 
-use crate::cli::{DemoArgs, RunError, load_profile, seed_or_draw, wait_for_end};
-use crate::control::Control;
+use crate::cli::{DemoArgs, RunError, Ui, load_profile, seed_or_draw};
 use crate::client::{self, Mode, SessionReport, UidMemory, WorkloadConfig};
+use crate::control::Control;
 use crate::relay::{self, ProxyConfig};
 use crate::server::{self, Maildrop, ServerConfig};
 
@@ -42,7 +42,9 @@ fn mode_of(user_index: u32) -> Mode {
 
 /// Runs the demo as the CLI asked.
 pub async fn run(a: DemoArgs) -> Result<ExitCode, RunError> {
-    let secs = a.duration.unwrap_or(DEFAULT_SECS);
+    // Headless, a demo needs an end; with the dashboard it runs until q.
+    let duration = if a.headless || ui_off() { Some(a.duration.unwrap_or(DEFAULT_SECS)) } else { a.duration };
+    let secs = duration.map_or("until q".to_string(), |d| format!("for {d}s"));
     let cfg =
         ServerConfig { users: a.users as usize, messages: a.messages as usize, size: 2048, password: "secret".into() };
     let maildrop = Maildrop::new(&cfg);
@@ -54,12 +56,14 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, RunError> {
     let seed = seed_or_draw(a.seed);
     let profile_name = profile.name.clone();
     let control = Arc::new(Control::new(Arc::new(profile), seed));
-    let agg = Aggregator::start(a.events.as_deref()).map_err(|e| RunError::Usage(e.to_string()))?;
-    let proxy = relay::start(ProxyConfig::new(loopback, srv.addr.to_string()), control, agg.sink())
+    let mut ui = Ui::new(a.headless);
+    let agg =
+        Aggregator::with_model(a.events.as_deref(), ui.model.clone()).map_err(|e| RunError::Usage(e.to_string()))?;
+    let proxy = relay::start(ProxyConfig::new(loopback, srv.addr.to_string()), control.clone(), agg.sink())
         .await
         .map_err(|e| RunError::Failed(format!("proxy: {e}")))?;
     eprintln!(
-        "popfault demo: server {} ← proxy {} ← {} clients, profile {profile_name}, seed {seed}, for {secs}s",
+        "popfault demo: server {} ← proxy {} ← {} clients, profile {profile_name}, seed {seed}, {secs}",
         srv.addr, proxy.local_addr, a.users
     );
 
@@ -77,9 +81,9 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, RunError> {
     }
     let mail = tokio::spawn(new_mail(maildrop.clone(), a.users, stop.clone()));
 
-    tokio::select! {
-        _ = wait_for_end(Some(secs)) => {}
-    }
+    ui.start(control, proxy.local_addr.to_string(), format!("embedded server {}", srv.addr));
+    ui.wait(duration).await;
+    ui.close().await;
     stop.cancel();
     let mut reports: Vec<(Mode, Vec<SessionReport>)> = Vec::new();
     while let Some(r) = clients.join_next().await {
@@ -187,4 +191,10 @@ pub fn lost_messages(maildrop: &Maildrop, reports: &[(Mode, Vec<SessionReport>)]
         .filter(|m| !received.contains(m.message_id.as_str()) && !remaining.contains(&m.message_id))
         .map(|m| m.message_id)
         .collect()
+}
+
+/// Whether the dashboard cannot be shown (stdout is not a terminal).
+fn ui_off() -> bool {
+    use std::io::IsTerminal;
+    !std::io::stdout().is_terminal()
 }

@@ -23,10 +23,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
 
 /// A built-in profile by name.
 pub fn builtin(name: &str) -> Option<Result<Profile, ProfileError>> {
-    BUILTIN
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(n, text)| Profile::from_toml(text, &format!("profiles/{n}.toml"), n))
+    BUILTIN.iter().find(|(n, _)| *n == name).map(|(n, text)| Profile::from_toml(text, &format!("profiles/{n}.toml"), n))
 }
 
 /// Every built-in profile, parsed.
@@ -75,7 +72,8 @@ pub fn load(name_or_path: &str) -> Result<Profile, LoadError> {
 
 /// Reads and validates a profile file; its name defaults to the file stem.
 pub fn load_file(path: &Path) -> Result<Profile, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read { path: path.display().to_string(), error })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|error| LoadError::Read { path: path.display().to_string(), error })?;
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("custom");
     Ok(Profile::from_toml(&text, &path.display().to_string(), stem)?)
 }

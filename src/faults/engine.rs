@@ -263,8 +263,12 @@ impl Engine {
         if rule.probability < 1.0 && !rng.gen_bool(rule.probability.clamp(0.0, 1.0)) {
             return None;
         }
-        let actions: Vec<Action> =
-            rule.actions.iter().filter(|a| a.probability() >= 1.0 || rng.gen_bool(a.probability().clamp(0.0, 1.0))).cloned().collect();
+        let actions: Vec<Action> = rule
+            .actions
+            .iter()
+            .filter(|a| a.probability() >= 1.0 || rng.gen_bool(a.probability().clamp(0.0, 1.0)))
+            .cloned()
+            .collect();
         self.fired[i] += 1;
         Some(Decision { rule: rule.name.clone(), point, actions })
     }

@@ -4,6 +4,9 @@ pub mod builtin;
 pub mod engine;
 pub mod profile;
 
-pub use profile::Profile;
 pub use engine::{BodyCut, Decision, Engine, Facts, Point};
+pub use profile::Profile;
 pub use profile::{Action, How, ProfileError, RefuseHow, Side, When};
+
+#[cfg(test)]
+mod tests;

@@ -430,7 +430,12 @@ fn validate(r: RawRule, i: usize, span: Range<usize>, err: &ErrFn<'_>) -> Result
     let when = *r.when.get_ref();
     let name = match &r.name {
         Some(s) if s.get_ref().trim().is_empty() => {
-            return Err(err(s.span(), &at("name"), "is empty".into(), "give the rule a short name, or leave `name` out"));
+            return Err(err(
+                s.span(),
+                &at("name"),
+                "is empty".into(),
+                "give the rule a short name, or leave `name` out",
+            ));
         }
         Some(s) => s.get_ref().clone(),
         None => format!("{}-{n}", when.as_str()),
@@ -457,58 +462,116 @@ fn validate(r: RawRule, i: usize, span: Range<usize>, err: &ErrFn<'_>) -> Result
                 "remove `command`, or use when = \"command\", \"forwarded\", \"status\", \"body\" or \"response\"",
             ));
         }
-        let ok = !c.get_ref().is_empty() && c.get_ref().len() <= 16 && c.get_ref().bytes().all(|b| b.is_ascii_alphabetic());
+        let ok =
+            !c.get_ref().is_empty() && c.get_ref().len() <= 16 && c.get_ref().bytes().all(|b| b.is_ascii_alphabetic());
         if !ok {
-            return Err(err(c.span(), &at("command"), format!("'{}' is not a command keyword", c.get_ref()), "use a POP3 keyword such as \"RETR\" or \"QUIT\""));
+            return Err(err(
+                c.span(),
+                &at("command"),
+                format!("'{}' is not a command keyword", c.get_ref()),
+                "use a POP3 keyword such as \"RETR\" or \"QUIT\"",
+            ));
         }
     }
     if let Some(nth) = &r.nth {
         if *nth.get_ref() == 0 {
-            return Err(err(nth.span(), &at("nth"), "occurrences count from 1".into(), "use nth = 1 for the first match"));
+            return Err(err(
+                nth.span(),
+                &at("nth"),
+                "occurrences count from 1".into(),
+                "use nth = 1 for the first match",
+            ));
         }
     }
     let sessions_span = r.sessions.as_ref().map_or(span.clone(), |s| s.span());
     let sessions = r.sessions.map(Spanned::into_inner).unwrap_or_default();
     let s = &sessions;
     if s.every == Some(0) || s.first == Some(0) {
-        return Err(err(sessions_span.clone(), &at("sessions"), "every / first must be at least 1".into(), "use every = 1 (all sessions) or leave it out"));
+        return Err(err(
+            sessions_span.clone(),
+            &at("sessions"),
+            "every / first must be at least 1".into(),
+            "use every = 1 (all sessions) or leave it out",
+        ));
     }
     if let Some(p) = s.probability {
         if !(0.0..=1.0).contains(&p) {
-            return Err(err(sessions_span, &at("sessions.probability"), format!("{p} is not a probability"), "use a number from 0.0 to 1.0"));
+            return Err(err(
+                sessions_span,
+                &at("sessions.probability"),
+                format!("{p} is not a probability"),
+                "use a number from 0.0 to 1.0",
+            ));
         }
     }
     // Body position.
-    for (f, present) in [("offset", r.offset.as_ref().map(|s| s.span())), ("fraction", r.fraction.as_ref().map(|s| s.span()))] {
+    for (f, present) in
+        [("offset", r.offset.as_ref().map(|s| s.span())), ("fraction", r.fraction.as_ref().map(|s| s.span()))]
+    {
         if let (Some(sp), false) = (present, when == When::Body) {
-            return Err(err(sp, &at(f), format!("`{f}` only applies to when = \"body\""), "remove it, or set when = \"body\""));
+            return Err(err(
+                sp,
+                &at(f),
+                format!("`{f}` only applies to when = \"body\""),
+                "remove it, or set when = \"body\"",
+            ));
         }
     }
     if when == When::Body {
         match (&r.offset, &r.fraction) {
             (None, None) => {
-                return Err(err(r.when.span(), &at("when"), "a body rule needs a position".into(), "add offset = BYTES or fraction = 0.0..1.0"));
+                return Err(err(
+                    r.when.span(),
+                    &at("when"),
+                    "a body rule needs a position".into(),
+                    "add offset = BYTES or fraction = 0.0..1.0",
+                ));
             }
             (Some(o), Some(_)) => {
-                return Err(err(o.span(), &at("offset"), "give offset or fraction, not both".into(), "remove one of them"));
+                return Err(err(
+                    o.span(),
+                    &at("offset"),
+                    "give offset or fraction, not both".into(),
+                    "remove one of them",
+                ));
             }
             (_, Some(f)) if !(0.0..=1.0).contains(f.get_ref()) => {
-                return Err(err(f.span(), &at("fraction"), format!("{} is outside 0.0..1.0", f.get_ref()), "use a fraction of the message, e.g. 0.5"));
+                return Err(err(
+                    f.span(),
+                    &at("fraction"),
+                    format!("{} is outside 0.0..1.0", f.get_ref()),
+                    "use a fraction of the message, e.g. 0.5",
+                ));
             }
             _ => {}
         }
     }
     match (&r.after_ms, when == When::Timer) {
         (Some(a), false) => {
-            return Err(err(a.span(), &at("after_ms"), "`after_ms` only applies to when = \"timer\"".into(), "remove it, or set when = \"timer\""));
+            return Err(err(
+                a.span(),
+                &at("after_ms"),
+                "`after_ms` only applies to when = \"timer\"".into(),
+                "remove it, or set when = \"timer\"",
+            ));
         }
         (None, true) => {
-            return Err(err(r.when.span(), &at("when"), "a timer rule needs a time".into(), "add after_ms = 2000 or after_ms = [1000, 5000]"));
+            return Err(err(
+                r.when.span(),
+                &at("when"),
+                "a timer rule needs a time".into(),
+                "add after_ms = 2000 or after_ms = [1000, 5000]",
+            ));
         }
         (Some(a), true) => {
             if let Millis::Range([lo, hi]) = a.get_ref() {
                 if lo > hi {
-                    return Err(err(a.span(), &at("after_ms"), format!("range [{lo}, {hi}] is backwards"), "write the smaller number first"));
+                    return Err(err(
+                        a.span(),
+                        &at("after_ms"),
+                        format!("range [{lo}, {hi}] is backwards"),
+                        "write the smaller number first",
+                    ));
                 }
             }
         }
@@ -517,14 +580,24 @@ fn validate(r: RawRule, i: usize, span: Range<usize>, err: &ErrFn<'_>) -> Result
     if let Some(w) = &r.window {
         let w2 = w.get_ref();
         if w2.every_ms == 0 || w2.down_ms > w2.every_ms {
-            return Err(err(w.span(), &at("window"), "down_ms must be at most every_ms, and every_ms more than 0".into(), "e.g. window = { every_ms = 20000, down_ms = 5000 }"));
+            return Err(err(
+                w.span(),
+                &at("window"),
+                "down_ms must be at most every_ms, and every_ms more than 0".into(),
+                "e.g. window = { every_ms = 20000, down_ms = 5000 }",
+            ));
         }
     }
     let actions_span = r.actions.as_ref().map_or(span.clone(), |a| a.span());
     let actions: Vec<Spanned<Action>> = r.actions.map(Spanned::into_inner).unwrap_or_default();
     if actions.is_empty() {
         let sp = actions_span;
-        return Err(err(sp, &at("actions"), "the rule does nothing".into(), "add actions = [{ do = \"disconnect\" }] (see docs/PROFILES.md)"));
+        return Err(err(
+            sp,
+            &at("actions"),
+            "the rule does nothing".into(),
+            "add actions = [{ do = \"disconnect\" }] (see docs/PROFILES.md)",
+        ));
     }
     let mut out = Vec::new();
     for (k, a) in actions.into_iter().enumerate() {
@@ -537,16 +610,36 @@ fn validate(r: RawRule, i: usize, span: Range<usize>, err: &ErrFn<'_>) -> Result
         }
         match (&action, when) {
             (Action::Refuse { .. }, w) if w != When::Accept => {
-                return Err(err(sp, &f, "refuse only happens at accept".into(), "set when = \"accept\", or use do = \"disconnect\""));
+                return Err(err(
+                    sp,
+                    &f,
+                    "refuse only happens at accept".into(),
+                    "set when = \"accept\", or use do = \"disconnect\"",
+                ));
             }
             (Action::Reply { .. } | Action::Swallow { .. }, w) if w != When::Command => {
-                return Err(err(sp, &f, format!("{} acts on a command before it is forwarded", action.name()), "set when = \"command\""));
+                return Err(err(
+                    sp,
+                    &f,
+                    format!("{} acts on a command before it is forwarded", action.name()),
+                    "set when = \"command\"",
+                ));
             }
             (Action::Reply { text, .. }, _) if text.trim().is_empty() || text.contains(['\r', '\n']) => {
-                return Err(err(sp, &f, "reply text must be one non-empty line".into(), "e.g. text = \"-ERR [IN-USE] maildrop locked\""));
+                return Err(err(
+                    sp,
+                    &f,
+                    "reply text must be one non-empty line".into(),
+                    "e.g. text = \"-ERR [IN-USE] maildrop locked\"",
+                ));
             }
             (Action::Throttle { bps, .. }, _) if *bps < 300 => {
-                return Err(err(sp, &f, format!("{bps} bit/s is too slow to be useful"), "use at least 300 (e.g. 28800)"));
+                return Err(err(
+                    sp,
+                    &f,
+                    format!("{bps} bit/s is too slow to be useful"),
+                    "use at least 300 (e.g. 28800)",
+                ));
             }
             (Action::Corrupt { bytes: 0, .. } | Action::Noise { bytes: 0, .. }, _) => {
                 return Err(err(sp, &f, "bytes must be at least 1".into(), "e.g. bytes = 16"));
@@ -557,8 +650,15 @@ fn validate(r: RawRule, i: usize, span: Range<usize>, err: &ErrFn<'_>) -> Result
             (Action::Noise { toward: Side::Both, .. }, _) => {
                 return Err(err(sp, &f, "noise goes toward one side".into(), "toward = \"client\" or \"server\""));
             }
-            (Action::Stall { ms, jitter_ms, .. } | Action::Delay { ms, jitter_ms, .. }, _) if *ms > 3_600_000 || jitter_ms > ms => {
-                return Err(err(sp, &f, "ms must be at most an hour and jitter_ms at most ms".into(), "e.g. ms = 1500, jitter_ms = 300"));
+            (Action::Stall { ms, jitter_ms, .. } | Action::Delay { ms, jitter_ms, .. }, _)
+                if *ms > 3_600_000 || jitter_ms > ms =>
+            {
+                return Err(err(
+                    sp,
+                    &f,
+                    "ms must be at most an hour and jitter_ms at most ms".into(),
+                    "e.g. ms = 1500, jitter_ms = 300",
+                ));
             }
             _ => {}
         }
