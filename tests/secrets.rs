@@ -1,0 +1,173 @@
+//! Credentials never leave the process: the real binaries (server and
+//! proxy, logging at trace level) carry USER/PASS, APOP and AUTH PLAIN
+//! sessions, and no secret appears in their output or the events file.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use popfault::client::{Pop3Client, apop_digest, apop_timestamp};
+
+const SECRET: &str = "Zebra-Tangerine-4417";
+
+/// A running binary whose stderr is collected; `addr` is parsed from the
+/// first stderr line containing `marker`.
+struct Proc {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+    collected: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_popfault"))
+            .args(args)
+            .env("POPFAULT_LOG", "trace")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn popfault");
+        let (tx, rx) = mpsc::channel();
+        let err = child.stderr.take().expect("stderr");
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc { child, stderr: rx, collected: Vec::new() }
+    }
+
+    /// Reads stderr until a line contains `marker`; returns the first
+    /// `127.0.0.1:PORT` in it.
+    fn addr_after(&mut self, marker: &str) -> SocketAddr {
+        loop {
+            let line = self.stderr.recv_timeout(Duration::from_secs(20)).expect("the process printed its address");
+            self.collected.push(line.clone());
+            if line.contains(marker) {
+                let start = line.find("127.0.0.1:").expect("an address");
+                let tail = &line[start..];
+                let end = tail.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':')).unwrap_or(tail.len());
+                return tail[..end].trim_end_matches(':').parse().expect("a socket address");
+            }
+        }
+    }
+
+    /// Sends SIGTERM and returns everything it printed.
+    fn stop(mut self) -> String {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let (done_tx, done_rx) = mpsc::channel();
+        let mut child = self.child;
+        thread::spawn(move || {
+            let _ = done_tx.send(child.wait().map(|_| child));
+        });
+        let mut child = match done_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(Ok(c)) => c,
+            _ => panic!("the process did not stop on SIGTERM"),
+        };
+        let mut out = String::new();
+        if let Some(mut o) = child.stdout.take() {
+            let _ = o.read_to_string(&mut out);
+        }
+        while let Ok(l) = self.stderr.recv_timeout(Duration::from_millis(500)) {
+            self.collected.push(l);
+        }
+        out + "\n" + &self.collected.join("\n")
+    }
+}
+
+fn b64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for c in data.chunks(3) {
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                s.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+#[test]
+fn no_secret_in_logs_events_or_summary() {
+    let dir = std::env::temp_dir().join(format!("popfault-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let events = dir.join("events.jsonl");
+    let mut server = Proc::spawn(&["serve", "--listen", "127.0.0.1:0", "--users", "2", "--messages", "2", "--password", SECRET]);
+    let upstream = server.addr_after("POP3 server on");
+    let mut proxy = Proc::spawn(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream.to_string(),
+        "--headless",
+        "--drain",
+        "1",
+        "--events",
+        events.to_str().unwrap(),
+        "-vvv",
+    ]);
+    let addr = proxy.addr_after("popfault: proxy");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let digests = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            let mut digests = Vec::new();
+            // USER / PASS
+            let (mut c, _) = Pop3Client::connect(addr).await.unwrap();
+            c.login("user1", SECRET).await.unwrap();
+            c.retr(1).await.unwrap();
+            c.quit().await.unwrap();
+            // APOP
+            let (mut c, greeting) = Pop3Client::connect(addr).await.unwrap();
+            digests.push(apop_digest(apop_timestamp(&greeting).unwrap(), SECRET));
+            c.apop("user2", SECRET).await.unwrap();
+            c.quit().await.unwrap();
+            // AUTH PLAIN with an initial response, and after a continuation
+            for initial in [true, false] {
+                let (mut c, _) = Pop3Client::connect(addr).await.unwrap();
+                c.auth_plain("user1", SECRET, initial).await.unwrap();
+                c.quit().await.unwrap();
+            }
+            // A failed login, and a cancelled AUTH exchange
+            let (mut c, _) = Pop3Client::connect(addr).await.unwrap();
+            assert!(c.login("user1", &format!("{SECRET}-wrong")).await.is_err());
+            c.send_raw(b"AUTH PLAIN\r\n").await.unwrap();
+            let _ = c.read_line().await.unwrap();
+            c.send_raw(b"*\r\n").await.unwrap();
+            let _ = c.read_line().await;
+            c.quit().await.unwrap();
+            digests
+        })
+        .await
+        .expect("sessions in time")
+    });
+
+    let proxy_out = proxy.stop();
+    let server_out = server.stop();
+    let events_text = std::fs::read_to_string(&events).unwrap();
+    let plain = b64(format!("\0user1\0{SECRET}").as_bytes());
+    let mut needles = vec![SECRET.to_string(), plain, b64(SECRET.as_bytes())];
+    needles.extend(digests);
+    for (what, text) in [("proxy output", &proxy_out), ("server output", &server_out), ("events file", &events_text)] {
+        for n in &needles {
+            assert!(!text.contains(n.as_str()), "{what} contains a secret ({n})");
+        }
+    }
+    // The output is real: trace logging happened and the summary was printed.
+    assert!(proxy_out.contains("session ended"), "trace logs present");
+    assert!(proxy_out.contains("popfault summary"), "summary printed at SIGTERM:\n{proxy_out}");
+    assert!(events_text.lines().last().unwrap_or_default().contains("\"event\":\"summary\""));
+    assert_eq!(events_text.lines().filter(|l| l.contains("session_end")).count(), 5);
+    let _ = std::fs::remove_dir_all(&dir);
+}
