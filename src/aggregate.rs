@@ -1,11 +1,11 @@
 //! The aggregator: the one reader of the event stream. It folds events into
-//! [`Stats`], writes the JSON-lines events file, and keeps the latest
-//! totals for whoever asks (the summary, later the dashboard).
+//! [`Stats`], feeds the dashboard's model, writes the JSON-lines events
+//! file, and keeps the latest totals for whoever asks.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -18,7 +18,6 @@ use crate::stats::{Stats, Summary};
 pub struct Aggregator {
     task: tokio::task::JoinHandle<io::Result<Stats>>,
     sink: EventSink,
-    latest: Arc<Mutex<Summary>>,
 }
 
 /// The summary line of the events file.
@@ -32,14 +31,16 @@ struct SummaryLine<'a> {
 impl Aggregator {
     /// Starts reading events; writes them to `events_file` if given.
     pub fn start(events_file: Option<&Path>) -> io::Result<Aggregator> {
-        Aggregator::with_model(events_file, None)
+        Aggregator::with_model(events_file, None, false)
     }
 
-    /// Also folds every event into the dashboard's `model`, timed from
-    /// `started`.
+    /// Also folds every event into the dashboard's `model` (timed from its
+    /// instant); `keep_ends` keeps every session end for
+    /// [`finish_with_stats`](Aggregator::finish_with_stats).
     pub fn with_model(
         events_file: Option<&Path>,
-        model: Option<(SharedModel, std::time::Instant)>,
+        model: Option<(SharedModel, Instant)>,
+        keep_ends: bool,
     ) -> io::Result<Aggregator> {
         let out =
             match events_file {
@@ -49,9 +50,9 @@ impl Aggregator {
                 None => None,
             };
         let (sink, rx) = EventSink::channel(crate::events::EVENT_QUEUE);
-        let latest = Arc::new(Mutex::new(Stats::new().summary(0, "", 0)));
-        let task = tokio::spawn(run(rx, out, latest.clone(), model));
-        Ok(Aggregator { task, sink, latest })
+        let stats = if keep_ends { Stats::keeping_ends() } else { Stats::new() };
+        let task = tokio::spawn(run(rx, out, model, stats));
+        Ok(Aggregator { task, sink })
     }
 
     /// Where sessions send their events.
@@ -59,14 +60,19 @@ impl Aggregator {
         self.sink.clone()
     }
 
-    /// The totals so far (seed and profile not filled in).
-    pub fn totals(&self) -> Option<Summary> {
-        self.latest.lock().ok().map(|s| s.clone())
-    }
-
     /// Waits for every sender to be gone, then writes the summary line and
     /// returns the summary. Drop every other [`EventSink`] clone first.
     pub async fn finish(self, seed: u64, profile: &str, events_file: Option<&Path>) -> io::Result<Summary> {
+        Ok(self.finish_with_stats(seed, profile, events_file).await?.0)
+    }
+
+    /// Like [`finish`](Aggregator::finish), also returning the final totals.
+    pub async fn finish_with_stats(
+        self,
+        seed: u64,
+        profile: &str,
+        events_file: Option<&Path>,
+    ) -> io::Result<(Summary, Stats)> {
         let dropped = self.sink.dropped();
         drop(self.sink);
         let stats = self.task.await.map_err(io::Error::other)??;
@@ -76,17 +82,16 @@ impl Aggregator {
             serde_json::to_writer(&mut f, &SummaryLine { event: "summary", summary: &summary })?;
             f.write_all(b"\n")?;
         }
-        Ok(summary)
+        Ok((summary, stats))
     }
 }
 
 async fn run(
     mut rx: mpsc::Receiver<Event>,
     mut out: Option<BufWriter<File>>,
-    latest: Arc<Mutex<Summary>>,
-    model: Option<(SharedModel, std::time::Instant)>,
+    model: Option<(SharedModel, Instant)>,
+    mut stats: Stats,
 ) -> io::Result<Stats> {
-    let mut stats = Stats::new();
     let mut batch = Vec::with_capacity(256);
     while rx.recv_many(&mut batch, 256).await > 0 {
         for ev in batch.iter_mut() {
@@ -108,9 +113,6 @@ async fn run(
         }
         if let Some(w) = &mut out {
             w.flush()?;
-        }
-        if let Ok(mut l) = latest.lock() {
-            *l = stats.summary(0, "", 0);
         }
     }
     if let Some(w) = &mut out {

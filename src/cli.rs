@@ -157,7 +157,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub users: u32,
     /// Messages in each mailbox at start.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub messages: u32,
     /// Write every event as a JSON line to this file.
     #[arg(long, value_name = "FILE")]
@@ -336,8 +336,8 @@ async fn proxy(a: ProxyArgs) -> Result<ExitCode, RunError> {
     let profile_name = profile.name.clone();
     let control = Arc::new(Control::new(Arc::new(profile), seed));
     let mut ui = Ui::new(a.headless);
-    let agg =
-        Aggregator::with_model(a.events.as_deref(), ui.model.clone()).map_err(|e| RunError::Usage(e.to_string()))?;
+    let agg = Aggregator::with_model(a.events.as_deref(), ui.model.clone(), false)
+        .map_err(|e| RunError::Usage(e.to_string()))?;
     let mut cfg = ProxyConfig::new(a.listen, a.upstream.clone());
     cfg.connect_timeout = Duration::from_secs_f64(a.connect_timeout);
     cfg.idle_timeout = Duration::from_secs_f64(a.idle_timeout);

@@ -690,6 +690,9 @@ pub struct SessionReport {
     pub quit_ok: Option<bool>,
     /// The first thing that went wrong (Display of the error), if any.
     pub error: Option<String>,
+    /// The client's own address (to match the proxy's record of the
+    /// session), once connected.
+    pub local: Option<SocketAddr>,
 }
 
 /// What a workload session does.
@@ -736,9 +739,13 @@ pub async fn run_session(addr: SocketAddr, cfg: &WorkloadConfig, memory: &mut Ui
         marked: Vec::new(),
         quit_ok: None,
         error: None,
+        local: None,
     };
     let mut client = match Pop3Client::connect_with_timeout(addr, cfg.timeout).await {
-        Ok((client, _greeting)) => client,
+        Ok((client, _greeting)) => {
+            report.local = client.local_addr().ok();
+            client
+        }
         Err(e) => {
             report.error = Some(e.to_string());
             return report;

@@ -37,6 +37,9 @@ pub struct Stats {
     durations: Histogram<u64>,
     seen: HashSet<u64>,
     forgotten: u64,
+    /// Every session end, kept only when asked (the demo checks them
+    /// against its clients' records).
+    ends: Option<Vec<SessionEnd>>,
 }
 
 impl Default for Stats {
@@ -66,7 +69,18 @@ impl Stats {
             durations: histogram(),
             seen: HashSet::new(),
             forgotten: 0,
+            ends: None,
         }
+    }
+
+    /// Empty totals that also keep every session end (without fingerprints).
+    pub fn keeping_ends() -> Stats {
+        Stats { ends: Some(Vec::new()), ..Stats::new() }
+    }
+
+    /// The kept session ends, in the order they ended.
+    pub fn ends(&self) -> &[SessionEnd] {
+        self.ends.as_deref().unwrap_or(&[])
     }
 
     /// Folds one event in. A `SessionEnd` gets its `duplicates` filled in.
@@ -107,6 +121,11 @@ impl Stats {
         self.bytes_up += end.bytes_up;
         self.bytes_down += end.bytes_down;
         let _ = self.durations.record(end.duration_ms.saturating_mul(1000).clamp(1, MAX_LATENCY_US));
+        if let Some(ends) = &mut self.ends {
+            let mut kept = end.clone();
+            kept.fingerprints = Vec::new();
+            ends.push(kept);
+        }
     }
 
     /// Sessions ended so far.

@@ -44,7 +44,7 @@ fn fired(e: &mut Engine, point: Point<'_>, f: &Facts) -> Vec<String> {
     e.decide(&point, f).into_iter().map(|d| d.rule).collect()
 }
 
-/// Whether exactly one decision came back, from `rule`.
+/// Whether a rule fired at `point` (panics if more than one did).
 fn fires(e: &mut Engine, point: Point<'_>, f: &Facts) -> bool {
     match fired(e, point, f).as_slice() {
         [] => false,
