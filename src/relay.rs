@@ -850,7 +850,8 @@ impl Session<'_> {
         };
         // An over-long line was partly relayed already: it can only go on.
         if !*overlong {
-            match self.decide_and_act(Point::Command(cmd), 0, Dir::Up).await {
+            let next = lock(self.core).codec.next_seq();
+            match self.decide_and_act(Point::Command(cmd), next, Dir::Up).await {
                 Flow::Stop => return Err(End::Cut),
                 Flow::Go => {}
                 Flow::Swallow => {
@@ -928,7 +929,9 @@ impl Session<'_> {
                         c.answering = Some((*seq, cmd.clone()));
                         if !self.paused() {
                             let facts = c.facts(self.ctx, *seq);
-                            let cuts = c.engine.plan_body(cmd, announced_size(bytes), &facts);
+                            // Only RETR's "+OK n octets" is a message size.
+                            let size = if matches!(cmd, Command::Retr(_)) { announced_size(bytes) } else { None };
+                            let cuts = c.engine.plan_body(cmd, size, &facts);
                             c.body_cuts = cuts.into();
                         }
                     }

@@ -22,10 +22,13 @@ const MAX_HEADER_LINE: usize = 1000;
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum State {
     /// Before a successful login (RFC 1939 §4).
+    #[serde(alias = "authorization")]
     Authorization,
     /// Logged in (RFC 1939 §5).
+    #[serde(alias = "transaction")]
     Transaction,
     /// QUIT sent from TRANSACTION (RFC 1939 §6).
+    #[serde(alias = "update")]
     Update,
 }
 

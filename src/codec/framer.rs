@@ -186,6 +186,11 @@ impl Pop3Codec {
         self.violations
     }
 
+    /// The sequence number the next forwarded (or replied) command gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     /// Commands forwarded and not yet answered.
     pub fn pending_len(&self) -> usize {
         self.pending.len()

@@ -250,7 +250,8 @@ impl Engine {
 
     /// Counts a match of rule `i` and rolls for it.
     fn roll(&mut self, i: usize, point: String) -> Option<Decision> {
-        self.matches[i] += 1;
+        // Saturating: a peer can drive a repeat rule's count arbitrarily.
+        self.matches[i] = self.matches[i].saturating_add(1);
         let n = self.matches[i];
         let rule = &self.profile.rules[i];
         if rule.nth.is_some_and(|nth| nth != n) {
@@ -269,7 +270,7 @@ impl Engine {
             .filter(|a| a.probability() >= 1.0 || rng.gen_bool(a.probability().clamp(0.0, 1.0)))
             .cloned()
             .collect();
-        self.fired[i] += 1;
+        self.fired[i] = self.fired[i].saturating_add(1);
         Some(Decision { rule: rule.name.clone(), point, actions })
     }
 }

@@ -336,7 +336,9 @@ struct RawRule {
     fraction: Option<Spanned<f64>>,
     after_ms: Option<Spanned<Millis>>,
     window: Option<Spanned<Window>>,
-    actions: Option<Spanned<Vec<Spanned<Action>>>>,
+    // Values, not Actions: an internally tagged enum loses the spans of
+    // its fields, and errors must point at the action at fault.
+    actions: Option<Spanned<Vec<Spanned<toml::Value>>>>,
 }
 
 /// A profile that cannot be used, located in its text.
@@ -398,14 +400,29 @@ impl Profile {
             let span = e.span().unwrap_or(0..0);
             let message = e.message().trim().to_string();
             let fix = fix_for(&message);
-            let field = field_of(&message);
-            err(span, &field, message, &fix)
+            let prefix = rule_prefix(text, span.start);
+            let field = match named_in(&message) {
+                Some(name) => format!("{prefix}{name}"),
+                // A bad value: name the key it was given for.
+                None if ["invalid type", "invalid value", "unknown variant", "untagged"]
+                    .iter()
+                    .any(|k| message.contains(k)) =>
+                {
+                    match key_before(text, span.start) {
+                        Some(key) => format!("{prefix}{key}"),
+                        None => "toml".into(),
+                    }
+                }
+                // Syntax: no field to name.
+                None => "toml".into(),
+            };
+            err(span, &field, plain_words(&message), &fix)
         })?;
         let mut rules = Vec::new();
         for (i, spanned) in raw.rule.into_iter().enumerate() {
             let span = spanned.span();
             let r = spanned.into_inner();
-            let rule = validate(r, i, span, &err)?;
+            let rule = validate(text, r, i, span, &err)?;
             rules.push(rule);
         }
         Ok(Profile {
@@ -424,7 +441,7 @@ impl Profile {
 
 type ErrFn<'a> = dyn Fn(Range<usize>, &str, String, &str) -> ProfileError + 'a;
 
-fn validate(r: RawRule, i: usize, span: Range<usize>, err: &ErrFn<'_>) -> Result<Rule, ProfileError> {
+fn validate(text: &str, r: RawRule, i: usize, span: Range<usize>, err: &ErrFn<'_>) -> Result<Rule, ProfileError> {
     let n = i + 1;
     let at = |f: &str| format!("rule[{n}].{f}");
     let when = *r.when.get_ref();
@@ -458,7 +475,7 @@ fn validate(r: RawRule, i: usize, span: Range<usize>, err: &ErrFn<'_>) -> Result
             return Err(err(
                 c.span(),
                 &at("command"),
-                format!("a `{}` rule has no command to match", when.as_str()),
+                format!("there is no command to match at when = \"{}\"", when.as_str()),
                 "remove `command`, or use when = \"command\", \"forwarded\", \"status\", \"body\" or \"response\"",
             ));
         }
@@ -589,7 +606,7 @@ fn validate(r: RawRule, i: usize, span: Range<usize>, err: &ErrFn<'_>) -> Result
         }
     }
     let actions_span = r.actions.as_ref().map_or(span.clone(), |a| a.span());
-    let actions: Vec<Spanned<Action>> = r.actions.map(Spanned::into_inner).unwrap_or_default();
+    let actions: Vec<Spanned<toml::Value>> = r.actions.map(Spanned::into_inner).unwrap_or_default();
     if actions.is_empty() {
         let sp = actions_span;
         return Err(err(
@@ -603,7 +620,33 @@ fn validate(r: RawRule, i: usize, span: Range<usize>, err: &ErrFn<'_>) -> Result
     for (k, a) in actions.into_iter().enumerate() {
         let f = at(&format!("actions[{}]", k + 1));
         let sp = a.span();
-        let action = a.into_inner();
+        let action: Action = match Action::deserialize(a.get_ref().clone()) {
+            Ok(action) => action,
+            Err(e) => {
+                let message = e.message().trim().to_string();
+                // Point at the offending key inside the action if we can.
+                let here = text.get(sp.clone()).unwrap_or_default();
+                let at = named_in(&message)
+                    .or_else(|| {
+                        message
+                            .split("unknown variant `")
+                            .nth(1)
+                            .and_then(|r| r.split('`').next())
+                            .map(|v| format!("\"{v}\""))
+                    })
+                    .and_then(|needle| here.find(&needle))
+                    .map_or(sp.clone(), |k| sp.start + k..sp.start + k);
+                let name = match named_in(&message) {
+                    Some(n) => format!(".{n}"),
+                    // A bad value: the key it was given for (`do`, `side`…).
+                    None if at.start > sp.start => {
+                        key_before(text, at.start).map_or(String::new(), |k| format!(".{k}"))
+                    }
+                    None => String::new(),
+                };
+                return Err(err(at, &format!("{f}{name}"), plain_words(&message), &fix_for(&message)));
+            }
+        };
         let p = action.probability();
         if !(0.0..=1.0).contains(&p) {
             return Err(err(sp, &f, format!("probability {p} is not a probability"), "use a number from 0.0 to 1.0"));
@@ -632,6 +675,19 @@ fn validate(r: RawRule, i: usize, span: Range<usize>, err: &ErrFn<'_>) -> Result
                     "reply text must be one non-empty line".into(),
                     "e.g. text = \"-ERR [IN-USE] maildrop locked\"",
                 ));
+            }
+            (Action::Refuse { how: RefuseHow::Err, text, .. }, _)
+                if text.contains(['\r', '\n']) || !text.get(..4).is_some_and(|t| t.eq_ignore_ascii_case("-ERR")) =>
+            {
+                return Err(err(
+                    sp,
+                    &f,
+                    "an -ERR greeting must be one line starting with -ERR".into(),
+                    "e.g. text = \"-ERR [SYS/TEMP] server down\"",
+                ));
+            }
+            (Action::Corrupt { bytes, .. }, _) if *bytes > 16 << 20 => {
+                return Err(err(sp, &f, format!("{bytes} bytes is more than 16 MiB"), "use at most 16777216"));
             }
             (Action::Throttle { bps, .. }, _) if *bps < 300 => {
                 return Err(err(
@@ -683,35 +739,85 @@ fn validate(r: RawRule, i: usize, span: Range<usize>, err: &ErrFn<'_>) -> Result
     })
 }
 
-/// The field a serde/toml message is about, when it says.
-fn field_of(message: &str) -> String {
-    for key in ["unknown field `", "missing field `", "unknown variant `"] {
+/// The name a serde/toml message is about, when it says (`comand` in
+/// "unknown field `comand`").
+fn named_in(message: &str) -> Option<String> {
+    for key in ["unknown field `", "missing field `"] {
         if let Some(rest) = message.split(key).nth(1) {
-            if let Some(name) = rest.split('`').next() {
-                return name.to_string();
-            }
+            return rest.split('`').next().map(str::to_owned);
         }
     }
-    "toml".into()
+    None
+}
+
+/// `rule[N].` for a position inside the N-th `[[rule]]` table, else "".
+fn rule_prefix(text: &str, pos: usize) -> String {
+    let before = &text[..pos.min(text.len())];
+    let n = before.lines().filter(|l| l.trim_start().starts_with("[[rule]]")).count();
+    if n == 0 { String::new() } else { format!("rule[{n}].") }
+}
+
+/// The key whose value sits at `pos` (`when` in `when = "x"`).
+fn key_before(text: &str, pos: usize) -> Option<String> {
+    let mut end = pos.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let eq = before.rfind('=')?;
+    let head = before[..eq].trim_end();
+    let start = head.rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-')).map_or(0, |i| i + 1);
+    let key = &head[start..];
+    (!key.is_empty()).then(|| key.to_string())
+}
+
+/// Serde's words for types, in a profile author's words.
+fn plain_words(message: &str) -> String {
+    let mut m = message.to_string();
+    if m.contains("untagged enum Millis") {
+        return "expected milliseconds (2000) or a range [1000, 5000]".into();
+    }
+    for (rust, plain) in [
+        ("expected u32", "expected a whole number (0 or more)"),
+        ("expected u64", "expected a whole number (0 or more)"),
+        ("expected usize", "expected a whole number (0 or more)"),
+        ("expected f64", "expected a number such as 0.5"),
+        ("expected a boolean", "expected true or false"),
+    ] {
+        m = m.replace(rust, plain);
+    }
+    m
 }
 
 /// A fix for the common toml/serde complaints.
 fn fix_for(message: &str) -> String {
+    let expected = || {
+        message.split("expected ").nth(1).map(|e| {
+            let e = e.trim_end_matches('.');
+            format!("use {}", if e.starts_with("one of ") { e.to_string() } else { format!("one of {e}") })
+        })
+    };
     if message.contains("unknown field") {
-        if let Some(expected) = message.split("expected ").nth(1) {
-            return format!("use one of: {}", expected.trim_end_matches('.'));
-        }
-        return "remove the field (see docs/PROFILES.md for the fields)".into();
+        return expected().unwrap_or_else(|| "remove the field (see docs/PROFILES.md for the fields)".into());
     }
     if message.contains("unknown variant") {
-        if let Some(expected) = message.split("expected ").nth(1) {
-            return format!("use one of: {}", expected.trim_end_matches('.'));
+        if let Some(fix) = expected() {
+            return fix;
         }
     }
     if message.contains("missing field") {
         return "add the field (see docs/PROFILES.md)".into();
     }
-    if message.contains("invalid type") {
+    if message.contains("untagged enum Millis") {
+        return "write after_ms = 2000 or after_ms = [1000, 5000]".into();
+    }
+    if message.contains("invalid type") || message.contains("invalid value") {
+        if message.contains("u32") || message.contains("u64") || message.contains("usize") {
+            return "write a whole number of 0 or more, without quotes".into();
+        }
+        if message.contains("f64") {
+            return "write a number without quotes, e.g. 0.5".into();
+        }
         return "check the value's type: numbers unquoted, names in quotes".into();
     }
     "fix the TOML syntax at this position".into()
