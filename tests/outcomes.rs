@@ -104,7 +104,13 @@ async fn events_file_is_complete_and_consistent() {
     for i in 0..12 {
         let mode = if i % 2 == 0 { Mode::DownloadAndDelete } else { Mode::LeaveOnServer };
         let user = format!("user{}", i % 2 + 1);
-        let cfg = WorkloadConfig { user: user.clone(), password: password.into(), mode, timeout: Duration::from_secs(10), max_messages: Some(3) };
+        let cfg = WorkloadConfig {
+            user: user.clone(),
+            password: password.into(),
+            mode,
+            timeout: Duration::from_secs(10),
+            max_messages: Some(3),
+        };
         let _ = run_session(proxy.local_addr, &cfg, &mut UidMemory::new()).await;
         tokio::time::timeout(LIMIT, async {
             while srv.maildrop.is_locked(&user) {
@@ -139,7 +145,20 @@ async fn events_file_is_complete_and_consistent() {
     let faults = lines.iter().filter(|l| l["event"] == "fault").count() as u64;
     let fired: u64 = last["faults_fired"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
     assert_eq!(faults, fired);
-    for key in ["session", "client", "user", "outcome", "downloaded", "marked", "at_risk", "duplicates", "bytes_up", "bytes_down", "duration_ms", "faults"] {
+    for key in [
+        "session",
+        "client",
+        "user",
+        "outcome",
+        "downloaded",
+        "marked",
+        "at_risk",
+        "duplicates",
+        "bytes_up",
+        "bytes_down",
+        "duration_ms",
+        "faults",
+    ] {
         assert!(ends[0].get(key).is_some(), "session_end has {key}");
     }
     assert!(last["latency_us"]["RETR"]["p99"].as_u64().is_some());

@@ -102,7 +102,8 @@ fn no_secret_in_logs_events_or_summary() {
     let dir = std::env::temp_dir().join(format!("popfault-secrets-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let events = dir.join("events.jsonl");
-    let mut server = Proc::spawn(&["serve", "--listen", "127.0.0.1:0", "--users", "2", "--messages", "2", "--password", SECRET]);
+    let mut server =
+        Proc::spawn(&["serve", "--listen", "127.0.0.1:0", "--users", "2", "--messages", "2", "--password", SECRET]);
     let upstream = server.addr_after("POP3 server on");
     let mut proxy = Proc::spawn(&[
         "proxy",
