@@ -48,6 +48,8 @@ pub enum Command {
     Profiles(ProfilesArgs),
     /// Validate a fault profile file; errors name file:line:column and the fix.
     CheckProfile(CheckProfileArgs),
+    /// Check a real server's RFC 1939 behaviour under a matrix of cut points.
+    Audit(crate::audit::AuditArgs),
 }
 
 /// `popfault profiles [show NAME]`
@@ -100,6 +102,14 @@ pub struct ProxyArgs {
     /// Cut a session after this many seconds without a byte either way.
     #[arg(long, default_value_t = 600.0, value_parser = positive_secs)]
     pub idle_timeout: f64,
+    /// Give up on an upstream that accepts but does not greet within this
+    /// many seconds (the session is `refused`).
+    #[arg(long, default_value_t = 30.0, value_parser = positive_secs)]
+    pub greeting_timeout: f64,
+    /// Most sessions at once; more clients get `-ERR [SYS/TEMP] too many
+    /// sessions` and are closed.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_sessions: u32,
     /// Seconds to wait for the upstream to accept a connection.
     #[arg(long, default_value_t = 10.0, value_parser = positive_secs)]
     pub connect_timeout: f64,
@@ -203,6 +213,7 @@ pub fn main() -> ExitCode {
             Command::Demo(a) => crate::demo::run(a).await,
             Command::Profiles(a) => profiles(a),
             Command::CheckProfile(a) => check_profile(a),
+            Command::Audit(a) => crate::audit::run(a).await,
         }
     });
     match result {
@@ -341,6 +352,8 @@ async fn proxy(a: ProxyArgs) -> Result<ExitCode, RunError> {
     let mut cfg = ProxyConfig::new(a.listen, a.upstream.clone());
     cfg.connect_timeout = Duration::from_secs_f64(a.connect_timeout);
     cfg.idle_timeout = Duration::from_secs_f64(a.idle_timeout);
+    cfg.greeting_timeout = Duration::from_secs_f64(a.greeting_timeout);
+    cfg.max_sessions = a.max_sessions as usize;
     let handle = relay::start(cfg, control.clone(), agg.sink())
         .await
         .map_err(|e| RunError::Usage(format!("cannot listen on {}: {e}", a.listen)))?;
@@ -417,7 +430,9 @@ pub fn load_profile(name_or_path: &str) -> Result<crate::faults::Profile, RunErr
 
 /// The given seed, or a fresh one (printed by the caller, for replay).
 pub fn seed_or_draw(seed: Option<u64>) -> u64 {
-    seed.unwrap_or_else(rand::random)
+    // Drawn seeds stay below 2^53 so JSON readers (jq, JavaScript) keep
+    // them exact and a seed read back from the events file replays.
+    seed.unwrap_or_else(|| rand::random::<u64>() >> 11)
 }
 
 fn profiles(a: ProfilesArgs) -> Result<ExitCode, RunError> {

@@ -41,7 +41,7 @@ pub enum Event {
         rule: String,
         /// What it did (`disconnect`, `stall`, …).
         action: String,
-        /// Where: trigger point and detail (`body RETR 3 @1024`).
+        /// Where: trigger point and detail (`body RETR #3 @1024`).
         point: String,
     },
     /// A complete command was answered (for latency histograms).

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod aggregate;
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod codec;

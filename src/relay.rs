@@ -34,8 +34,11 @@ use crate::faults::engine::{jittered, rng_for};
 use crate::faults::{Action, BodyCut, Decision, Engine, Facts, How, Point, RefuseHow, Side};
 use crate::session::Tracker;
 
-/// Bytes asked of the kernel per read.
-const READ_SIZE: usize = 64 * 1024;
+/// Bytes asked of the kernel per read: small for a conversation, growing
+/// while reads come back full (a bulk transfer), so idle and chatty
+/// sessions never hold big buffers.
+const READ_MIN: usize = 2 * 1024;
+const READ_MAX: usize = 64 * 1024;
 
 /// How the proxy runs.
 #[derive(Debug, Clone)]
@@ -48,6 +51,12 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// Cut a session after this long without a byte either way.
     pub idle_timeout: Duration,
+    /// Give up on an upstream that accepted but has not greeted after this
+    /// long (outcome `refused`).
+    pub greeting_timeout: Duration,
+    /// Most sessions at once; more clients are told `-ERR [SYS/TEMP]` and
+    /// closed.
+    pub max_sessions: usize,
 }
 
 impl ProxyConfig {
@@ -58,6 +67,8 @@ impl ProxyConfig {
             upstream: upstream.into(),
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(600),
+            greeting_timeout: Duration::from_secs(30),
+            max_sessions: 10_000,
         }
     }
 }
@@ -127,6 +138,20 @@ async fn accept_loop(
             a = listener.accept() => a,
         };
         match accepted {
+            Ok((client, peer)) if sessions.len() >= cfg.max_sessions => {
+                // Over the limit: say so, as a busy POP3 server would, and
+                // close. Not a session: nothing is counted.
+                warn!(%peer, limit = cfg.max_sessions, "too many sessions; turning a client away");
+                tokio::spawn(async move {
+                    let mut client = client;
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        client.write_all(b"-ERR [SYS/TEMP] too many sessions\r\n"),
+                    )
+                    .await;
+                    let _ = client.shutdown().await;
+                });
+            }
             Ok((client, peer)) => {
                 let number = counter.fetch_add(1, Ordering::Relaxed) + 1;
                 let profile = control.profile();
@@ -229,6 +254,8 @@ struct Core {
     last_activity: Instant,
     /// The idle timeout ended the session.
     idle: bool,
+    /// The upstream never greeted in time.
+    no_greeting: bool,
 }
 
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
@@ -315,6 +342,7 @@ async fn run_session(mut client: TcpStream, ctx: SessionCtx, engine: Engine) {
         cut: None,
         last_activity: Instant::now(),
         idle: false,
+        no_greeting: false,
     });
     let remote = ctx.control.register(ctx.number);
     let s = Session { ctx: &ctx, core: &core };
@@ -373,14 +401,14 @@ impl Session<'_> {
                 for a in &d.actions {
                     if let Action::Refuse { how, text, .. } = a {
                         lock(self.core).tracker.set_refused();
-                        return self.refuse(client, *how, text, &d.rule).await;
+                        return Box::pin(self.refuse(client, *how, text, &d.rule)).await;
                     }
                 }
             }
             for d in decisions {
-                if self.act(d, Dir::Up).await == Flow::Stop {
+                if Box::pin(self.act(d, Dir::Up)).await == Flow::Stop {
                     lock(self.core).tracker.set_refused();
-                    return self.finish_cut(client, None).await;
+                    return Box::pin(self.finish_cut(client, None)).await;
                 }
             }
         }
@@ -412,12 +440,12 @@ impl Session<'_> {
             (up, down)
         };
 
-        let (faulted, idle) = {
+        let (faulted, idle, no_greeting) = {
             let c = lock(self.core);
-            (c.cut.is_some(), c.idle)
+            (c.cut.is_some(), c.idle, c.no_greeting)
         };
         if faulted {
-            return self.finish_cut(client, Some(&mut server)).await;
+            return Box::pin(self.finish_cut(client, Some(&mut server))).await;
         }
         if up == End::Reset || down == End::Reset || self.ctx.shutdown.is_cancelled() {
             // A reset on one side becomes a reset on the other; a session
@@ -429,6 +457,7 @@ impl Session<'_> {
             (End::Reset, _) => "reset by client".into(),
             (_, End::Reset) => "reset by server".into(),
             _ if self.ctx.shutdown.is_cancelled() => "cut at shutdown".into(),
+            _ if no_greeting => format!("no greeting from upstream within {:?}", self.ctx.cfg.greeting_timeout),
             _ if idle => "idle timeout".into(),
             _ => "closed".into(),
         }
@@ -543,20 +572,33 @@ impl Session<'_> {
         let idle = self.ctx.cfg.idle_timeout;
         loop {
             let next_timer = timers.front().map(|(after, _)| self.ctx.started + *after);
-            let idle_at = lock(self.core).last_activity + idle;
-            let wake_at = next_timer.map_or(idle_at, |t| t.min(idle_at));
+            let (idle_at, greeted) = {
+                let c = lock(self.core);
+                (c.last_activity + idle, c.codec.greeted())
+            };
+            let mut wake_at = next_timer.map_or(idle_at, |t| t.min(idle_at));
+            if !greeted {
+                wake_at = wake_at.min(self.ctx.started + self.ctx.cfg.greeting_timeout);
+            }
             tokio::select! {
                 _ = self.ctx.cut.cancelled() => return,
                 _ = done.cancelled() => return,
                 _ = remote.notified() => {
                     let d = Decision { rule: "manual".into(), point: "manual".into(), actions: vec![Action::Disconnect { side: Side::Both, how: How::Rst, probability: None }] };
                     self.record(&d);
-                    let _ = self.act(d, Dir::Down).await;
+                    let _ = Box::pin(self.act(d, Dir::Down)).await;
                     return;
                 }
                 _ = tokio::time::sleep_until(wake_at.into()) => {}
             }
             let now = Instant::now();
+            let greeted = lock(self.core).codec.greeted();
+            if !greeted && self.ctx.started + self.ctx.cfg.greeting_timeout <= now {
+                debug!(session = self.ctx.number, "no greeting");
+                lock(self.core).no_greeting = true;
+                self.ctx.cut.cancel();
+                return;
+            }
             if lock(self.core).last_activity + idle <= now {
                 debug!(session = self.ctx.number, "idle timeout");
                 lock(self.core).idle = true;
@@ -578,7 +620,7 @@ impl Session<'_> {
                 };
                 if let Some(d) = d {
                     self.record(&d);
-                    if self.act(d, Dir::Down).await == Flow::Stop {
+                    if Box::pin(self.act(d, Dir::Down)).await == Flow::Stop {
                         return;
                     }
                 }
@@ -664,6 +706,15 @@ impl Session<'_> {
             let facts = c.facts(self.ctx, seq);
             c.engine.decide(&point, &facts)
         };
+        if decisions.is_empty() {
+            return Flow::Go;
+        }
+        // Boxed: faults are rare, and an inline future would make every
+        // session's state as big as the biggest fault (RSS per session).
+        Box::pin(self.act_all(decisions, dir)).await
+    }
+
+    async fn act_all(&self, decisions: Vec<Decision>, dir: Dir) -> Flow {
         let mut flow = Flow::Go;
         for d in decisions {
             self.record(&d);
@@ -680,6 +731,20 @@ impl Session<'_> {
     /// line speed and corruption. Injected noise goes out first.
     async fn deliver(&self, dir: Dir, to: &mut WriteHalf<'_>, bytes: &[u8]) -> Result<(), End> {
         self.flush_injected(dir, to).await?;
+        let plain = {
+            let c = lock(self.core);
+            c.hold_until.is_none() && c.rate.is_none() && c.corrupt[dir as usize] == 0
+        };
+        if plain {
+            self.write(to, bytes).await?;
+            self.ctx.control.count(dir == Dir::Up, bytes.len());
+            return Ok(());
+        }
+        Box::pin(self.deliver_shaped(dir, to, bytes)).await
+    }
+
+    /// [`deliver`](Session::deliver) under a stall, a line speed or corruption.
+    async fn deliver_shaped(&self, dir: Dir, to: &mut WriteHalf<'_>, bytes: &[u8]) -> Result<(), End> {
         let mut rest = bytes;
         while !rest.is_empty() {
             let (hold, rate, flip) = {
@@ -736,6 +801,17 @@ impl Session<'_> {
     /// Writes injected noise for `dir`, and (server → client) the proxy's
     /// own answers that are due.
     async fn flush_injected(&self, dir: Dir, to: &mut WriteHalf<'_>) -> Result<(), End> {
+        let pending = {
+            let c = lock(self.core);
+            !c.inject[dir as usize].is_empty() || (dir == Dir::Down && !c.replies.is_empty())
+        };
+        if !pending {
+            return Ok(());
+        }
+        Box::pin(self.flush_injected_now(dir, to)).await
+    }
+
+    async fn flush_injected_now(&self, dir: Dir, to: &mut WriteHalf<'_>) -> Result<(), End> {
         let noise = std::mem::take(&mut lock(self.core).inject[dir as usize]);
         if !noise.is_empty() {
             self.write(to, &noise).await?;
@@ -783,6 +859,7 @@ impl Session<'_> {
     /// no buffer.
     async fn pump(&self, dir: Dir, from: &mut ReadHalf<'_>, to: &mut WriteHalf<'_>) -> End {
         let mut buf: Vec<u8> = Vec::new();
+        let mut want = READ_MIN;
         loop {
             if let Err(e) = self.flush_injected(dir, to).await {
                 return e;
@@ -795,7 +872,8 @@ impl Session<'_> {
                     return End::Reset;
                 },
             }
-            buf.reserve(READ_SIZE);
+            buf.reserve(want);
+            let room = buf.capacity() - buf.len();
             let n = match from.try_read_buf(&mut buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -806,6 +884,7 @@ impl Session<'_> {
                 }
             };
             lock(self.core).last_activity = Instant::now();
+            want = if n >= room { (want * 2).min(READ_MAX) } else { (want / 2).max(READ_MIN) };
             if n == 0 {
                 // Orderly close: whatever is held is an incomplete line; pass
                 // it on as it is, then pass the FIN on (half-close).
@@ -862,8 +941,9 @@ impl Session<'_> {
                 Flow::Reply(line) => {
                     {
                         let mut c = lock(self.core);
-                        c.codec.replied(cmd);
-                        c.replies.push_back(line);
+                        if c.codec.replied(cmd).is_some() {
+                            c.replies.push_back(line);
+                        }
                         c.tracker.on_client(&ev, bytes, false);
                     }
                     self.ctx.wake[Dir::Down as usize].notify_one();
@@ -973,7 +1053,7 @@ impl Session<'_> {
                 done = upto;
             }
             self.record(&cut.decision);
-            if self.act(cut.decision, Dir::Down).await == Flow::Stop {
+            if Box::pin(self.act(cut.decision, Dir::Down)).await == Flow::Stop {
                 return Err(End::Cut);
             }
         }
@@ -1025,4 +1105,47 @@ async fn futures_select_all<F: std::future::Future<Output = ()> + Unpin>(futs: &
         std::task::Poll::Pending
     })
     .await
+}
+
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn a_session_future_stays_small() {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::from_std({
+                std_listener.set_nonblocking(true).unwrap();
+                std_listener
+            })
+            .unwrap();
+            let addr = l.local_addr().unwrap();
+            let c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (s, peer) = l.accept().await.unwrap();
+            drop(c);
+            let control =
+                std::sync::Arc::new(super::Control::new(std::sync::Arc::new(crate::faults::Profile::passthrough()), 1));
+            let stop = super::CancellationToken::new();
+            let ctx = super::SessionCtx {
+                number: 1,
+                peer,
+                cfg: std::sync::Arc::new(super::ProxyConfig::new(addr, "127.0.0.1:1")),
+                sink: super::EventSink::discard(),
+                shutdown: stop.clone(),
+                cut: stop.child_token(),
+                wake: [super::Notify::new(), super::Notify::new()],
+                control: control.clone(),
+                run_started: std::time::Instant::now(),
+                started: std::time::Instant::now(),
+                engine_seed: 1,
+                profile_name: "p".into(),
+            };
+            let engine = super::Engine::new(control.profile(), 1, 1);
+            let fut = super::run_session(s, ctx, engine);
+            // Every idle session costs at least this much: keep it small
+            // (rare fault paths are boxed). See docs/PERFORMANCE.md.
+            let size = std::mem::size_of_val(&fut);
+            assert!(size <= 4608, "a session's future is {size} bytes");
+        });
+    }
 }

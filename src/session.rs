@@ -155,7 +155,9 @@ impl Retrieval {
             return;
         }
         for chunk in bytes.split_inclusive(|&b| b == b'\n') {
-            if self.line.len() + chunk.len() <= MAX_HEADER_LINE {
+            // Once a line overflows, nothing more of it is kept, so the
+            // result does not depend on how the bytes were chunked.
+            if !self.line_overflow && self.line.len() + chunk.len() <= MAX_HEADER_LINE {
                 self.line.extend_from_slice(chunk);
             } else {
                 self.line_overflow = true;
@@ -172,12 +174,14 @@ impl Retrieval {
     fn header_line(&mut self) {
         let line = std::mem::take(&mut self.line);
         let overflow = std::mem::replace(&mut self.line_overflow, false);
+        if overflow || self.message_id.is_some() {
+            // An over-long line is a (broken) header line, not the end of
+            // the header.
+            return;
+        }
         let text = crate::codec::command::trim_eol(&line);
         if text.is_empty() || text == b"." {
             self.in_header = false;
-            return;
-        }
-        if overflow || self.message_id.is_some() {
             return;
         }
         const NAME: &[u8] = b"message-id:";
@@ -228,6 +232,7 @@ pub struct Tracker {
     fingerprints: Vec<Fingerprint>,
     uids: BTreeMap<u32, String>,
     uidl_line: Vec<u8>,
+    uidl_overflow: bool,
     listing_uids: bool,
 }
 
@@ -261,6 +266,7 @@ impl Tracker {
             fingerprints: Vec::new(),
             uids: BTreeMap::new(),
             uidl_line: Vec::new(),
+            uidl_overflow: false,
             listing_uids: false,
         }
     }
@@ -277,11 +283,8 @@ impl Tracker {
             self.bytes_up += bytes.len() as u64;
         }
         match ev {
-            ClientEvent::Command { cmd, overlong } => {
+            ClientEvent::Command { cmd, .. } => {
                 self.commands += 1;
-                if *overlong {
-                    self.violations += 1;
-                }
                 self.last_command = Some(cmd.to_string());
                 if !forwarded {
                     return;
@@ -304,8 +307,12 @@ impl Tracker {
     pub fn on_server(&mut self, ev: &ServerEvent, bytes: &[u8]) {
         self.bytes_down += bytes.len() as u64;
         match ev {
-            ServerEvent::Greeting(status) => self.greeting = Some(status.ok),
+            ServerEvent::Greeting(status) => {
+                self.violations += u64::from(status.overlong);
+                self.greeting = Some(status.ok);
+            }
             ServerEvent::Status { cmd, status, multiline, .. } => {
+                self.violations += u64::from(status.overlong);
                 if let (Command::Uidl(Some(_)), true) = (cmd, status.ok) {
                     self.on_uidl_line(bytes);
                 }
@@ -314,7 +321,10 @@ impl Tracker {
             ServerEvent::Body { end, .. } => self.on_body(bytes, *end),
             ServerEvent::OverlongStart => self.violations += 1,
             ServerEvent::Opaque => self.encrypted = true,
-            ServerEvent::Continuation | ServerEvent::Unsolicited | ServerEvent::OverlongMore => {}
+            ServerEvent::Continuation
+            | ServerEvent::Unsolicited
+            | ServerEvent::OverlongMore
+            | ServerEvent::Untracked => {}
         }
     }
 
@@ -345,6 +355,7 @@ impl Tracker {
             Command::Uidl(None) if multiline => {
                 self.listing_uids = true;
                 self.uidl_line.clear();
+                self.uidl_overflow = false;
             }
             Command::Stls if status.ok => self.encrypted = true,
             _ => {}
@@ -378,12 +389,18 @@ impl Tracker {
         }
         if self.listing_uids {
             for chunk in bytes.split_inclusive(|&b| b == b'\n') {
-                if self.uidl_line.len() + chunk.len() <= 128 {
+                // A listing line is short ("n uid", uid ≤ 70); a longer one
+                // is ignored whole, however it was chunked.
+                if !self.uidl_overflow && self.uidl_line.len() + chunk.len() <= 128 {
                     self.uidl_line.extend_from_slice(chunk);
+                } else {
+                    self.uidl_overflow = true;
                 }
                 if chunk.ends_with(b"\n") {
                     let line = std::mem::take(&mut self.uidl_line);
-                    self.learn_uid(crate::codec::command::trim_eol(&line));
+                    if !std::mem::replace(&mut self.uidl_overflow, false) {
+                        self.learn_uid(crate::codec::command::trim_eol(&line));
+                    }
                 }
             }
         }

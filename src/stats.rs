@@ -21,6 +21,11 @@ pub const MAX_REMEMBERED_MESSAGES: usize = 1_000_000;
 
 /// Highest latency recorded, in microseconds (an hour); longer is clamped.
 const MAX_LATENCY_US: u64 = 3_600_000_000;
+/// Command keywords with a histogram of their own (the RFC's and a few
+/// more); others are counted under [`OTHER_COMMANDS`].
+pub const MAX_COMMANDS: usize = 32;
+/// Where latencies of further keywords go.
+pub const OTHER_COMMANDS: &str = "(other)";
 
 /// Running totals over a run.
 #[derive(Debug, Clone)]
@@ -49,8 +54,9 @@ impl Default for Stats {
 }
 
 fn histogram() -> Histogram<u64> {
-    // 3 significant figures from 1 µs to an hour: a few KiB each.
-    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant bounds are valid")
+    // 2 significant figures (1%) from 1 µs to an hour: about 25 KiB each,
+    // at most MAX_COMMANDS + 2 of them.
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 2).expect("constant bounds are valid")
 }
 
 impl Stats {
@@ -89,7 +95,14 @@ impl Stats {
             Event::SessionStart { .. } | Event::Progress(_) => {}
             Event::Fault { rule, .. } => *self.faults.entry(rule.clone()).or_default() += 1,
             Event::Latency { command, micros, .. } => {
-                let h = self.latency.entry(command.clone()).or_insert_with(histogram);
+                // Keywords come from clients: bound how many get their own
+                // histogram; the rest share one.
+                let key = if self.latency.contains_key(command) || self.latency.len() < MAX_COMMANDS {
+                    command.clone()
+                } else {
+                    OTHER_COMMANDS.to_string()
+                };
+                let h = self.latency.entry(key).or_insert_with(histogram);
                 let _ = h.record((*micros).clamp(1, MAX_LATENCY_US));
             }
             Event::SessionEnd(end) => self.session_end(end),

@@ -277,7 +277,12 @@ fn overlong_lines_are_relayed_and_flagged() {
     assert!(
         events.iter().any(|e| matches!(e, Ev::C(ClientEvent::Command { overlong: true, .. }, b) if b == &long_cmd))
     );
-    assert!(events.iter().any(|e| matches!(e, Ev::S(ServerEvent::OverlongStart, _))));
+    // The over-long status still answers its command, flagged.
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Ev::S(ServerEvent::Status { status, .. }, b) if status.overlong && b.len() == 512))
+    );
     // Split invariance holds for over-long lines too (byte for byte).
     assert!(events.iter().any(|e| matches!(e, Ev::S(ServerEvent::Status { cmd: Command::Stat, .. }, _))));
     check_split_invariance(&t);

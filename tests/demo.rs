@@ -23,7 +23,10 @@ fn demo(profile: &str, seed: u64, secs: &str) -> (Option<i32>, String) {
 
 /// The duplicate count a workload's line reports.
 fn duplicates(out: &str, workload: &str) -> u64 {
-    let line = out.lines().find(|l| l.trim_start().starts_with(workload)).unwrap_or_else(|| panic!("no {workload} line:\n{out}"));
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with(workload))
+        .unwrap_or_else(|| panic!("no {workload} line:\n{out}"));
     let after = line.split("duplicates").nth(1).expect("a duplicates figure");
     after.trim().parse().expect("a number")
 }
@@ -55,12 +58,16 @@ fn every_builtin_profile_keeps_the_invariants() {
 /// gets which session number.
 fn seed_cutting_first_sessions() -> u64 {
     let p = Arc::new(builtin("lost-carrier").unwrap().unwrap());
-    let facts = |n: u64| Facts { state: State::Transaction, retrieved: n, deleted: n, run_elapsed: Duration::ZERO, seq: n };
+    let facts =
+        |n: u64| Facts { state: State::Transaction, retrieved: n, deleted: n, run_elapsed: Duration::ZERO, seq: n };
     (0..100_000)
         .find(|&seed| {
             (1..=4).all(|session| {
                 let mut e = Engine::new(p.clone(), seed, session);
-                (1..=3).map(|n| e.plan_body(&Pop3::Retr(n), Some(2048), &facts(n as u64))).last().is_some_and(|c| !c.is_empty())
+                (1..=3)
+                    .map(|n| e.plan_body(&Pop3::Retr(n), Some(2048), &facts(n as u64)))
+                    .last()
+                    .is_some_and(|c| !c.is_empty())
             })
         })
         .expect("a seed")

@@ -2,84 +2,14 @@
 //! proxy, logging at trace level) carry USER/PASS, APOP and AUTH PLAIN
 //! sessions, and no secret appears in their output or the events file.
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
 use std::time::Duration;
 
 use popfault::client::{Pop3Client, apop_digest, apop_timestamp};
 
+mod support;
+use support::proc::Proc;
+
 const SECRET: &str = "Zebra-Tangerine-4417";
-
-/// A running binary whose stderr is collected; `addr` is parsed from the
-/// first stderr line containing `marker`.
-struct Proc {
-    child: Child,
-    stderr: mpsc::Receiver<String>,
-    collected: Vec<String>,
-}
-
-impl Proc {
-    fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_popfault"))
-            .args(args)
-            .env("POPFAULT_LOG", "trace")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn popfault");
-        let (tx, rx) = mpsc::channel();
-        let err = child.stderr.take().expect("stderr");
-        thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc { child, stderr: rx, collected: Vec::new() }
-    }
-
-    /// Reads stderr until a line contains `marker`; returns the first
-    /// `127.0.0.1:PORT` in it.
-    fn addr_after(&mut self, marker: &str) -> SocketAddr {
-        loop {
-            let line = self.stderr.recv_timeout(Duration::from_secs(20)).expect("the process printed its address");
-            self.collected.push(line.clone());
-            if line.contains(marker) {
-                let start = line.find("127.0.0.1:").expect("an address");
-                let tail = &line[start..];
-                let end = tail.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':')).unwrap_or(tail.len());
-                return tail[..end].trim_end_matches(':').parse().expect("a socket address");
-            }
-        }
-    }
-
-    /// Sends SIGTERM and returns everything it printed.
-    fn stop(mut self) -> String {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let (done_tx, done_rx) = mpsc::channel();
-        let mut child = self.child;
-        thread::spawn(move || {
-            let _ = done_tx.send(child.wait().map(|_| child));
-        });
-        let mut child = match done_rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(Ok(c)) => c,
-            _ => panic!("the process did not stop on SIGTERM"),
-        };
-        let mut out = String::new();
-        if let Some(mut o) = child.stdout.take() {
-            let _ = o.read_to_string(&mut out);
-        }
-        while let Ok(l) = self.stderr.recv_timeout(Duration::from_millis(500)) {
-            self.collected.push(l);
-        }
-        out + "\n" + &self.collected.join("\n")
-    }
-}
 
 fn b64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -102,10 +32,19 @@ fn no_secret_in_logs_events_or_summary() {
     let dir = std::env::temp_dir().join(format!("popfault-secrets-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let events = dir.join("events.jsonl");
-    let mut server =
-        Proc::spawn(&["serve", "--listen", "127.0.0.1:0", "--users", "2", "--messages", "2", "--password", SECRET]);
+    let mut server = Proc::spawn_traced(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--users",
+        "2",
+        "--messages",
+        "2",
+        "--password",
+        SECRET,
+    ]);
     let upstream = server.addr_after("POP3 server on");
-    let mut proxy = Proc::spawn(&[
+    let mut proxy = Proc::spawn_traced(&[
         "proxy",
         "--listen",
         "127.0.0.1:0",

@@ -102,6 +102,9 @@ pub enum ServerEvent {
     OverlongMore,
     /// Bytes after STLS succeeded: TLS, relayed opaquely.
     Opaque,
+    /// Bytes relayed without framing after a pipeline deeper than
+    /// [`MAX_PENDING`] made the answers impossible to attribute.
+    Untracked,
 }
 
 /// A command forwarded to the server and not yet answered.
@@ -147,7 +150,8 @@ pub struct Pop3Codec {
     untracked: u64,
     /// An AUTH exchange is open: client lines are SASL responses.
     sasl_open: bool,
-    client_overlong: Option<Command>,
+    /// In an over-long line: the command it started (None: SASL data).
+    client_overlong: Option<Option<Command>>,
     server: ServerMode,
     /// STLS succeeded: both directions are TLS from here on.
     opaque: bool,
@@ -174,6 +178,17 @@ impl Pop3Codec {
             opaque: false,
             violations: 0,
         }
+    }
+
+    /// Whether a pipeline deeper than [`MAX_PENDING`] made the codec stop
+    /// framing (the rest of the session is relayed as `Untracked`).
+    pub fn lost_track(&self) -> bool {
+        self.untracked > 0
+    }
+
+    /// Whether the server's greeting line has arrived.
+    pub fn greeted(&self) -> bool {
+        self.greeted
     }
 
     /// Whether STLS succeeded and the stream is now opaque TLS.
@@ -218,9 +233,14 @@ impl Pop3Codec {
             // Continuing an over-long line: pass through to its LF.
             return match memchr::memchr(b'\n', buf) {
                 Some(i) => {
-                    let cmd = cmd.clone();
+                    let ev = match cmd {
+                        Some(cmd) => ClientEvent::Command { cmd: cmd.clone(), overlong: true },
+                        // A long SASL response (GSSAPI tokens are): still
+                        // SASL, never a command.
+                        None => ClientEvent::SaslResponse { cancel: false },
+                    };
                     self.client_overlong = None;
-                    Step::of(i + 1, ClientEvent::Command { cmd, overlong: true })
+                    Step::of(i + 1, ev)
                 }
                 None => Step::of(buf.len(), ClientEvent::OverlongMore),
             };
@@ -236,8 +256,10 @@ impl Pop3Codec {
             }
             None if buf.len() >= MAX_COMMAND_LINE => {
                 self.violations += 1;
-                // Keep only the parsed command (no secrets) for the line's end.
-                let cmd = if self.sasl_open { Command::Unknown(String::new()) } else { Command::parse(buf) };
+                // Keep only the parsed command (no secrets) for the line's
+                // end, parsed from exactly the limit so that it does not
+                // depend on how much was read.
+                let cmd = if self.sasl_open { None } else { Some(Command::parse(&buf[..MAX_COMMAND_LINE])) };
                 self.client_overlong = Some(cmd);
                 // Exactly the limit, so the framing does not depend on how
                 // much happened to be read.
@@ -256,7 +278,9 @@ impl Pop3Codec {
         if cmd.is_sasl() {
             self.sasl_open = true;
         }
-        if self.pending.len() >= MAX_PENDING {
+        if self.pending.len() >= MAX_PENDING || self.untracked > 0 {
+            // Past the bound the queue no longer matches the server's
+            // answers: stop framing rather than misattribute (see desync).
             self.untracked += 1;
             return seq;
         }
@@ -268,15 +292,17 @@ impl Pop3Codec {
     /// forwarding it. Its answer must go out in turn: call
     /// [`take_synthetic`](Pop3Codec::take_synthetic) before each
     /// `decode_server` and deliver the answer when it returns the command.
-    pub fn replied(&mut self, cmd: &Command) -> u64 {
+    /// `None` past [`MAX_PENDING`]: the answer cannot be placed in turn and
+    /// the command is dropped instead.
+    pub fn replied(&mut self, cmd: &Command) -> Option<u64> {
         let seq = self.next_seq;
         self.next_seq += 1;
-        if self.pending.len() >= MAX_PENDING {
+        if self.pending.len() >= MAX_PENDING || self.untracked > 0 {
             self.untracked += 1;
-            return seq;
+            return None;
         }
         self.pending.push_back(Pending { cmd: cmd.clone(), seq, synthetic: true });
-        seq
+        Some(seq)
     }
 
     /// The command whose proxy-made answer is due now: at the head of the
@@ -296,6 +322,11 @@ impl Pop3Codec {
         if self.opaque {
             return Step::of(buf.len(), ServerEvent::Opaque);
         }
+        if self.untracked > 0 && matches!(self.server, ServerMode::Lines) && self.pending.is_empty() {
+            // Lost track of a pipeline deeper than MAX_PENDING: relay the
+            // rest untouched rather than guess which answer is whose.
+            return Step::of(buf.len(), ServerEvent::Untracked);
+        }
         match self.server.clone() {
             ServerMode::Body { offset, pos } => self.body(buf, offset, pos),
             ServerMode::Overlong { then_body } => match memchr::memchr(b'\n', buf) {
@@ -314,13 +345,32 @@ impl Pop3Codec {
                 match memchr::memchr(b'\n', &buf[..limit]) {
                     Some(i) => Step::of(i + 1, self.status_line(&buf[..=i])),
                     None if buf.len() >= MAX_STATUS_LINE => {
-                        self.violations += 1;
-                        // Frame it as if the line were complete, so a body
-                        // that follows an over-long +OK is still followed.
-                        let ev = self.status_line(&buf[..MAX_STATUS_LINE]);
+                        // Frame it from its first MAX_STATUS_LINE bytes (the
+                        // same whatever the reads), as if it were complete,
+                        // so its command is answered and a body that follows
+                        // an over-long +OK is still followed. The rest of the
+                        // line comes as OverlongMore.
+                        let mut ev = self.status_line(&buf[..MAX_STATUS_LINE]);
                         let then_body = matches!(ev, ServerEvent::Status { multiline: true, .. });
+                        match &mut ev {
+                            ServerEvent::Greeting(st) | ServerEvent::Status { status: st, .. } => {
+                                st.overlong = true;
+                                self.violations += 1;
+                            }
+                            // RFC 5034 continuations carry SASL data of any length.
+                            ServerEvent::Continuation => {}
+                            _ => {
+                                self.violations += 1;
+                                ev = ServerEvent::OverlongStart;
+                            }
+                        }
+                        if self.opaque {
+                            // STLS +OK was over-long: the rest is TLS anyway.
+                            return Step::of(MAX_STATUS_LINE, ev);
+                        }
+                        // A body, if any, starts after the end of this line.
                         self.server = ServerMode::Overlong { then_body };
-                        Step::of(MAX_STATUS_LINE, ServerEvent::OverlongStart)
+                        Step::of(MAX_STATUS_LINE, ev)
                     }
                     None => Step::NEED_MORE,
                 }

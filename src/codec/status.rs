@@ -16,6 +16,8 @@ pub struct Status {
     /// The response code in brackets after the status, upper-cased:
     /// `IN-USE`, `LOGIN-DELAY`, `SYS/TEMP`, `SYS/PERM`, `AUTH`.
     pub code: Option<String>,
+    /// The line broke RFC 2449's 512-octet limit (framed from its start).
+    pub overlong: bool,
 }
 
 impl Status {
@@ -38,7 +40,7 @@ impl Status {
             let code = &r[..end];
             code.iter().all(|b| b.is_ascii_graphic()).then(|| String::from_utf8_lossy(code).to_ascii_uppercase())
         });
-        Status { ok, continuation, code }
+        Status { ok, continuation, code, overlong: false }
     }
 
     /// Whether this is a SASL `+ ` continuation rather than `+OK`/`-ERR`.

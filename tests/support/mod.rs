@@ -188,3 +188,4 @@ pub fn sha256(b: &[u8]) -> String {
     Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
 }
 pub mod dovecot;
+pub mod proc;
