@@ -1,0 +1,200 @@
+//! Credentials of every kind (USER/PASS, APOP, AUTH PLAIN and AUTH LOGIN,
+//! with initial responses and continuations) go through the proxy and
+//! appear in none of: logs at trace level, the events file, the rendered
+//! dashboard, the summary.
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use popfault::aggregate::Aggregator;
+use popfault::client::{Pop3Client, apop_digest, apop_timestamp};
+use popfault::control::Control;
+use popfault::dashboard::{Dashboard, Header, UiState, shared_model};
+use popfault::faults::Profile;
+use popfault::relay::{self, ProxyConfig};
+use popfault::server::{self, Maildrop, ServerConfig};
+use ratatui::buffer::Buffer;
+use ratatui::layout::Rect;
+use ratatui::widgets::Widget;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const SECRET: &str = "Quokka-Saffron-9931";
+const LOGIN_USER: &str = "loginuser";
+
+fn b64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for c in data.chunks(3) {
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            s.push(if i <= c.len() { T[(n >> (18 - 6 * i)) as usize & 63] as char } else { '=' });
+        }
+    }
+    s
+}
+
+/// Log lines, captured at trace level for the whole process.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A server that speaks AUTH LOGIN (the embedded one does PLAIN only):
+/// `AUTH LOGIN [user]`, `+ VXNlcm5hbWU6`, `+ UGFzc3dvcmQ6`, `+OK`.
+async fn login_server() -> std::net::SocketAddr {
+    let l = TcpListener::bind(loopback()).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut lines = Vec::new();
+                let _ = s.write_all(b"+OK login server\r\n").await;
+                let mut buf = vec![0u8; 4096];
+                let mut pending = Vec::new();
+                loop {
+                    let n = match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    pending.extend_from_slice(&buf[..n]);
+                    while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+                        let line: Vec<u8> = pending.drain(..=i).collect();
+                        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                        lines.push(text.clone());
+                        let reply: &[u8] = if text == "AUTH LOGIN" {
+                            b"+ VXNlcm5hbWU6\r\n"
+                        } else if text.starts_with("AUTH LOGIN ")
+                            || lines.len() >= 2 && lines[lines.len() - 2] == "AUTH LOGIN"
+                        {
+                            b"+ UGFzc3dvcmQ6\r\n"
+                        } else if text == "QUIT" {
+                            b"+OK bye\r\n"
+                        } else {
+                            b"+OK logged in\r\n"
+                        };
+                        let _ = s.write_all(reply).await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn auth_login(addr: std::net::SocketAddr, initial: bool) {
+    let (mut c, _) = Pop3Client::connect(addr).await.unwrap();
+    if initial {
+        c.send_raw(format!("AUTH LOGIN {}\r\n", b64(LOGIN_USER.as_bytes())).as_bytes()).await.unwrap();
+    } else {
+        c.send_raw(b"AUTH LOGIN\r\n").await.unwrap();
+        assert!(c.read_line().await.unwrap().starts_with("+ "));
+        c.send_raw(format!("{}\r\n", b64(LOGIN_USER.as_bytes())).as_bytes()).await.unwrap();
+    }
+    assert!(c.read_line().await.unwrap().starts_with("+ "));
+    c.send_raw(format!("{}\r\n", b64(SECRET.as_bytes())).as_bytes()).await.unwrap();
+    assert!(c.read_line().await.unwrap().starts_with("+OK"));
+    c.quit().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_appear_in_no_log_event_dashboard_or_summary() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .init();
+
+    let dir = std::env::temp_dir().join(format!("popfault-secrets-all-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let events = dir.join("events.jsonl");
+    let cfg = ServerConfig { users: 3, messages: 2, size: 600, password: SECRET.into() };
+    let srv = server::spawn(loopback(), Maildrop::new(&cfg)).await.unwrap();
+    let login_srv = login_server().await;
+    let model = shared_model();
+    let started = Instant::now();
+    let agg = Aggregator::with_model(Some(&events), Some((model.clone(), started)), false).unwrap();
+    let control = Arc::new(Control::new(Arc::new(Profile::passthrough()), 5));
+    let to_embedded =
+        relay::start(ProxyConfig::new(loopback(), srv.addr.to_string()), control.clone(), agg.sink()).await.unwrap();
+    let to_login =
+        relay::start(ProxyConfig::new(loopback(), login_srv.to_string()), control.clone(), agg.sink()).await.unwrap();
+
+    let mut needles = vec![
+        SECRET.to_string(),
+        b64(SECRET.as_bytes()),
+        b64(format!("\0user1\0{SECRET}").as_bytes()),
+        b64(format!("\0user3\0{SECRET}").as_bytes()),
+    ];
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let addr = to_embedded.local_addr;
+        let (mut c, _) = Pop3Client::connect(addr).await.unwrap();
+        c.login("user1", SECRET).await.unwrap();
+        c.retr(1).await.unwrap();
+        c.quit().await.unwrap();
+        let (mut c, greeting) = Pop3Client::connect(addr).await.unwrap();
+        needles.push(apop_digest(apop_timestamp(&greeting).unwrap(), SECRET));
+        c.apop("user2", SECRET).await.unwrap();
+        c.quit().await.unwrap();
+        for initial in [true, false] {
+            let (mut c, _) = Pop3Client::connect(addr).await.unwrap();
+            c.auth_plain("user3", SECRET, initial).await.unwrap();
+            c.quit().await.unwrap();
+        }
+        auth_login(to_login.local_addr, true).await;
+        auth_login(to_login.local_addr, false).await;
+    })
+    .await
+    .expect("sessions in time");
+    to_embedded.shutdown().await;
+    to_login.shutdown().await;
+    let summary = agg.finish(5, "passthrough", Some(&events)).await.unwrap();
+
+    // The dashboard, as a person would see it, wide enough for every column.
+    let snapshot = model.lock().unwrap().clone();
+    let header = Header { listen: "127.0.0.1:1110".into(), upstream: "x:110".into(), seed: 5, started };
+    let ui = UiState::default();
+    let dash = Dashboard {
+        model: &snapshot,
+        header: &header,
+        ui: &ui,
+        profile: "passthrough",
+        paused: false,
+        uptime: started.elapsed(),
+    };
+    let area = Rect::new(0, 0, 200, 60);
+    let mut buf = Buffer::empty(area);
+    (&dash).render(area, &mut buf);
+    let screen: String = (0..area.height)
+        .map(|y| (0..area.width).map(|x| buf[(x, y)].symbol().to_string()).collect::<String>() + "\n")
+        .collect();
+
+    let log_text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let events_text = std::fs::read_to_string(&events).unwrap();
+    let summary_text = summary.to_table() + &serde_json::to_string(&summary).unwrap();
+    assert!(log_text.contains("session ended"), "trace logging was captured");
+    assert!(screen.contains("user1") && screen.contains("user2"), "the dashboard shows the sessions:\n{screen}");
+    assert_eq!(summary.sessions, 6);
+    for (what, text) in
+        [("trace log", &log_text), ("events file", &events_text), ("dashboard", &screen), ("summary", &summary_text)]
+    {
+        for n in &needles {
+            assert!(!text.contains(n.as_str()), "the {what} contains a secret ({n})");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
