@@ -1,0 +1,119 @@
+//! The command line as a user meets it: clear errors with exit code 2,
+//! the exposure warning, and a clean shutdown on SIGTERM.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::proc::Proc;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn popfault(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_popfault")).args(args).output().expect("run popfault");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_input_is_a_clear_error_with_exit_code_2() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["proxy"], "--upstream"),
+        (&["proxy", "--upstream", "127.0.0.1:1", "--listen", "nonsense"], "invalid socket address"),
+        (&["proxy", "--upstream", "127.0.0.1:1", "--duration=-3"], "not a positive number of seconds"),
+        (&["proxy", "--upstream", "127.0.0.1:1", "--duration", "soon"], "not a positive number of seconds"),
+        (&["proxy", "--upstream", "no-such-host.invalid:110"], "cannot resolve"),
+        (&["proxy", "--upstream", "127.0.0.1"], "HOST:PORT"),
+        (&["proxy", "--upstream", "127.0.0.1:1", "--profile", "no-such-profile"], "no built-in profile"),
+        (&["serve", "--users", "0"], "users"),
+        (&["frobnicate"], "unrecognized subcommand"),
+        (&["check-profile", "/no/such/file.toml"], "cannot read profile"),
+    ];
+    for (args, needle) in cases {
+        let (code, _, err) = popfault(args);
+        assert_eq!(code, Some(2), "{args:?} exits 2; stderr:\n{err}");
+        assert!(err.contains(needle), "{args:?}: stderr names the problem ({needle}):\n{err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_listen_address_in_use_is_one_line_and_exit_2() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, _, err) = popfault(&["proxy", "--headless", "--listen", &addr, "--upstream", "127.0.0.1:1"]);
+    assert_eq!(code, Some(2), "{err}");
+    let line = err.lines().find(|l| l.contains("cannot listen")).unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains(&addr) && line.contains("in use"), "{line}");
+    let (code, _, err) = popfault(&["serve", "--listen", &addr]);
+    assert_eq!(code, Some(2), "{err}");
+}
+
+#[test]
+fn listening_beyond_loopback_warns() {
+    // Nothing connects: only the warning is checked.
+    let (code, _, err) =
+        popfault(&["proxy", "--headless", "--listen", "0.0.0.0:0", "--upstream", "127.0.0.1:1", "--duration", "0.2"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("WARNING") && err.contains("carrying passwords"), "{err}");
+    let (_, _, err) =
+        popfault(&["proxy", "--headless", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1", "--duration", "0.2"]);
+    assert!(!err.contains("WARNING"), "no warning on loopback: {err}");
+}
+
+/// SIGTERM: stop accepting, give live sessions --drain, cut the rest with
+/// their outcomes recorded, write the summary and the events summary line.
+#[tokio::test]
+async fn sigterm_drains_cuts_and_summarises() {
+    let w = World::start(1, 2).await;
+    let dir = std::env::temp_dir().join(format!("popfault-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let events = dir.join("events.jsonl");
+    let up = w.server.addr.to_string();
+    let mut proxy = Proc::spawn_with(
+        &[
+            "proxy",
+            "--headless",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &up,
+            "--drain",
+            "0.5",
+            "--events",
+            events.to_str().unwrap(),
+        ],
+        &[],
+        None,
+    );
+    let addr = proxy.addr_after("popfault: proxy");
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut greet = [0u8; 3];
+    c.read_exact(&mut greet).await.unwrap();
+    c.write_all(b"USER user1\r\nPASS secret\r\nDELE 1\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = tokio::task::spawn_blocking(move || proxy.stop()).await.unwrap();
+    assert!(out.contains("draining live sessions"), "{out}");
+    assert!(out.contains("popfault summary"), "{out}");
+    let mut rest = Vec::new();
+    // The read ends (EOF or reset): the proxy cut the client's line.
+    let _ = tokio::time::timeout(LIMIT, c.read_to_end(&mut rest)).await.expect("the client's line was cut");
+    let text = std::fs::read_to_string(&events).unwrap();
+    let end = text.lines().find(|l| l.contains("\"session_end\"")).unwrap_or_else(|| panic!("{text}"));
+    assert!(end.contains("\"outcome\":\"rolled-back\"") && end.contains("cut at shutdown"), "{end}");
+    assert!(text.lines().last().unwrap().contains("\"event\":\"summary\""), "{text}");
+    // Marked, never committed: the server still has both messages.
+    tokio::time::timeout(LIMIT, async {
+        while w.maildrop().is_locked("user1") {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(w.maildrop().remaining("user1").len(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
