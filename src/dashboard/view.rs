@@ -589,14 +589,31 @@ pub fn render_footer(area: Rect, buf: &mut Buffer, d: &Dashboard) {
         ("↑↓", "select"),
         ("?", "help"),
     ];
+    // A flash message takes the right end, at most 60% of the width; the
+    // hints that still fit whole are drawn, never a hint cut mid-word.
+    let flash = d.ui.flash.as_ref().map(|(msg, _)| {
+        let max = (area.width as usize * 3 / 5).max(10);
+        let mut msg: String = format!(" {msg} ");
+        if msg.chars().count() > max {
+            msg = msg.chars().take(max.saturating_sub(2)).collect::<String>() + "… ";
+        }
+        msg
+    });
+    let room = area.width as usize - flash.as_ref().map_or(0, |m| m.chars().count());
     let mut spans = Vec::new();
+    let mut used = 0;
     for (k, what) in hints {
-        spans.push(Span::styled(format!(" {k} "), key));
-        spans.push(Span::styled(format!(" {what}  "), text));
+        let (a, b) = (format!(" {k} "), format!(" {what}  "));
+        let w = a.chars().count() + b.chars().count();
+        if used + w > room {
+            break;
+        }
+        used += w;
+        spans.push(Span::styled(a, key));
+        spans.push(Span::styled(b, text));
     }
     Line::from(spans).render(area, buf);
-    if let Some((msg, _)) = &d.ui.flash {
-        let msg = format!(" {msg} ");
+    if let Some(msg) = flash {
         let width = (msg.chars().count() as u16).min(area.width);
         let at = Rect { x: area.right() - width, width, ..area };
         Line::styled(msg, Style::new().fg(Color::Black).bg(Color::Yellow)).render(at, buf);
