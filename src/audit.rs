@@ -606,7 +606,7 @@ pub async fn audit(cfg: &AuditConfig) -> Result<Report, RunError> {
             return Err(RunError::Usage(format!("audit: {what} is empty or contains CR, LF or NUL")));
         }
     }
-    let addr = resolve(&cfg.server).await?;
+    let addr = resolve(&cfg.server, cfg.timeout).await?;
     let mut a = Auditor { cfg, addr, lost_marked: None };
     let (mut current, greeting) = a.first_look().await?;
     let start_count = current.count;
@@ -676,8 +676,11 @@ pub async fn audit(cfg: &AuditConfig) -> Result<Report, RunError> {
 }
 
 /// `HOST:PORT` to its first address; a clear usage error otherwise.
-async fn resolve(server: &str) -> Result<SocketAddr, RunError> {
-    match tokio::net::lookup_host(server).await.map(|mut a| a.next()) {
+async fn resolve(server: &str, limit: Duration) -> Result<SocketAddr, RunError> {
+    let looked_up = tokio::time::timeout(limit, tokio::net::lookup_host(server))
+        .await
+        .map_err(|_| RunError::Usage(format!("audit: server {server}: name lookup timed out")))?;
+    match looked_up.map(|mut a| a.next()) {
         Ok(Some(addr)) => Ok(addr),
         Ok(None) => Err(RunError::Usage(format!("audit: server {server}: no address"))),
         Err(e) => Err(RunError::Usage(format!("audit: server {server}: cannot resolve ({e}); expected HOST:PORT"))),
@@ -1206,6 +1209,69 @@ mod tests {
             assert_eq!(p.rules.len(), 1);
         }
         assert!(Kind::QuitCommit.rule(0).is_none());
+    }
+
+    fn snap(count: u32, uids: Option<&[&str]>) -> Snapshot {
+        Snapshot {
+            count,
+            uids: uids.map(|u| u.iter().zip(1..).map(|(uid, n)| (n, uid.to_string())).collect()),
+            sizes: Vec::new(),
+            octets: 0,
+            locked: 0,
+            waited: Duration::ZERO,
+        }
+    }
+
+    fn judged(kind: Kind, marks: Vec<u32>, quit: Option<bool>, before: &Snapshot, after: &Snapshot) -> ScenarioResult {
+        let mut r = skipped(kind, "");
+        r.marked = marks.iter().map(|&m| before.ident(m)).collect();
+        let plan = Plan { kind, marks, retr: None, size: 0, offset: 0, expected: String::new() };
+        let played = Played { local: None, saw: vec![], quit };
+        judge(&mut r, &plan, &played, true, before, after);
+        r
+    }
+
+    #[test]
+    fn verdicts_by_uid() {
+        let before = snap(3, Some(&["a", "b", "c"]));
+        let kept = snap(3, Some(&["a", "b", "c"]));
+        let lost_a = snap(2, Some(&["b", "c"]));
+        let lost_b = snap(2, Some(&["a", "c"]));
+        assert_eq!(judged(Kind::AfterDele, vec![1], None, &before, &kept).verdict, Verdict::Pass);
+        let r = judged(Kind::AfterDele, vec![1], None, &before, &lost_a);
+        assert_eq!((r.verdict, r.removed.clone()), (Verdict::Fail, vec!["a".to_string()]));
+        assert!(r.observed.contains("a (marked)"), "{}", r.observed);
+        // An unmarked message gone is a failure wherever it happens.
+        let r = judged(Kind::QuitCommit, vec![1], Some(true), &before, &lost_b);
+        assert_eq!(r.verdict, Verdict::Fail);
+        assert!(r.observed.contains("b (NOT marked)"), "{}", r.observed);
+        assert_eq!(judged(Kind::QuitCommit, vec![1], Some(true), &before, &lost_a).verdict, Verdict::Pass);
+        assert_eq!(judged(Kind::QuitCommit, vec![1], Some(true), &before, &kept).verdict, Verdict::Fail);
+        assert_eq!(judged(Kind::QuitCommit, vec![1], Some(false), &before, &kept).verdict, Verdict::Info);
+        let r = judged(Kind::QuitReplyLost, vec![1], None, &before, &lost_a);
+        assert_eq!((r.verdict, r.server_committed), (Verdict::Info, Some(true)));
+        let r = judged(Kind::QuitReplyLost, vec![1], None, &before, &kept);
+        assert_eq!((r.verdict, r.server_committed), (Verdict::Info, Some(false)));
+        let r = judged(Kind::QuitReplyLost, vec![], None, &before, &kept);
+        assert_eq!((r.verdict, r.server_committed), (Verdict::Pass, None));
+        // New mail is not a failure.
+        let more = snap(4, Some(&["a", "b", "c", "d"]));
+        let r = judged(Kind::AfterPass, vec![], None, &before, &more);
+        assert_eq!(r.verdict, Verdict::Pass);
+        assert!(r.observed.contains("1 new"), "{}", r.observed);
+    }
+
+    #[test]
+    fn verdicts_by_count_without_uidl() {
+        let before = snap(3, None);
+        let r = judged(Kind::AfterDele, vec![1], None, &before, &snap(2, None));
+        assert_eq!(
+            (r.verdict, r.marked.clone(), r.removed.clone()),
+            (Verdict::Fail, vec!["#1".into()], vec!["#1".into()])
+        );
+        assert_eq!(judged(Kind::AfterDele, vec![1], None, &before, &snap(3, None)).verdict, Verdict::Pass);
+        assert_eq!(judged(Kind::QuitCommit, vec![1], Some(true), &before, &snap(2, None)).verdict, Verdict::Pass);
+        assert_eq!(judged(Kind::QuitCommit, vec![1], Some(true), &before, &snap(1, None)).verdict, Verdict::Fail);
     }
 
     #[test]
