@@ -7,25 +7,10 @@ use std::time::Duration;
 use popfault::client::{Pop3Client, apop_digest, apop_timestamp};
 
 mod support;
+use support::b64;
 use support::proc::Proc;
 
 const SECRET: &str = "Zebra-Tangerine-4417";
-
-fn b64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::new();
-    for c in data.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                s.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                s.push('=');
-            }
-        }
-    }
-    s
-}
 
 #[test]
 fn no_secret_in_logs_events_or_summary() {

@@ -26,18 +26,6 @@ use tokio::net::TcpListener;
 const SECRET: &str = "Quokka-Saffron-9931";
 const LOGIN_USER: &str = "loginuser";
 
-fn b64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::new();
-    for c in data.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            s.push(if i <= c.len() { T[(n >> (18 - 6 * i)) as usize & 63] as char } else { '=' });
-        }
-    }
-    s
-}
-
 /// Log lines, captured at trace level for the whole process.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
