@@ -10,8 +10,8 @@ use std::time::Duration;
 /// A running binary whose stderr is collected; `addr` is parsed from the
 /// first stderr line containing `marker`.
 pub struct Proc {
-    /// The child process.
-    pub child: Child,
+    /// The child process (taken by `stop`; killed on drop otherwise).
+    child: Option<Child>,
     stderr: mpsc::Receiver<String>,
     collected: Vec<String>,
 }
@@ -54,7 +54,7 @@ impl Proc {
                 }
             }
         });
-        Proc { child, stderr: rx, collected: Vec::new() }
+        Proc { child: Some(child), stderr: rx, collected: Vec::new() }
     }
 
     /// Reads stderr until a line contains `marker`; returns the first
@@ -74,9 +74,9 @@ impl Proc {
 
     /// Sends SIGTERM and returns everything it printed.
     pub fn stop(mut self) -> String {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let Some(mut child) = self.child.take() else { return String::new() };
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
         let (done_tx, done_rx) = mpsc::channel();
-        let mut child = self.child;
         thread::spawn(move || {
             let _ = done_tx.send(child.wait().map(|_| child));
         });
@@ -98,11 +98,22 @@ impl Proc {
 impl Proc {
     /// A line of the process's /proc status (`VmRSS`, `VmHWM`) in KiB.
     pub fn status_kib(&self, key: &str) -> u64 {
-        let text = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let Some(child) = &self.child else { return 0 };
+        let text = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
         text.lines()
             .find(|l| l.starts_with(key))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
+    }
+}
+
+impl Drop for Proc {
+    /// A test that fails half-way must not leave the binary running.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
