@@ -864,19 +864,30 @@ impl Session<'_> {
             if let Err(e) = self.flush_injected(dir, to).await {
                 return e;
             }
-            tokio::select! {
-                _ = self.ctx.cut.cancelled() => return End::Cut,
-                _ = self.ctx.wake[dir as usize].notified() => continue,
-                r = from.readable() => if r.is_err() {
-                    self.ctx.cut.cancel();
-                    return End::Reset;
-                },
+            if self.ctx.cut.is_cancelled() {
+                return End::Cut;
             }
+            // Read first, wait only when there is nothing: a stream in full
+            // flow never builds the wait machinery below.
             buf.reserve(want);
             let room = buf.capacity() - buf.len();
             let n = match from.try_read_buf(&mut buf) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if buf.is_empty() {
+                        // Idle: hold no buffer while waiting.
+                        buf = Vec::new();
+                    }
+                    tokio::select! {
+                        _ = self.ctx.cut.cancelled() => return End::Cut,
+                        _ = self.ctx.wake[dir as usize].notified() => {}
+                        r = from.readable() => if r.is_err() {
+                            self.ctx.cut.cancel();
+                            return End::Reset;
+                        },
+                    }
+                    continue;
+                }
                 Err(e) => {
                     debug!(session = self.ctx.number, ?dir, error = %e, "read failed");
                     self.ctx.cut.cancel();

@@ -146,50 +146,53 @@ impl Retrieval {
     }
 
     fn feed(&mut self, bytes: &[u8]) {
+        if self.in_header {
+            for chunk in bytes.split_inclusive(|&b| b == b'\n') {
+                // Once a line overflows, nothing more of it is kept, so the
+                // result does not depend on how the bytes were chunked.
+                if !self.line_overflow && self.line.len() + chunk.len() <= MAX_HEADER_LINE {
+                    self.line.extend_from_slice(chunk);
+                } else {
+                    self.line_overflow = true;
+                }
+                if chunk.ends_with(b"\n") {
+                    self.header_line();
+                    if !self.in_header {
+                        break;
+                    }
+                }
+            }
+        }
         // Hash only while no Message-ID is known: a message that has one is
         // identified by it, and big bodies then cost no hashing.
         if self.message_id.is_none() {
             self.hash.update(bytes);
         }
-        if !self.in_header {
-            return;
-        }
-        for chunk in bytes.split_inclusive(|&b| b == b'\n') {
-            // Once a line overflows, nothing more of it is kept, so the
-            // result does not depend on how the bytes were chunked.
-            if !self.line_overflow && self.line.len() + chunk.len() <= MAX_HEADER_LINE {
-                self.line.extend_from_slice(chunk);
-            } else {
-                self.line_overflow = true;
-            }
-            if chunk.ends_with(b"\n") {
-                self.header_line();
-                if !self.in_header {
-                    return;
-                }
-            }
-        }
     }
 
     fn header_line(&mut self) {
-        let line = std::mem::take(&mut self.line);
         let overflow = std::mem::replace(&mut self.line_overflow, false);
-        if overflow || self.message_id.is_some() {
-            // An over-long line is a (broken) header line, not the end of
-            // the header.
-            return;
-        }
-        let text = crate::codec::command::trim_eol(&line);
-        if text.is_empty() || text == b"." {
-            self.in_header = false;
-            return;
-        }
-        const NAME: &[u8] = b"message-id:";
-        if text.len() > NAME.len() && text[..NAME.len()].eq_ignore_ascii_case(NAME) {
-            let value = String::from_utf8_lossy(&text[NAME.len()..]).trim().to_string();
-            if !value.is_empty() {
-                self.message_id = Some(value);
+        // An over-long line is a (broken) header line, not the end of the
+        // header; the buffer is reused, not reallocated, line after line.
+        let found = if overflow {
+            None
+        } else {
+            let text = crate::codec::command::trim_eol(&self.line);
+            const NAME: &[u8] = b"message-id:";
+            if text.is_empty() || text == b"." {
+                self.in_header = false;
+                None
+            } else if text.len() > NAME.len() && text[..NAME.len()].eq_ignore_ascii_case(NAME) {
+                Some(String::from_utf8_lossy(&text[NAME.len()..]).trim().to_string()).filter(|v| !v.is_empty())
+            } else {
+                None
             }
+        };
+        self.line.clear();
+        if let Some(id) = found {
+            self.message_id = Some(id);
+            // Nothing more to learn from the header.
+            self.in_header = false;
         }
     }
 
