@@ -50,6 +50,7 @@ impl Aggregator {
                 None => None,
             };
         let (sink, rx) = EventSink::channel(crate::events::EVENT_QUEUE);
+        let sink = sink.with_progress(model.is_some());
         let stats = if keep_ends { Stats::keeping_ends() } else { Stats::new() };
         let task = tokio::spawn(run(rx, out, model, stats));
         Ok(Aggregator { task, sink })

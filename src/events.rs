@@ -135,18 +135,27 @@ pub struct SessionEnd {
 pub struct EventSink {
     tx: Option<mpsc::Sender<Event>>,
     dropped: Arc<AtomicU64>,
+    /// Someone draws live sessions (the dashboard): send `Progress`.
+    progress: bool,
 }
 
 impl EventSink {
     /// A sink and the receiver the aggregator reads.
     pub fn channel(capacity: usize) -> (EventSink, mpsc::Receiver<Event>) {
         let (tx, rx) = mpsc::channel(capacity);
-        (EventSink { tx: Some(tx), dropped: Arc::new(AtomicU64::new(0)) }, rx)
+        (EventSink { tx: Some(tx), dropped: Arc::new(AtomicU64::new(0)), progress: true }, rx)
+    }
+
+    /// The same sink, sending `Progress` only if `progress` (it feeds the
+    /// dashboard alone, and costs an allocation per command).
+    pub fn with_progress(mut self, progress: bool) -> EventSink {
+        self.progress = progress;
+        self
     }
 
     /// A sink that discards everything (nobody is listening).
     pub fn discard() -> EventSink {
-        EventSink { tx: None, dropped: Arc::new(AtomicU64::new(0)) }
+        EventSink { tx: None, dropped: Arc::new(AtomicU64::new(0)), progress: false }
     }
 
     /// Sends without waiting; a full queue drops the event and counts it.
@@ -161,6 +170,11 @@ impl EventSink {
     /// Whether anybody reads the events (so callers can skip building them).
     pub fn is_live(&self) -> bool {
         self.tx.as_ref().is_some_and(|tx| !tx.is_closed())
+    }
+
+    /// Whether `Progress` events are wanted.
+    pub fn wants_progress(&self) -> bool {
+        self.progress && self.is_live()
     }
 
     /// Events dropped because the queue was full.

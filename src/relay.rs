@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::codec::status::announced_size;
-use crate::codec::{ClientEvent, Command, Pop3Codec, ServerEvent, Status};
+use crate::codec::{ClientEvent, Command, Pop3Codec, ServerEvent, Status, Step};
 use crate::control::Control;
 use crate::events::{Event, EventSink, SessionEnd, SessionSnapshot};
 use crate::faults::engine::{jittered, rng_for};
@@ -39,6 +39,9 @@ use crate::session::Tracker;
 /// sessions never hold big buffers.
 const READ_MIN: usize = 2 * 1024;
 const READ_MAX: usize = 64 * 1024;
+
+/// Latency samples a session sends at once (and the rest when it ends).
+const LATENCY_BATCH: usize = 16;
 
 /// How the proxy runs.
 #[derive(Debug, Clone)]
@@ -256,6 +259,8 @@ struct Core {
     idle: bool,
     /// The upstream never greeted in time.
     no_greeting: bool,
+    /// Latency samples not yet sent (see [`LATENCY_BATCH`]).
+    latencies: Vec<Event>,
 }
 
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
@@ -343,6 +348,7 @@ async fn run_session(mut client: TcpStream, ctx: SessionCtx, engine: Engine) {
         last_activity: Instant::now(),
         idle: false,
         no_greeting: false,
+        latencies: Vec::new(),
     });
     let remote = ctx.control.register(ctx.number);
     let s = Session { ctx: &ctx, core: &core };
@@ -373,6 +379,9 @@ async fn run_session(mut client: TcpStream, ctx: SessionCtx, engine: Engine) {
         ended_by,
     };
     info!(session = end.session, outcome = %end.outcome, user = ?end.user, ended_by = %end.ended_by, "session ended");
+    for ev in core.latencies {
+        ctx.sink.emit(ev);
+    }
     ctx.sink.emit(Event::SessionEnd(Box::new(end)));
 }
 
@@ -837,7 +846,7 @@ impl Session<'_> {
     }
 
     fn progress(&self) {
-        if !self.ctx.sink.is_live() {
+        if !self.ctx.sink.wants_progress() {
             return;
         }
         let c = lock(self.core);
@@ -1007,28 +1016,51 @@ impl Session<'_> {
                     c.delay.map(|(ms, j)| jittered(&mut c.rng, ms, j))
                 };
                 if let Some(d) = delay {
-                    tokio::select! {
-                        _ = tokio::time::sleep(d) => {}
-                        _ = self.ctx.cut.cancelled() => return Err(End::Cut),
-                    }
-                }
-                self.deliver(Dir::Down, to, bytes).await?;
-                {
-                    let mut c = lock(self.core);
-                    c.tracker.on_server(&ev, bytes);
-                    if *multiline {
-                        c.answering = Some((*seq, cmd.clone()));
-                        if !self.paused() {
-                            let facts = c.facts(self.ctx, *seq);
-                            // Only RETR's "+OK n octets" is a message size.
-                            let size = if matches!(cmd, Command::Retr(_)) { announced_size(bytes) } else { None };
-                            let cuts = c.engine.plan_body(cmd, size, &facts);
-                            c.body_cuts = cuts.into();
-                        }
-                    }
+                    Box::pin(self.pause(d)).await?;
                 }
                 if !*multiline {
+                    self.deliver(Dir::Down, to, bytes).await?;
+                    lock(self.core).tracker.on_server(&ev, bytes);
                     self.response_done(*seq, cmd).await?;
+                    return Ok(step.consumed);
+                }
+                // Plan the body's cuts first: they depend on nothing the
+                // status line changes.
+                let (plain, body) = {
+                    let mut c = lock(self.core);
+                    c.answering = Some((*seq, cmd.clone()));
+                    if !self.paused() {
+                        let facts = c.facts(self.ctx, *seq);
+                        // Only RETR's "+OK n octets" is a message size.
+                        let size = if matches!(cmd, Command::Retr(_)) { announced_size(bytes) } else { None };
+                        let cuts = c.engine.plan_body(cmd, size, &facts);
+                        c.body_cuts = cuts.into();
+                    }
+                    let plain = c.body_cuts.is_empty();
+                    // With nothing planned inside the body, the status line
+                    // and the body bytes already read go out in one write.
+                    let body = if plain { c.codec.decode_server(&buf[step.consumed..]) } else { Step::NEED_MORE };
+                    (plain, body)
+                };
+                match body.event {
+                    Some(ServerEvent::Body { offset, end }) if plain => {
+                        let total = step.consumed + body.consumed;
+                        self.deliver(Dir::Down, to, &buf[..total]).await?;
+                        let finished = {
+                            let mut c = lock(self.core);
+                            c.tracker.on_server(&ev, bytes);
+                            c.tracker.on_server(&ServerEvent::Body { offset, end }, &buf[step.consumed..total]);
+                            if end { c.answering.take() } else { None }
+                        };
+                        if let Some((seq, cmd)) = finished {
+                            self.response_done(seq, &cmd).await?;
+                        }
+                        return Ok(total);
+                    }
+                    _ => {
+                        self.deliver(Dir::Down, to, bytes).await?;
+                        lock(self.core).tracker.on_server(&ev, bytes);
+                    }
                 }
             }
             ServerEvent::Body { offset, end } => {
@@ -1040,6 +1072,14 @@ impl Session<'_> {
             }
         }
         Ok(step.consumed)
+    }
+
+    /// Waits `d` unless the session is cut meanwhile.
+    async fn pause(&self, d: Duration) -> Result<(), End> {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => Ok(()),
+            _ = self.ctx.cut.cancelled() => Err(End::Cut),
+        }
     }
 
     /// Relays body bytes, stopping at each planned cut to act there.
@@ -1088,14 +1128,22 @@ impl Session<'_> {
 
     /// A response was delivered in full: latency, then `response` faults.
     async fn response_done(&self, seq: u64, cmd: &Command) -> Result<(), End> {
-        let micros = lock(self.core).answered(seq, Instant::now());
-        if let Some(micros) = micros {
-            self.ctx.sink.emit(Event::Latency {
-                session: self.ctx.number,
-                seq,
-                command: cmd.name().to_string(),
-                micros,
-            });
+        let flush = {
+            let mut c = lock(self.core);
+            if let Some(micros) = c.answered(seq, Instant::now()) {
+                c.latencies.push(Event::Latency {
+                    session: self.ctx.number,
+                    seq,
+                    command: cmd.name().to_string(),
+                    micros,
+                });
+            }
+            // Sent in bursts, not one by one: each send may wake the
+            // aggregator, and those wake-ups cost more than the sample.
+            if c.latencies.len() >= LATENCY_BATCH { std::mem::take(&mut c.latencies) } else { Vec::new() }
+        };
+        for ev in flush {
+            self.ctx.sink.emit(ev);
         }
         if self.decide_and_act(Point::Response(cmd), seq, Dir::Down).await == Flow::Stop {
             return Err(End::Cut);
