@@ -43,6 +43,31 @@ const READ_MAX: usize = 64 * 1024;
 /// Latency samples a session sends at once (and the rest when it ends).
 const LATENCY_BATCH: usize = 16;
 
+/// A latency sample waiting to be sent: kept inline (no allocation) since
+/// an idle session holds its last few.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    seq: u64,
+    micros: u64,
+    /// The command keyword (at most 16 bytes, see `codec::command`).
+    name: [u8; 16],
+    len: u8,
+}
+
+impl Sample {
+    fn new(seq: u64, name: &str, micros: u64) -> Sample {
+        let mut buf = [0u8; 16];
+        let n = name.len().min(16);
+        buf[..n].copy_from_slice(&name.as_bytes()[..n]);
+        Sample { seq, micros, name: buf, len: n as u8 }
+    }
+
+    fn event(&self, session: u64) -> Event {
+        let command = String::from_utf8_lossy(&self.name[..self.len as usize]).into_owned();
+        Event::Latency { session, seq: self.seq, command, micros: self.micros }
+    }
+}
+
 /// How the proxy runs.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
@@ -260,7 +285,7 @@ struct Core {
     /// The upstream never greeted in time.
     no_greeting: bool,
     /// Latency samples not yet sent (see [`LATENCY_BATCH`]).
-    latencies: Vec<Event>,
+    latencies: Vec<Sample>,
 }
 
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
@@ -355,7 +380,9 @@ async fn run_session(mut client: TcpStream, ctx: SessionCtx, engine: Engine) {
     let ended_by = s.run(&mut client, &remote).await;
     ctx.control.unregister(ctx.number);
 
-    let core = core.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut core = core.into_inner().unwrap_or_else(|p| p.into_inner());
+    let fingerprints = core.tracker.take_fingerprints();
+    let faults = std::mem::take(&mut core.faults);
     let t = &core.tracker;
     let end = SessionEnd {
         session: ctx.number,
@@ -371,16 +398,16 @@ async fn run_session(mut client: TcpStream, ctx: SessionCtx, engine: Engine) {
         bytes_up: t.bytes_up(),
         bytes_down: t.bytes_down(),
         duration_ms: ctx.started.elapsed().as_millis() as u64,
-        faults: core.faults.clone(),
+        faults,
         encrypted: t.encrypted(),
         violations: t.violations(),
         profile: ctx.profile_name.clone(),
-        fingerprints: t.fingerprints().to_vec(),
+        fingerprints,
         ended_by,
     };
     info!(session = end.session, outcome = %end.outcome, user = ?end.user, ended_by = %end.ended_by, "session ended");
-    for ev in core.latencies {
-        ctx.sink.emit(ev);
+    for sample in core.latencies {
+        ctx.sink.emit(sample.event(ctx.number));
     }
     ctx.sink.emit(Event::SessionEnd(Box::new(end)));
 }
@@ -1131,19 +1158,14 @@ impl Session<'_> {
         let flush = {
             let mut c = lock(self.core);
             if let Some(micros) = c.answered(seq, Instant::now()) {
-                c.latencies.push(Event::Latency {
-                    session: self.ctx.number,
-                    seq,
-                    command: cmd.name().to_string(),
-                    micros,
-                });
+                c.latencies.push(Sample::new(seq, cmd.name(), micros));
             }
             // Sent in bursts, not one by one: each send may wake the
             // aggregator, and those wake-ups cost more than the sample.
             if c.latencies.len() >= LATENCY_BATCH { std::mem::take(&mut c.latencies) } else { Vec::new() }
         };
-        for ev in flush {
-            self.ctx.sink.emit(ev);
+        for sample in flush {
+            self.ctx.sink.emit(sample.event(self.ctx.number));
         }
         if self.decide_and_act(Point::Response(cmd), seq, Dir::Down).await == Flow::Stop {
             return Err(End::Cut);

@@ -496,6 +496,11 @@ impl Tracker {
         &self.fingerprints
     }
 
+    /// Takes the fingerprints out (the session has ended).
+    pub fn take_fingerprints(&mut self) -> Vec<Fingerprint> {
+        std::mem::take(&mut self.fingerprints)
+    }
+
     /// The UIDL listing learnt in this session (number → uid).
     pub fn uids(&self) -> &BTreeMap<u32, String> {
         &self.uids
