@@ -432,3 +432,46 @@ proptest! {
         prop_assert_eq!(relayed_up.len() + cbuf.len(), up.len());
     }
 }
+
+/// Commands pipelined after `AUTH PLAIN <initial response>` stay commands
+/// (Dovecot answers them); a line after a "+ " continuation is SASL data.
+#[test]
+fn pipelined_after_auth_with_initial_response() {
+    let t: Vec<(bool, &[u8])> = vec![
+        (false, b"+OK hi\r\n"),
+        (true, b"AUTH PLAIN AHUAcA==\r\nUIDL 1\r\nQUIT\r\n"),
+        (false, b"+OK Logged in.\r\n+OK 1 abc\r\n+OK bye\r\n"),
+    ];
+    check_split_invariance(&t);
+    let events = whole(&t);
+    let answered: Vec<Command> = events
+        .iter()
+        .filter_map(|e| match e {
+            Ev::S(ServerEvent::Status { cmd, .. }, _) => Some(cmd.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        answered,
+        vec![
+            Command::Auth { mechanism: Some("PLAIN".into()), initial_response: true },
+            Command::Uidl(Some(1)),
+            Command::Quit
+        ]
+    );
+    // AUTH LOGIN with the user name up front: the server still asks for the
+    // password, and the line that answers it is SASL, never a command.
+    let t: Vec<(bool, &[u8])> = vec![
+        (false, b"+OK hi\r\n"),
+        (true, b"AUTH LOGIN dXNlcg==\r\n"),
+        (false, b"+ UGFzc3dvcmQ6\r\n"),
+        (true, b"c2VjcmV0\r\n"),
+        (false, b"+OK\r\n"),
+        (true, b"STAT\r\n"),
+        (false, b"+OK 0 0\r\n"),
+    ];
+    check_split_invariance(&t);
+    let events = whole(&t);
+    assert!(events.contains(&Ev::C(ClientEvent::SaslResponse { cancel: false }, b"c2VjcmV0\r\n".to_vec())));
+    assert!(events.iter().any(|e| matches!(e, Ev::S(ServerEvent::Status { cmd: Command::Stat, .. }, _))));
+}

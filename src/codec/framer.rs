@@ -237,7 +237,10 @@ impl Pop3Codec {
                         Some(cmd) => ClientEvent::Command { cmd: cmd.clone(), overlong: true },
                         // A long SASL response (GSSAPI tokens are): still
                         // SASL, never a command.
-                        None => ClientEvent::SaslResponse { cancel: false },
+                        None => {
+                            self.sasl_open = false;
+                            ClientEvent::SaslResponse { cancel: false }
+                        }
                     };
                     self.client_overlong = None;
                     Step::of(i + 1, ev)
@@ -249,6 +252,9 @@ impl Pop3Codec {
             Some(i) => {
                 let line = &buf[..=i];
                 if self.sasl_open {
+                    // One client line answers one continuation; the next
+                    // line is SASL again only after the next "+ ".
+                    self.sasl_open = false;
                     let cancel = trim_eol(line) == b"*";
                     return Step::of(i + 1, ClientEvent::SaslResponse { cancel });
                 }
@@ -275,8 +281,12 @@ impl Pop3Codec {
     pub fn forwarded(&mut self, cmd: &Command) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        if cmd.is_sasl() {
-            self.sasl_open = true;
+        if let Command::Auth { mechanism: Some(_), initial_response } = cmd {
+            // Without an initial response the client's next line answers
+            // the server's first "+ "; with one, the next line is SASL only
+            // if the server asks for more (a continuation). Pipelined
+            // commands after `AUTH PLAIN <response>` stay commands.
+            self.sasl_open = !initial_response;
         }
         if self.pending.len() >= MAX_PENDING || self.untracked > 0 {
             // Past the bound the queue no longer matches the server's
@@ -387,14 +397,15 @@ impl Pop3Codec {
         let Some(head) = self.pending.front() else {
             return ServerEvent::Unsolicited;
         };
-        if head.cmd.is_sasl() && self.sasl_open && status.is_continuation() {
+        if head.cmd.is_sasl() && status.is_continuation() {
+            self.sasl_open = true;
             return ServerEvent::Continuation;
         }
         let Some(Pending { cmd, seq, .. }) = self.pending.pop_front() else {
             return ServerEvent::Unsolicited;
         };
         if cmd.is_sasl() {
-            self.sasl_open = self.pending.iter().any(|p| p.cmd.is_sasl());
+            self.sasl_open = false;
         }
         let multiline = status.ok && cmd.multiline_on_ok();
         if multiline {
