@@ -168,7 +168,7 @@ pub fn check(
         let mut last: HashMap<(&str, String), &SessionReport> = HashMap::new();
         for s in sessions {
             for m in &s.received {
-                let id = m.message_id.clone().unwrap_or_else(|| format!("{:02x?}", &m.digest[..8]));
+                let id = message_key(m);
                 if let Some(prev) = last.get(&(s.user.as_str(), id.clone())) {
                     dups += 1;
                     let outcome = prev.local.and_then(|l| by_client.get(&l)).map(|e| e.outcome);
@@ -244,6 +244,12 @@ async fn new_mail(maildrop: Maildrop, users: u32, seed: u64, stop: CancellationT
     }
 }
 
+/// How the clients' records name a message: its Message-ID, else the
+/// start of its digest (as the proxy does, by Message-ID else hash).
+fn message_key(m: &client::ReceivedMessage) -> String {
+    m.message_id.clone().unwrap_or_else(|| format!("{:02x?}", &m.digest[..8]))
+}
+
 /// Per workload: sessions, messages received, and duplicates as the clients
 /// themselves saw them (a Message-ID received twice by the same user).
 pub fn tally(reports: &[(Mode, Vec<SessionReport>)]) -> BTreeMap<String, WorkloadTally> {
@@ -258,7 +264,7 @@ pub fn tally(reports: &[(Mode, Vec<SessionReport>)]) -> BTreeMap<String, Workloa
             }
             for m in &s.received {
                 t.received += 1;
-                let id = m.message_id.clone().unwrap_or_else(|| format!("{:02x?}", &m.digest[..8]));
+                let id = message_key(m);
                 if !seen.insert((s.user.clone(), id)) {
                     t.duplicates += 1;
                 }

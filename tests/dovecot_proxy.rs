@@ -43,14 +43,7 @@ async fn full_sessions_through_popfault_are_byte_exact() {
         // Everything in one write: Dovecot pipelines (CAPA says PIPELINING).
         let got = converse(proxy.local_addr, script.as_bytes()).await;
         let end = next_end(&mut events).await;
-        tokio::time::timeout(LIMIT, async {
-            while rec.lock().unwrap().down.len() < got.len() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await
-        .unwrap();
-        let r = std::mem::take(&mut *rec.lock().unwrap());
+        let r = take_recorded(&rec, got.len()).await;
         assert_eq!(sha256(&r.up), sha256(script.as_bytes()), "client → Dovecot");
         assert_eq!(sha256(&r.down), sha256(&got), "Dovecot → client");
         let text = String::from_utf8_lossy(&got);

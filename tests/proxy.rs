@@ -27,14 +27,7 @@ async fn ten_full_sessions_are_byte_exact() {
         let got = converse(proxy.local_addr, script.as_bytes()).await;
         let end = next_end(&mut events).await;
         // The tap may still be flushing its last read; wait for it.
-        tokio::time::timeout(LIMIT, async {
-            while rec.lock().unwrap().down.len() < got.len() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await
-        .unwrap();
-        let r = std::mem::take(&mut *rec.lock().unwrap());
+        let r = take_recorded(&rec, got.len()).await;
         assert_eq!(sha256(&r.up), sha256(script.as_bytes()), "session {i}: client → server");
         assert_eq!(sha256(&r.down), sha256(&got), "session {i}: server → client");
         assert!(got.len() > 3 * 3000, "the session really downloaded");

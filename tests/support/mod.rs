@@ -164,6 +164,19 @@ pub async fn tap(upstream: SocketAddr) -> (SocketAddr, Arc<Mutex<Recorded>>) {
     (addr, rec)
 }
 
+/// What the tap saw of one conversation whose client received `received`
+/// bytes: waits until the tap has relayed them all, then takes the record.
+pub async fn take_recorded(rec: &Mutex<Recorded>, received: usize) -> Recorded {
+    tokio::time::timeout(LIMIT, async {
+        while rec.lock().unwrap().down.len() < received {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the tap relayed everything in time");
+    std::mem::take(&mut *rec.lock().unwrap())
+}
+
 /// Writes `script` to `addr` (all at once: pipelined), half-closes if asked,
 /// and reads everything until EOF. Returns what was received.
 pub async fn converse(addr: SocketAddr, script: &[u8]) -> Vec<u8> {
