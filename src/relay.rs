@@ -13,13 +13,14 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
@@ -190,7 +191,7 @@ async fn accept_loop(
                     sink: sink.clone(),
                     shutdown: stop.clone(),
                     cut: stop.child_token(),
-                    wake: [Notify::new(), Notify::new()],
+                    injected: [AtomicBool::new(false), AtomicBool::new(false)],
                     control: control.clone(),
                     run_started: started,
                     started: Instant::now(),
@@ -225,8 +226,10 @@ struct SessionCtx {
     shutdown: CancellationToken,
     /// This session is being cut (a fault, a manual cut, shutdown).
     cut: CancellationToken,
-    /// Wakes a direction that has something injected to write.
-    wake: [Notify; 2],
+    /// A direction has something newly injected to write (noise, the
+    /// proxy's own answer): a one-shot permit, as `Notify` gives, taken by
+    /// that direction's wait.
+    injected: [AtomicBool; 2],
     control: Arc<Control>,
     run_started: Instant,
     started: Instant,
@@ -302,6 +305,14 @@ impl Core {
             deleted: self.tracker.marked() as u64,
             run_elapsed: ctx.run_started.elapsed(),
             seq,
+        }
+    }
+
+    /// Frees empty queues' memory before a direction waits.
+    fn shed(&mut self) {
+        self.codec.shed();
+        if self.inflight.is_empty() {
+            self.inflight = VecDeque::new();
         }
     }
 
@@ -466,14 +477,15 @@ impl Session<'_> {
         let (up, down) = {
             let (mut cr, mut cw) = client.split();
             let (mut sr, mut sw) = server.split();
-            let done = CancellationToken::new();
-            let pumps = async {
-                let r = tokio::join!(self.pump(Dir::Up, &mut cr, &mut sw), self.pump(Dir::Down, &mut sr, &mut cw));
-                done.cancel();
-                r
-            };
-            let ((up, down), ()) = tokio::join!(pumps, self.timers_and_cuts(remote, &done));
-            (up, down)
+            let mut pumps = std::pin::pin!(async {
+                tokio::join!(self.pump(Dir::Up, &mut cr, &mut sw), self.pump(Dir::Down, &mut sr, &mut cw))
+            });
+            // Timers end only by cutting the session, which ends the pumps
+            // too; when the pumps end first, the timers are dropped.
+            tokio::select! {
+                ends = &mut pumps => ends,
+                () = self.timers_and_cuts(remote) => pumps.await,
+            }
         };
 
         let (faulted, idle, no_greeting) = {
@@ -602,7 +614,7 @@ impl Session<'_> {
     }
 
     /// Timer faults, manual cuts and the idle timeout.
-    async fn timers_and_cuts(&self, remote: &Notify, done: &CancellationToken) {
+    async fn timers_and_cuts(&self, remote: &Notify) {
         let timers = lock(self.core).engine.timers();
         let mut timers: VecDeque<(Duration, usize)> = timers.into();
         let idle = self.ctx.cfg.idle_timeout;
@@ -618,7 +630,6 @@ impl Session<'_> {
             }
             tokio::select! {
                 _ = self.ctx.cut.cancelled() => return,
-                _ = done.cancelled() => return,
                 _ = remote.notified() => {
                     let d = Decision { rule: "manual".into(), point: "manual".into(), actions: vec![Action::Disconnect { side: Side::Both, how: How::Rst, probability: None }] };
                     self.record(&d);
@@ -714,7 +725,7 @@ impl Session<'_> {
                         c.rng.fill_bytes(&mut noise);
                         c.inject[to as usize].extend_from_slice(&noise);
                     }
-                    self.ctx.wake[to as usize].notify_one();
+                    self.injected(to).await;
                 }
                 Action::Corrupt { bytes, .. } => lock(self.core).corrupt[dir as usize] += bytes,
                 Action::Throttle { bps, .. } => lock(self.core).rate = Some((bps / 8).max(1)),
@@ -907,20 +918,17 @@ impl Session<'_> {
             // flow never builds the wait machinery below.
             buf.reserve(want);
             let room = buf.capacity() - buf.len();
-            let n = match from.try_read_buf(&mut buf) {
+            let n = match read_draining(from, &mut buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if buf.is_empty() {
-                        // Idle: hold no buffer while waiting.
+                        // Idle: hold no buffer while waiting, nor queues
+                        // that are empty.
                         buf = Vec::new();
+                        lock(self.core).shed();
                     }
-                    tokio::select! {
-                        _ = self.ctx.cut.cancelled() => return End::Cut,
-                        _ = self.ctx.wake[dir as usize].notified() => {}
-                        r = from.readable() => if r.is_err() {
-                            self.ctx.cut.cancel();
-                            return End::Reset;
-                        },
+                    if let Err(end) = self.wait(dir, from).await {
+                        return end;
                     }
                     continue;
                 }
@@ -932,35 +940,83 @@ impl Session<'_> {
             };
             lock(self.core).last_activity = Instant::now();
             want = if n >= room { (want * 2).min(READ_MAX) } else { (want / 2).max(READ_MIN) };
-            if n == 0 {
-                // Orderly close: whatever is held is an incomplete line; pass
-                // it on as it is, then pass the FIN on (half-close).
-                if !buf.is_empty() {
-                    if let Err(e) = self.deliver(dir, to, &buf).await {
-                        return e;
-                    }
-                    lock(self.core).tracker.on_unframed(dir == Dir::Up, buf.len());
-                }
-                let _ = to.shutdown().await;
-                return End::Eof;
+            // Boxed: relaying is the biggest state a direction has, and an
+            // idle session should not carry it (RSS per session).
+            if let Some(end) = Box::pin(self.relay(dir, &mut buf, n == 0, to)).await {
+                return end;
             }
-            let mut start = 0;
-            while start < buf.len() {
-                let step = match dir {
-                    Dir::Up => self.up_event(&buf[start..], to).await,
-                    Dir::Down => self.down_event(&buf[start..], to).await,
-                };
-                match step {
-                    Ok(0) => break,
-                    Ok(consumed) => start += consumed,
-                    Err(e) => return e,
-                }
-            }
-            buf.drain(..start);
             if buf.is_empty() {
                 buf = Vec::new();
             }
         }
+    }
+
+    /// Waits until `from` is readable, something is injected toward `dir`,
+    /// or the session is cut. Holds no waiter of its own but the socket's:
+    /// every future of a session shares its task, which any of them waking
+    /// re-polls whole (`join!`, `select!`), and a cut always wakes the
+    /// timers' wait on the cut token. This keeps an idle session small.
+    async fn wait(&self, dir: Dir, from: &ReadHalf<'_>) -> Result<(), End> {
+        let stream: &TcpStream = from.as_ref();
+        std::future::poll_fn(|cx| {
+            if self.ctx.cut.is_cancelled() {
+                return Poll::Ready(Err(End::Cut));
+            }
+            if self.ctx.injected[dir as usize].swap(false, Ordering::AcqRel) {
+                return Poll::Ready(Ok(()));
+            }
+            match stream.poll_read_ready(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+                Poll::Ready(Err(e)) => {
+                    debug!(session = self.ctx.number, ?dir, error = %e, "wait failed");
+                    self.ctx.cut.cancel();
+                    Poll::Ready(Err(End::Reset))
+                }
+            }
+        })
+        .await
+    }
+
+    /// Something waits to be written toward `to`: gives that direction the
+    /// permit and has the task polled again, so its wait sees it.
+    async fn injected(&self, to: Dir) {
+        self.ctx.injected[to as usize].store(true, Ordering::Release);
+        std::future::poll_fn(|cx| {
+            cx.waker().wake_by_ref();
+            Poll::Ready(())
+        })
+        .await
+    }
+
+    /// Relays what a read brought: every whole event in `buf`, keeping an
+    /// incomplete one for the next read. At EOF whatever is held is an
+    /// incomplete line: it goes on as it is, then the FIN (half-close).
+    async fn relay(&self, dir: Dir, buf: &mut Vec<u8>, eof: bool, to: &mut WriteHalf<'_>) -> Option<End> {
+        if eof {
+            if !buf.is_empty() {
+                if let Err(e) = self.deliver(dir, to, buf).await {
+                    return Some(e);
+                }
+                lock(self.core).tracker.on_unframed(dir == Dir::Up, buf.len());
+            }
+            let _ = to.shutdown().await;
+            return Some(End::Eof);
+        }
+        let mut start = 0;
+        while start < buf.len() {
+            let step = match dir {
+                Dir::Up => self.up_event(&buf[start..], to).await,
+                Dir::Down => self.down_event(&buf[start..], to).await,
+            };
+            match step {
+                Ok(0) => break,
+                Ok(consumed) => start += consumed,
+                Err(e) => return Some(e),
+            }
+        }
+        buf.drain(..start);
+        None
     }
 
     /// Decodes and relays the next client event in `buf`; returns the bytes
@@ -993,7 +1049,7 @@ impl Session<'_> {
                         }
                         c.tracker.on_client(&ev, bytes, false);
                     }
-                    self.ctx.wake[Dir::Down as usize].notify_one();
+                    self.injected(Dir::Down).await;
                     self.progress();
                     return Ok(step.consumed);
                 }
@@ -1174,6 +1230,26 @@ impl Session<'_> {
     }
 }
 
+/// Reads what `from` holds into `buf`'s spare room. A read that leaves
+/// room proves the socket drained, so it also clears tokio's readiness (as
+/// tokio's own `poll_read` does): the next wait then sleeps at once rather
+/// than costing a `recv` that says EAGAIN. The read happens inside `try_io`
+/// so that only the readiness it saw is cleared, never a newer one.
+fn read_draining(from: &ReadHalf<'_>, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let stream: &TcpStream = from.as_ref();
+    let room = buf.capacity() - buf.len();
+    let mut got = None;
+    let r = stream.try_io(Interest::READABLE, || {
+        let n = stream.try_read_buf(buf)?;
+        got = Some(n);
+        if n > 0 && n < room { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(n) }
+    });
+    match got {
+        Some(n) => Ok(n),
+        None => r,
+    }
+}
+
 /// Resolves when the first of `futs` does (a tiny `select_all`, to avoid
 /// a dependency for one use).
 async fn futures_select_all<F: std::future::Future<Output = ()> + Unpin>(futs: &mut [F]) {
@@ -1214,7 +1290,7 @@ mod size_probe {
                 sink: super::EventSink::discard(),
                 shutdown: stop.clone(),
                 cut: stop.child_token(),
-                wake: [super::Notify::new(), super::Notify::new()],
+                injected: Default::default(),
                 control: control.clone(),
                 run_started: std::time::Instant::now(),
                 started: std::time::Instant::now(),
@@ -1224,9 +1300,10 @@ mod size_probe {
             let engine = super::Engine::new(control.profile(), 1, 1);
             let fut = super::run_session(s, ctx, engine);
             // Every idle session costs at least this much: keep it small
-            // (rare fault paths are boxed). See docs/PERFORMANCE.md.
+            // (rare fault paths and the relaying of a read are boxed; an idle
+            // direction waits on its socket alone). See docs/PERFORMANCE.md.
             let size = std::mem::size_of_val(&fut);
-            assert!(size <= 4608, "a session's future is {size} bytes");
+            assert!(size <= 2816, "a session's future is {size} bytes");
         });
     }
 }

@@ -231,7 +231,9 @@ pub struct Tracker {
     last_command: Option<String>,
     encrypted: bool,
     violations: u64,
-    retrieval: Option<Retrieval>,
+    /// The RETR being delivered; boxed, as most of a session's life has
+    /// none and every session's state counts (RSS per idle session).
+    retrieval: Option<Box<Retrieval>>,
     fingerprints: Vec<Fingerprint>,
     uids: BTreeMap<u32, String>,
     uidl_line: Vec<u8>,
@@ -354,7 +356,7 @@ impl Tracker {
                 self.rsets += 1;
                 self.marked.clear();
             }
-            Command::Retr(n) if multiline => self.retrieval = Some(Retrieval::new(*n)),
+            Command::Retr(n) if multiline => self.retrieval = Some(Box::new(Retrieval::new(*n))),
             Command::Uidl(None) if multiline => {
                 self.listing_uids = true;
                 self.uidl_line.clear();

@@ -211,6 +211,15 @@ impl Pop3Codec {
         self.pending.len()
     }
 
+    /// Gives back the pipeline queue's memory when nothing is pending: an
+    /// idle session then holds none (the queue keeps its capacity
+    /// otherwise).
+    pub fn shed(&mut self) {
+        if self.pending.is_empty() {
+            self.pending = VecDeque::new();
+        }
+    }
+
     /// Whether a multi-line body is being relayed now.
     pub fn in_body(&self) -> bool {
         matches!(self.server, ServerMode::Body { .. })
