@@ -413,7 +413,7 @@ impl Sim {
             encrypted: t.encrypted(),
             tracker_violations: t.violations(),
             fingerprints: t.fingerprints().to_vec(),
-            uids: t.uids().clone(),
+            uids: t.uids(),
             user: t.user().map(str::to_owned),
             last_command: t.last_command().map(str::to_owned),
             codec_violations: self.codec.violations(),

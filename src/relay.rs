@@ -916,6 +916,9 @@ impl Session<'_> {
             }
             // Read first, wait only when there is nothing: a stream in full
             // flow never builds the wait machinery below.
+            if buf.capacity() == 0 {
+                buf = spare::take();
+            }
             buf.reserve(want);
             let room = buf.capacity() - buf.len();
             let n = match read_draining(from, &mut buf) {
@@ -924,7 +927,7 @@ impl Session<'_> {
                     if buf.is_empty() {
                         // Idle: hold no buffer while waiting, nor queues
                         // that are empty.
-                        buf = Vec::new();
+                        spare::give(std::mem::take(&mut buf));
                         lock(self.core).shed();
                     }
                     if let Err(end) = self.wait(dir, from).await {
@@ -943,10 +946,8 @@ impl Session<'_> {
             // Boxed: relaying is the biggest state a direction has, and an
             // idle session should not carry it (RSS per session).
             if let Some(end) = Box::pin(self.relay(dir, &mut buf, n == 0, to)).await {
+                spare::give(buf);
                 return end;
-            }
-            if buf.is_empty() {
-                buf = Vec::new();
             }
         }
     }
@@ -1227,6 +1228,38 @@ impl Session<'_> {
             return Err(End::Cut);
         }
         Ok(())
+    }
+}
+
+/// Read buffers of the smallest size, kept per thread for the next read:
+/// a session gives its buffer back each time it goes idle, and a fresh one
+/// each time would take malloc's slow path (it is bigger than malloc's
+/// per-thread cache), thousands of times a second. A few are kept; an idle
+/// session holds none.
+mod spare {
+    use std::cell::RefCell;
+
+    const KEPT: usize = 16;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn take() -> Vec<u8> {
+        SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_default()
+    }
+
+    pub(super) fn give(mut buf: Vec<u8>) {
+        if buf.capacity() != super::READ_MIN {
+            return;
+        }
+        buf.clear();
+        SPARE.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < KEPT {
+                s.push(buf);
+            }
+        });
     }
 }
 

@@ -208,6 +208,59 @@ impl Retrieval {
     }
 }
 
+/// UIDs learnt from UIDL, by message number. One text arena and an index:
+/// a listing of n lines costs a few allocations, not a `String` and a map
+/// entry each (a big maildrop is listed in every session).
+#[derive(Debug, Clone, Default)]
+struct UidTable {
+    /// The UIDs, back to back (printable ASCII, RFC 1939 §7).
+    arena: String,
+    /// Message number → (start, length) in `arena`.
+    index: BTreeMap<u32, (u32, u8)>,
+    /// Arena bytes no entry points at any more (replaced UIDs).
+    waste: usize,
+}
+
+impl UidTable {
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    fn text(&self, start: u32, len: u8) -> &str {
+        &self.arena[start as usize..start as usize + len as usize]
+    }
+
+    fn get(&self, n: u32) -> Option<&str> {
+        self.index.get(&n).map(|&(start, len)| self.text(start, len))
+    }
+
+    /// `uid` is 1 to 70 printable ASCII bytes (checked by the caller).
+    fn insert(&mut self, n: u32, uid: &[u8]) {
+        let Ok(uid) = std::str::from_utf8(uid) else { return };
+        if let Some(old) = self.get(n) {
+            if old == uid {
+                return;
+            }
+            self.waste += old.len();
+        }
+        let start = self.arena.len() as u32;
+        self.arena.push_str(uid);
+        self.index.insert(n, (start, uid.len() as u8));
+        // A server that lists the same numbers again and again must not
+        // grow the arena without bound: rebuild it once half is waste.
+        if self.waste > 4096 && self.waste * 2 > self.arena.len() {
+            let mut arena = String::with_capacity(self.arena.len() - self.waste);
+            for (start, len) in self.index.values_mut() {
+                let at = arena.len() as u32;
+                arena.push_str(&self.arena[*start as usize..*start as usize + *len as usize]);
+                *start = at;
+            }
+            self.arena = arena;
+            self.waste = 0;
+        }
+    }
+}
+
 /// The pure per-session tracker.
 #[derive(Debug, Clone)]
 pub struct Tracker {
@@ -235,7 +288,7 @@ pub struct Tracker {
     /// none and every session's state counts (RSS per idle session).
     retrieval: Option<Box<Retrieval>>,
     fingerprints: Vec<Fingerprint>,
-    uids: BTreeMap<u32, String>,
+    uids: UidTable,
     uidl_line: Vec<u8>,
     uidl_overflow: bool,
     listing_uids: bool,
@@ -269,7 +322,7 @@ impl Tracker {
             violations: 0,
             retrieval: None,
             fingerprints: Vec::new(),
-            uids: BTreeMap::new(),
+            uids: UidTable::default(),
             uidl_line: Vec::new(),
             uidl_overflow: false,
             listing_uids: false,
@@ -382,8 +435,7 @@ impl Tracker {
         if uid.len() > 70 || !uid.iter().all(|b| (0x21..=0x7e).contains(b)) {
             return;
         }
-        let uid = String::from_utf8_lossy(uid).into_owned();
-        if self.uids.len() < MAX_TRACKED_MESSAGES || self.uids.contains_key(&n) {
+        if self.uids.len() < MAX_TRACKED_MESSAGES || self.uids.get(n).is_some() {
             self.uids.insert(n, uid);
         }
     }
@@ -402,10 +454,14 @@ impl Tracker {
                     self.uidl_overflow = true;
                 }
                 if chunk.ends_with(b"\n") {
+                    // The line buffer goes back for the next line: one
+                    // allocation for the whole listing.
                     let line = std::mem::take(&mut self.uidl_line);
                     if !std::mem::replace(&mut self.uidl_overflow, false) {
                         self.learn_uid(crate::codec::command::trim_eol(&line));
                     }
+                    self.uidl_line = line;
+                    self.uidl_line.clear();
                 }
             }
         }
@@ -417,7 +473,7 @@ impl Tracker {
                 if self.downloaded.len() < MAX_TRACKED_MESSAGES {
                     self.downloaded.insert(number);
                 }
-                let uid = self.uids.get(&number).cloned();
+                let uid = self.uids.get(number).map(str::to_owned);
                 if self.fingerprints.len() < MAX_TRACKED_MESSAGES {
                     self.fingerprints.push(r.finish(uid));
                 }
@@ -504,8 +560,13 @@ impl Tracker {
     }
 
     /// The UIDL listing learnt in this session (number → uid).
-    pub fn uids(&self) -> &BTreeMap<u32, String> {
-        &self.uids
+    pub fn uids(&self) -> BTreeMap<u32, String> {
+        self.uids.index.iter().map(|(&n, &(start, len))| (n, self.uids.text(start, len).to_owned())).collect()
+    }
+
+    /// The UID learnt for message `n`, if any.
+    pub fn uid(&self, n: u32) -> Option<&str> {
+        self.uids.get(n)
     }
 
     /// Messages at risk of a second download if the session ends now
