@@ -415,7 +415,7 @@ impl Sim {
             fingerprints: t.fingerprints().to_vec(),
             uids: t.uids(),
             user: t.user().map(str::to_owned),
-            last_command: t.last_command().map(str::to_owned),
+            last_command: t.last_command(),
             codec_violations: self.codec.violations(),
             pending: self.codec.pending_len(),
             opaque: self.codec.is_opaque(),

@@ -191,6 +191,7 @@ async fn accept_loop(
                     sink: sink.clone(),
                     shutdown: stop.clone(),
                     cut: stop.child_token(),
+                    cut_seen: AtomicBool::new(false),
                     injected: [AtomicBool::new(false), AtomicBool::new(false)],
                     control: control.clone(),
                     run_started: started,
@@ -226,6 +227,10 @@ struct SessionCtx {
     shutdown: CancellationToken,
     /// This session is being cut (a fault, a manual cut, shutdown).
     cut: CancellationToken,
+    /// `cut` as the directions see it, without the token's lock: set with
+    /// every cut the session makes, and by the relay when the timers see
+    /// a cut from outside (shutdown) — which always ends their wait.
+    cut_seen: AtomicBool,
     /// A direction has something newly injected to write (noise, the
     /// proxy's own answer): a one-shot permit, as `Notify` gives, taken by
     /// that direction's wait.
@@ -431,6 +436,16 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
+    /// Cuts the session: every wait on it ends.
+    fn cut_now(&self) {
+        self.ctx.cut_seen.store(true, Ordering::Release);
+        self.ctx.cut.cancel();
+    }
+
+    fn is_cut(&self) -> bool {
+        self.ctx.cut_seen.load(Ordering::Acquire)
+    }
+
     fn paused(&self) -> bool {
         self.ctx.control.paused()
     }
@@ -484,7 +499,10 @@ impl Session<'_> {
             // too; when the pumps end first, the timers are dropped.
             tokio::select! {
                 ends = &mut pumps => ends,
-                () = self.timers_and_cuts(remote) => pumps.await,
+                () = self.timers_and_cuts(remote) => {
+                    self.ctx.cut_seen.store(true, Ordering::Release);
+                    pumps.await
+                }
             }
         };
 
@@ -643,13 +661,13 @@ impl Session<'_> {
             if !greeted && self.ctx.started + self.ctx.cfg.greeting_timeout <= now {
                 debug!(session = self.ctx.number, "no greeting");
                 lock(self.core).no_greeting = true;
-                self.ctx.cut.cancel();
+                self.cut_now();
                 return;
             }
             if lock(self.core).last_activity + idle <= now {
                 debug!(session = self.ctx.number, "idle timeout");
                 lock(self.core).idle = true;
-                self.ctx.cut.cancel();
+                self.cut_now();
                 return;
             }
             while let Some(&(after, rule)) = timers.front() {
@@ -700,7 +718,7 @@ impl Session<'_> {
             match a {
                 Action::Disconnect { side, how, .. } => {
                     lock(self.core).cut = Some((side, how, format!("fault: {}", d.rule)));
-                    self.ctx.cut.cancel();
+                    self.cut_now();
                     return Flow::Stop;
                 }
                 Action::Stall { ms, jitter_ms, .. } => {
@@ -822,14 +840,17 @@ impl Session<'_> {
                 self.write(to, piece).await?;
             }
             self.ctx.control.count(dir == Dir::Up, n);
+            rest = &rest[n..];
             if let Some(r) = rate {
                 let pace = Duration::from_secs_f64(n as f64 / r as f64);
                 tokio::select! {
                     _ = tokio::time::sleep(pace) => {}
-                    _ = self.ctx.cut.cancelled() => return Err(End::Cut),
+                    // Once every byte is out, they count as delivered
+                    // (a whole body is a download) even if the cut comes
+                    // while pacing.
+                    _ = self.ctx.cut.cancelled() => return if rest.is_empty() { Ok(()) } else { Err(End::Cut) },
                 }
             }
-            rest = &rest[n..];
         }
         Ok(())
     }
@@ -839,7 +860,7 @@ impl Session<'_> {
             _ = self.ctx.cut.cancelled() => Err(End::Cut),
             r = to.write_all(bytes) => r.map_err(|e| {
                 debug!(session = self.ctx.number, error = %e, "write failed");
-                self.ctx.cut.cancel();
+                self.cut_now();
                 End::Reset
             }),
         }
@@ -893,7 +914,7 @@ impl Session<'_> {
             session: self.ctx.number,
             state: t.state(),
             user: t.user().map(str::to_owned),
-            last_command: t.last_command().map(str::to_owned),
+            last_command: t.last_command(),
             downloaded: t.downloads(),
             marked: t.marked(),
             bytes_up: t.bytes_up(),
@@ -911,7 +932,7 @@ impl Session<'_> {
             if let Err(e) = self.flush_injected(dir, to).await {
                 return e;
             }
-            if self.ctx.cut.is_cancelled() {
+            if self.is_cut() {
                 return End::Cut;
             }
             // Read first, wait only when there is nothing: a stream in full
@@ -937,7 +958,7 @@ impl Session<'_> {
                 }
                 Err(e) => {
                     debug!(session = self.ctx.number, ?dir, error = %e, "read failed");
-                    self.ctx.cut.cancel();
+                    self.cut_now();
                     return End::Reset;
                 }
             };
@@ -960,7 +981,7 @@ impl Session<'_> {
     async fn wait(&self, dir: Dir, from: &ReadHalf<'_>) -> Result<(), End> {
         let stream: &TcpStream = from.as_ref();
         std::future::poll_fn(|cx| {
-            if self.ctx.cut.is_cancelled() {
+            if self.is_cut() {
                 return Poll::Ready(Err(End::Cut));
             }
             if self.ctx.injected[dir as usize].swap(false, Ordering::AcqRel) {
@@ -971,7 +992,7 @@ impl Session<'_> {
                 Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
                 Poll::Ready(Err(e)) => {
                     debug!(session = self.ctx.number, ?dir, error = %e, "wait failed");
-                    self.ctx.cut.cancel();
+                    self.cut_now();
                     Poll::Ready(Err(End::Reset))
                 }
             }
@@ -1323,6 +1344,7 @@ mod size_probe {
                 sink: super::EventSink::discard(),
                 shutdown: stop.clone(),
                 cut: stop.child_token(),
+                cut_seen: Default::default(),
                 injected: Default::default(),
                 control: control.clone(),
                 run_started: std::time::Instant::now(),

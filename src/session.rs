@@ -2,6 +2,7 @@
 //! session outcome (SPEC §5). Pure: it is told what was delivered, by the
 //! relay, after the bytes went out; it never sees a socket or a clock.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -237,15 +238,22 @@ impl UidTable {
     /// `uid` is 1 to 70 printable ASCII bytes (checked by the caller).
     fn insert(&mut self, n: u32, uid: &[u8]) {
         let Ok(uid) = std::str::from_utf8(uid) else { return };
-        if let Some(old) = self.get(n) {
-            if old == uid {
-                return;
-            }
-            self.waste += old.len();
-        }
         let start = self.arena.len() as u32;
+        let at = (start, uid.len() as u8);
+        match self.index.entry(n) {
+            Entry::Vacant(v) => {
+                v.insert(at);
+            }
+            Entry::Occupied(mut o) => {
+                let (old_start, old_len) = *o.get();
+                if &self.arena[old_start as usize..old_start as usize + old_len as usize] == uid {
+                    return;
+                }
+                self.waste += old_len as usize;
+                o.insert(at);
+            }
+        }
         self.arena.push_str(uid);
-        self.index.insert(n, (start, uid.len() as u8));
         // A server that lists the same numbers again and again must not
         // grow the arena without bound: rebuild it once half is waste.
         if self.waste > 4096 && self.waste * 2 > self.arena.len() {
@@ -281,7 +289,9 @@ pub struct Tracker {
     bytes_up: u64,
     bytes_down: u64,
     commands: u64,
-    last_command: Option<String>,
+    /// Kept as parsed, rendered only when asked for (a `String` per
+    /// command showed in the sessions benchmark).
+    last_command: Option<Command>,
     encrypted: bool,
     violations: u64,
     /// The RETR being delivered; boxed, as most of a session's life has
@@ -343,7 +353,7 @@ impl Tracker {
         match ev {
             ClientEvent::Command { cmd, .. } => {
                 self.commands += 1;
-                self.last_command = Some(cmd.to_string());
+                self.last_command = Some(cmd.clone());
                 if !forwarded {
                     return;
                 }
@@ -505,8 +515,8 @@ impl Tracker {
     }
 
     /// The last command the client sent, secrets redacted.
-    pub fn last_command(&self) -> Option<&str> {
-        self.last_command.as_deref()
+    pub fn last_command(&self) -> Option<String> {
+        self.last_command.as_ref().map(Command::to_string)
     }
 
     /// Complete RETRs delivered to the client.

@@ -225,6 +225,36 @@ async fn modem_28k8_is_slow_but_exact() {
 }
 
 #[tokio::test]
+async fn a_body_fully_delivered_on_a_slow_line_counts_though_the_cut_comes_while_pacing() {
+    // 8 000 bit/s: 50-byte pieces, each followed by 50 ms of pacing. The
+    // client reads the terminator and the proxy is shut down at once, while
+    // it paces after the last piece: the message was delivered whole.
+    let slow = profile(
+        r#"
+name = "slow"
+[[rule]]
+name = "slow-line"
+when = "greeting"
+actions = [{ do = "throttle", bps = 8000 }]
+"#,
+    );
+    let w = World::with(slow, 1, 1, 1, 200).await;
+    let stored = w.maildrop().remaining("user1")[0].content.to_vec();
+    let World { server: _server, proxy, mut events } = w;
+    let (mut c, _) = tokio::time::timeout(LIMIT, Pop3Client::connect(proxy.local_addr)).await.unwrap().unwrap();
+    tokio::time::timeout(LIMIT, async {
+        c.login("user1", "secret").await.unwrap();
+        assert_eq!(c.retr(1).await.unwrap(), stored);
+    })
+    .await
+    .unwrap();
+    tokio::time::timeout(LIMIT, proxy.shutdown()).await.unwrap();
+    let end = next_end(&mut events).await;
+    assert_eq!(end.ended_by, "cut at shutdown");
+    assert_eq!((end.outcome, end.downloaded, end.at_risk), (Outcome::RolledBack, 1, 1));
+}
+
+#[tokio::test]
 async fn busy_mailbox_answers_pass_itself() {
     let mut w = World::with(builtin("busy-mailbox"), 1, 1, 1, SIZE).await;
     let (mut c, _) = Pop3Client::connect(w.proxy.local_addr).await.unwrap();
