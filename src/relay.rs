@@ -11,6 +11,7 @@
 //! worth, or one incomplete line (bounded by RFC 2449's limits).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -197,7 +198,6 @@ async fn accept_loop(
                     run_started: started,
                     started: Instant::now(),
                     engine_seed: control.seed(),
-                    profile_name: profile.name.clone(),
                 };
                 let engine = Engine::new(profile, ctx.engine_seed, number);
                 sessions.spawn(run_session(client, ctx, engine));
@@ -239,7 +239,6 @@ struct SessionCtx {
     run_started: Instant,
     started: Instant,
     engine_seed: u64,
-    profile_name: String,
 }
 
 /// Which way bytes go.
@@ -269,6 +268,26 @@ struct Core {
     inflight: VecDeque<(u64, Instant)>,
     /// The multi-line response being delivered: (seq, command).
     answering: Option<(u64, Command)>,
+    /// Fault effects in force; boxed, made when a fault first needs it
+    /// (most sessions of most profiles never do, and every session's
+    /// state counts).
+    fx: Option<Box<Effects>>,
+    /// Draws for fault effects, in the order they happen.
+    rng: SmallRng,
+    /// How the session was cut, if a fault or a person cut it.
+    cut: Option<(Side, How, String)>,
+    last_activity: Instant,
+    /// The idle timeout ended the session.
+    idle: bool,
+    /// The upstream never greeted in time.
+    no_greeting: bool,
+    /// Latency samples not yet sent (see [`LATENCY_BATCH`]).
+    latencies: Vec<Sample>,
+}
+
+/// The effects of faults that outlast the decision that made them.
+#[derive(Default)]
+struct Effects {
     /// Cuts planned in the body being delivered.
     body_cuts: VecDeque<BodyCut>,
     /// Answers the proxy makes itself (`reply`), in command order.
@@ -283,17 +302,6 @@ struct Core {
     rate: Option<u64>,
     /// Added before each response: (ms, jitter ms).
     delay: Option<(u64, u64)>,
-    /// Draws for fault effects, in the order they happen.
-    rng: SmallRng,
-    /// How the session was cut, if a fault or a person cut it.
-    cut: Option<(Side, How, String)>,
-    last_activity: Instant,
-    /// The idle timeout ended the session.
-    idle: bool,
-    /// The upstream never greeted in time.
-    no_greeting: bool,
-    /// Latency samples not yet sent (see [`LATENCY_BATCH`]).
-    latencies: Vec<Sample>,
 }
 
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
@@ -311,6 +319,11 @@ impl Core {
             run_elapsed: ctx.run_started.elapsed(),
             seq,
         }
+    }
+
+    /// The fault effects, made on first use.
+    fn fx(&mut self) -> &mut Effects {
+        self.fx.get_or_insert_default()
     }
 
     /// Frees empty queues' memory before a direction waits.
@@ -361,13 +374,16 @@ enum Flow {
     Reply(Vec<u8>),
 }
 
-async fn run_session(mut client: TcpStream, ctx: SessionCtx, engine: Engine) {
+/// A session's future. Not an `async fn`: those keep their arguments
+/// twice (as arguments and as moved locals), and every idle session
+/// carries this future whole.
+fn run_session(mut client: TcpStream, ctx: SessionCtx, engine: Engine) -> impl Future<Output = ()> + Send {
     let _ = client.set_nodelay(true);
     ctx.sink.emit(Event::SessionStart {
         session: ctx.number,
         client: ctx.peer,
         upstream: ctx.cfg.upstream.clone(),
-        profile: ctx.profile_name.clone(),
+        profile: engine.profile().name.clone(),
     });
     let rng = rng_for(ctx.engine_seed, ctx.number, usize::MAX, 0);
     let core = Mutex::new(Core {
@@ -377,13 +393,7 @@ async fn run_session(mut client: TcpStream, ctx: SessionCtx, engine: Engine) {
         faults: Vec::new(),
         inflight: VecDeque::new(),
         answering: None,
-        body_cuts: VecDeque::new(),
-        replies: VecDeque::new(),
-        inject: [Vec::new(), Vec::new()],
-        corrupt: [0, 0],
-        hold_until: None,
-        rate: None,
-        delay: None,
+        fx: None,
         rng,
         cut: None,
         last_activity: Instant::now(),
@@ -391,41 +401,43 @@ async fn run_session(mut client: TcpStream, ctx: SessionCtx, engine: Engine) {
         no_greeting: false,
         latencies: Vec::new(),
     });
-    let remote = ctx.control.register(ctx.number);
-    let s = Session { ctx: &ctx, core: &core };
-    let ended_by = s.run(&mut client, &remote).await;
-    ctx.control.unregister(ctx.number);
+    async move {
+        let remote = ctx.control.register(ctx.number);
+        let s = Session { ctx: &ctx, core: &core };
+        let ended_by = s.run(&mut client, &remote).await;
+        ctx.control.unregister(ctx.number);
 
-    let mut core = core.into_inner().unwrap_or_else(|p| p.into_inner());
-    let fingerprints = core.tracker.take_fingerprints();
-    let faults = std::mem::take(&mut core.faults);
-    let t = &core.tracker;
-    let end = SessionEnd {
-        session: ctx.number,
-        client: ctx.peer,
-        upstream: ctx.cfg.upstream.clone(),
-        user: t.user().map(str::to_owned),
-        outcome: t.outcome(),
-        state: t.state(),
-        downloaded: t.downloads(),
-        marked: t.marked(),
-        at_risk: t.at_risk(),
-        duplicates: 0,
-        bytes_up: t.bytes_up(),
-        bytes_down: t.bytes_down(),
-        duration_ms: ctx.started.elapsed().as_millis() as u64,
-        faults,
-        encrypted: t.encrypted(),
-        violations: t.violations(),
-        profile: ctx.profile_name.clone(),
-        fingerprints,
-        ended_by,
-    };
-    info!(session = end.session, outcome = %end.outcome, user = ?end.user, ended_by = %end.ended_by, "session ended");
-    for sample in core.latencies {
-        ctx.sink.emit(sample.event(ctx.number));
+        let mut core = core.into_inner().unwrap_or_else(|p| p.into_inner());
+        let fingerprints = core.tracker.take_fingerprints();
+        let faults = std::mem::take(&mut core.faults);
+        let t = &core.tracker;
+        let end = SessionEnd {
+            session: ctx.number,
+            client: ctx.peer,
+            upstream: ctx.cfg.upstream.clone(),
+            user: t.user().map(str::to_owned),
+            outcome: t.outcome(),
+            state: t.state(),
+            downloaded: t.downloads(),
+            marked: t.marked(),
+            at_risk: t.at_risk(),
+            duplicates: 0,
+            bytes_up: t.bytes_up(),
+            bytes_down: t.bytes_down(),
+            duration_ms: ctx.started.elapsed().as_millis() as u64,
+            faults,
+            encrypted: t.encrypted(),
+            violations: t.violations(),
+            profile: core.engine.profile().name.clone(),
+            fingerprints,
+            ended_by,
+        };
+        info!(session = end.session, outcome = %end.outcome, user = ?end.user, ended_by = %end.ended_by, "session ended");
+        for sample in core.latencies {
+            ctx.sink.emit(sample.event(ctx.number));
+        }
+        ctx.sink.emit(Event::SessionEnd(Box::new(end)));
     }
-    ctx.sink.emit(Event::SessionEnd(Box::new(end)));
 }
 
 /// One session's I/O, borrowing its context and core.
@@ -725,7 +737,8 @@ impl Session<'_> {
                     let until = {
                         let mut c = lock(self.core);
                         let until = Instant::now() + jittered(&mut c.rng, ms, jitter_ms);
-                        c.hold_until = Some(c.hold_until.map_or(until, |h| h.max(until)));
+                        let fx = c.fx();
+                        fx.hold_until = Some(fx.hold_until.map_or(until, |h| h.max(until)));
                         until
                     };
                     // The triggering direction waits here; the other holds
@@ -741,13 +754,13 @@ impl Session<'_> {
                         let mut c = lock(self.core);
                         let mut noise = vec![0u8; bytes];
                         c.rng.fill_bytes(&mut noise);
-                        c.inject[to as usize].extend_from_slice(&noise);
+                        c.fx().inject[to as usize].extend_from_slice(&noise);
                     }
                     self.injected(to).await;
                 }
-                Action::Corrupt { bytes, .. } => lock(self.core).corrupt[dir as usize] += bytes,
-                Action::Throttle { bps, .. } => lock(self.core).rate = Some((bps / 8).max(1)),
-                Action::Delay { ms, jitter_ms, .. } => lock(self.core).delay = Some((ms, jitter_ms)),
+                Action::Corrupt { bytes, .. } => lock(self.core).fx().corrupt[dir as usize] += bytes,
+                Action::Throttle { bps, .. } => lock(self.core).fx().rate = Some((bps / 8).max(1)),
+                Action::Delay { ms, jitter_ms, .. } => lock(self.core).fx().delay = Some((ms, jitter_ms)),
                 Action::Reply { text, .. } => {
                     let mut line = text.into_bytes();
                     line.extend_from_slice(b"\r\n");
@@ -798,7 +811,7 @@ impl Session<'_> {
         self.flush_injected(dir, to).await?;
         let plain = {
             let c = lock(self.core);
-            c.hold_until.is_none() && c.rate.is_none() && c.corrupt[dir as usize] == 0
+            c.fx.as_deref().is_none_or(|f| f.hold_until.is_none() && f.rate.is_none() && f.corrupt[dir as usize] == 0)
         };
         if plain {
             self.write(to, bytes).await?;
@@ -814,7 +827,7 @@ impl Session<'_> {
         while !rest.is_empty() {
             let (hold, rate, flip) = {
                 let c = lock(self.core);
-                (c.hold_until, c.rate, c.corrupt[dir as usize])
+                c.fx.as_deref().map_or((None, None, 0), |f| (f.hold_until, f.rate, f.corrupt[dir as usize]))
             };
             if let Some(h) = hold.filter(|h| *h > Instant::now()) {
                 tokio::select! {
@@ -833,7 +846,7 @@ impl Session<'_> {
                     for b in &mut owned[..k] {
                         *b ^= 1 << c.rng.gen_range(0..8);
                     }
-                    c.corrupt[dir as usize] -= k;
+                    c.fx().corrupt[dir as usize] -= k;
                 }
                 self.write(to, &owned).await?;
             } else {
@@ -871,7 +884,8 @@ impl Session<'_> {
     async fn flush_injected(&self, dir: Dir, to: &mut WriteHalf<'_>) -> Result<(), End> {
         let pending = {
             let c = lock(self.core);
-            !c.inject[dir as usize].is_empty() || (dir == Dir::Down && !c.replies.is_empty())
+            c.fx.as_deref()
+                .is_some_and(|f| !f.inject[dir as usize].is_empty() || (dir == Dir::Down && !f.replies.is_empty()))
         };
         if !pending {
             return Ok(());
@@ -880,7 +894,8 @@ impl Session<'_> {
     }
 
     async fn flush_injected_now(&self, dir: Dir, to: &mut WriteHalf<'_>) -> Result<(), End> {
-        let noise = std::mem::take(&mut lock(self.core).inject[dir as usize]);
+        let noise =
+            lock(self.core).fx.as_deref_mut().map(|f| std::mem::take(&mut f.inject[dir as usize])).unwrap_or_default();
         if !noise.is_empty() {
             self.write(to, &noise).await?;
         }
@@ -889,7 +904,7 @@ impl Session<'_> {
                 let due = {
                     let mut c = lock(self.core);
                     match c.codec.take_synthetic() {
-                        Some((cmd, seq)) => c.replies.pop_front().map(|r| (cmd, seq, r)),
+                        Some((cmd, seq)) => c.fx().replies.pop_front().map(|r| (cmd, seq, r)),
                         None => None,
                     }
                 };
@@ -1067,7 +1082,7 @@ impl Session<'_> {
                     {
                         let mut c = lock(self.core);
                         if c.codec.replied(cmd).is_some() {
-                            c.replies.push_back(line);
+                            c.fx().replies.push_back(line);
                         }
                         c.tracker.on_client(&ev, bytes, false);
                     }
@@ -1118,7 +1133,8 @@ impl Session<'_> {
                 }
                 let delay = {
                     let mut c = lock(self.core);
-                    c.delay.map(|(ms, j)| jittered(&mut c.rng, ms, j))
+                    let delay = c.fx.as_deref().and_then(|f| f.delay);
+                    delay.map(|(ms, j)| jittered(&mut c.rng, ms, j))
                 };
                 if let Some(d) = delay {
                     Box::pin(self.pause(d)).await?;
@@ -1139,9 +1155,13 @@ impl Session<'_> {
                         // Only RETR's "+OK n octets" is a message size.
                         let size = if matches!(cmd, Command::Retr(_)) { announced_size(bytes) } else { None };
                         let cuts = c.engine.plan_body(cmd, size, &facts);
-                        c.body_cuts = cuts.into();
+                        if !cuts.is_empty() {
+                            c.fx().body_cuts = cuts.into();
+                        } else if let Some(f) = c.fx.as_deref_mut() {
+                            f.body_cuts.clear();
+                        }
                     }
-                    let plain = c.body_cuts.is_empty();
+                    let plain = c.fx.as_deref().is_none_or(|f| f.body_cuts.is_empty());
                     // With nothing planned inside the body, the status line
                     // and the body bytes already read go out in one write.
                     let body = if plain { c.codec.decode_server(&buf[step.consumed..]) } else { Step::NEED_MORE };
@@ -1193,8 +1213,11 @@ impl Session<'_> {
         loop {
             let cut = {
                 let mut c = lock(self.core);
-                match c.body_cuts.front() {
-                    Some(cut) if cut.at < offset + bytes.len() as u64 => c.body_cuts.pop_front(),
+                let cuts = c.fx.as_deref_mut().map(|f| &mut f.body_cuts);
+                match cuts {
+                    Some(cuts) if cuts.front().is_some_and(|cut| cut.at < offset + bytes.len() as u64) => {
+                        cuts.pop_front()
+                    }
                     _ => None,
                 }
             };
@@ -1219,7 +1242,9 @@ impl Session<'_> {
             let mut c = lock(self.core);
             c.tracker.on_server(&ServerEvent::Body { offset: offset + done as u64, end }, part);
             if end {
-                c.body_cuts.clear();
+                if let Some(f) = c.fx.as_deref_mut() {
+                    f.body_cuts.clear();
+                }
                 c.answering.take()
             } else {
                 None
@@ -1350,7 +1375,6 @@ mod size_probe {
                 run_started: std::time::Instant::now(),
                 started: std::time::Instant::now(),
                 engine_seed: 1,
-                profile_name: "p".into(),
             };
             let engine = super::Engine::new(control.profile(), 1, 1);
             let fut = super::run_session(s, ctx, engine);
@@ -1358,7 +1382,7 @@ mod size_probe {
             // (rare fault paths and the relaying of a read are boxed; an idle
             // direction waits on its socket alone). See docs/PERFORMANCE.md.
             let size = std::mem::size_of_val(&fut);
-            assert!(size <= 2816, "a session's future is {size} bytes");
+            assert!(size <= 2304, "a session's future is {size} bytes");
         });
     }
 }
