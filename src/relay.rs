@@ -15,8 +15,8 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
@@ -511,7 +511,7 @@ impl Session<'_> {
             // too; when the pumps end first, the timers are dropped.
             tokio::select! {
                 ends = &mut pumps => ends,
-                () = self.timers_and_cuts(remote) => {
+                () = gated(self.timers_and_cuts(remote)) => {
                     self.ctx.cut_seen.store(true, Ordering::Release);
                     pumps.await
                 }
@@ -781,6 +781,10 @@ impl Session<'_> {
         }
         let decisions = {
             let mut c = lock(self.core);
+            if c.engine.is_inert() {
+                // Not even the facts: they read the clock.
+                return Flow::Go;
+            }
             let facts = c.facts(self.ctx, seq);
             c.engine.decide(&point, &facts)
         };
@@ -1150,7 +1154,8 @@ impl Session<'_> {
                 let (plain, body) = {
                     let mut c = lock(self.core);
                     c.answering = Some((*seq, cmd.clone()));
-                    if !self.paused() {
+                    // An inert engine never plans a cut, so it has none to clear.
+                    if !self.paused() && !c.engine.is_inert() {
                         let facts = c.facts(self.ctx, *seq);
                         // Only RETR's "+OK n octets" is a message size.
                         let size = if matches!(cmd, Command::Retr(_)) { announced_size(bytes) } else { None };
@@ -1326,6 +1331,64 @@ fn read_draining(from: &ReadHalf<'_>, buf: &mut Vec<u8>) -> io::Result<usize> {
     match got {
         Some(n) => Ok(n),
         None => r,
+    }
+}
+
+/// Runs `fut`, polling it only when one of its own wakers fired. A
+/// session's futures share one task, and `join!`/`select!` poll each of
+/// them whenever any is woken: nearly every wake-up is for a pump, and the
+/// timers' wait (the cut token, the manual cut, a sleep) takes locks each
+/// time it is polled.
+fn gated<F: Future>(fut: F) -> Gated<F> {
+    let gate = Arc::new(Gate { woken: AtomicBool::new(true), task: OnceLock::new() });
+    Gated { fut, waker: Waker::from(gate.clone()), gate }
+}
+
+pin_project_lite::pin_project! {
+    /// See [`gated`]. A struct, not an `async fn`: that would hold `fut`
+    /// twice in every session's state.
+    struct Gated<F> {
+        #[pin]
+        fut: F,
+        gate: Arc<Gate>,
+        waker: Waker,
+    }
+}
+
+impl<F: Future> Future for Gated<F> {
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let task = this.gate.task.get_or_init(|| cx.waker().clone());
+        if !task.will_wake(cx.waker()) {
+            // Polled on behalf of another task: no gate.
+            return this.fut.poll(cx);
+        }
+        // Cleared before polling: a wake-up during the poll is kept.
+        if !this.gate.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        this.fut.poll(&mut Context::from_waker(this.waker))
+    }
+}
+
+/// The waker of a [`gated`] future: marks it woken, then wakes its task.
+struct Gate {
+    woken: AtomicBool,
+    task: OnceLock<Waker>,
+}
+
+impl Wake for Gate {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        if let Some(task) = self.task.get() {
+            task.wake_by_ref();
+        }
     }
 }
 

@@ -103,6 +103,8 @@ pub struct Engine {
     seed: u64,
     session: u64,
     selected: Vec<bool>,
+    /// No rule applies to this session.
+    inert: bool,
     matches: Vec<u32>,
     fired: Vec<u32>,
 }
@@ -140,9 +142,17 @@ impl Engine {
                     && s.first.is_none_or(|f| session <= f)
                     && s.probability.is_none_or(|p| rng_for(seed, session, i, u64::MAX).gen_bool(p.clamp(0.0, 1.0)))
             })
-            .collect();
+            .collect::<Vec<bool>>();
         let n = profile.rules.len();
-        Engine { profile, seed, session, selected, matches: vec![0; n], fired: vec![0; n] }
+        let inert = !selected.contains(&true);
+        Engine { profile, seed, session, selected, inert, matches: vec![0; n], fired: vec![0; n] }
+    }
+
+    /// Whether no rule applies to this session (an empty profile, or
+    /// `sessions` filters that left this one out): every decision is then
+    /// empty, and a caller need not gather the facts for one.
+    pub fn is_inert(&self) -> bool {
+        self.inert
     }
 
     /// The profile this engine runs.

@@ -341,6 +341,20 @@ fn sessions_every() {
 }
 
 #[test]
+fn an_engine_is_inert_exactly_when_no_rule_applies_to_its_session() {
+    let text = "[[rule]]\nwhen = \"greeting\"\nsessions = { every = 3 }\nactions = [{ do = \"stall\", ms = 1 }]\n";
+    let inert: Vec<u64> = (1..=7).filter(|&n| engine(text, 1, n).is_inert()).collect();
+    assert_eq!(inert, [1, 2, 4, 5, 7]);
+    // An inert engine decides nothing anywhere.
+    for n in [1, 2, 4] {
+        let (d, cuts, timers) = script(&mut engine(text, 1, n));
+        assert!(d.is_empty() && cuts.is_empty() && timers.is_empty());
+    }
+    assert!(builtin_engine("passthrough", 1, 1).is_inert());
+    assert!(!builtin_engine("lost-carrier-at-quit", 1, 1).is_inert());
+}
+
+#[test]
 fn sessions_first() {
     let text = "[[rule]]\nwhen = \"greeting\"\nsessions = { first = 2 }\nactions = [{ do = \"stall\", ms = 1 }]\n";
     assert_eq!(selected_sessions(text, 1, 1..=10), [1, 2]);
