@@ -36,10 +36,12 @@ use crate::faults::engine::{jittered, rng_for};
 use crate::faults::{Action, BodyCut, Decision, Engine, Facts, How, Point, RefuseHow, Side};
 use crate::session::Tracker;
 
-/// Bytes asked of the kernel per read: small for a conversation, growing
-/// while reads come back full (a bulk transfer), so idle and chatty
-/// sessions never hold big buffers.
-const READ_MIN: usize = 2 * 1024;
+/// Bytes asked of the kernel per read, growing while reads come back full
+/// (a bulk transfer). The least is enough for a typical answer (a message
+/// of a few KB, a UIDL listing) to come in one read and go out in one
+/// write: with 2 KiB, a 10 KB message took three of each. Idle sessions
+/// hold no buffer whatever the size (see `spare`).
+const READ_MIN: usize = 16 * 1024;
 const READ_MAX: usize = 64 * 1024;
 
 /// Latency samples a session sends at once (and the rest when it ends).
