@@ -160,7 +160,11 @@ pub fn check(
         },
     });
 
-    let by_client: HashMap<SocketAddr, &SessionEnd> = ends.iter().map(|e| (e.client, e)).collect();
+    // A long run reuses client ports: several sessions can share an address.
+    let mut by_client: HashMap<SocketAddr, Vec<&SessionEnd>> = HashMap::new();
+    for e in ends {
+        by_client.entry(e.client).or_default().push(e);
+    }
     let (mut dups, mut traced, mut untraced) = (0u64, 0u64, Vec::new());
     let mut at_risk = 0u64;
     for (_, sessions) in reports {
@@ -171,7 +175,7 @@ pub fn check(
                 let id = message_key(m);
                 if let Some(prev) = last.get(&(s.user.as_str(), id.clone())) {
                     dups += 1;
-                    let outcome = prev.local.and_then(|l| by_client.get(&l)).map(|e| e.outcome);
+                    let outcome = prev.local.and_then(|l| session_of(&by_client, l, &s.user, &id)).map(|e| e.outcome);
                     if outcome.is_some_and(Outcome::puts_at_risk) {
                         traced += 1;
                     } else {
@@ -246,6 +250,24 @@ async fn new_mail(maildrop: Maildrop, users: u32, seed: u64, stop: CancellationT
 
 /// How the clients' records name a message: its Message-ID, else the
 /// start of its digest (as the proxy does, by Message-ID else hash).
+/// The proxy's record of the session at client address `at` that relayed
+/// message `id` to `user`. Addresses alone are not enough: a long run
+/// reuses client ports, and a later session at the same address would be
+/// taken for the earlier one.
+fn session_of<'a>(
+    by_client: &HashMap<SocketAddr, Vec<&'a SessionEnd>>,
+    at: SocketAddr,
+    user: &str,
+    id: &str,
+) -> Option<&'a SessionEnd> {
+    let candidates = by_client.get(&at)?;
+    let relayed = |e: &SessionEnd| {
+        e.fingerprints.iter().any(|f| matches!(&f.key, crate::session::MessageKey::MessageId(m) if m == id))
+    };
+    let of_user: Vec<&SessionEnd> = candidates.iter().copied().filter(|e| e.user.as_deref() == Some(user)).collect();
+    of_user.iter().copied().find(|e| relayed(e)).or_else(|| (of_user.len() == 1).then(|| of_user[0]))
+}
+
 fn message_key(m: &client::ReceivedMessage) -> String {
     m.message_id.clone().unwrap_or_else(|| format!("{:02x?}", &m.digest[..8]))
 }
@@ -297,4 +319,63 @@ pub fn lost_messages(maildrop: &Maildrop, reports: &[(Mode, Vec<SessionReport>)]
 fn ui_off() -> bool {
     use std::io::IsTerminal;
     !std::io::stdout().is_terminal()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::{Fingerprint, MessageKey, State};
+
+    fn end(session: u64, client: SocketAddr, user: &str, outcome: Outcome, ids: &[&str]) -> SessionEnd {
+        SessionEnd {
+            session,
+            client,
+            upstream: "127.0.0.1:110".into(),
+            user: Some(user.into()),
+            outcome,
+            state: State::Transaction,
+            downloaded: ids.len() as u64,
+            marked: 0,
+            at_risk: 0,
+            duplicates: 0,
+            bytes_up: 0,
+            bytes_down: 0,
+            duration_ms: 0,
+            faults: Vec::new(),
+            encrypted: false,
+            violations: 0,
+            profile: "demo".into(),
+            fingerprints: ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| Fingerprint {
+                    number: i as u32 + 1,
+                    uid: None,
+                    key: MessageKey::MessageId((*id).into()),
+                })
+                .collect(),
+            ended_by: "closed".into(),
+        }
+    }
+
+    #[test]
+    fn a_reused_client_port_is_told_apart_by_user_and_message() {
+        let at: SocketAddr = "127.0.0.1:42000".parse().unwrap();
+        let ends = [
+            end(1, at, "user3", Outcome::RolledBack, &["<u35@x>"]),
+            end(900, at, "user1", Outcome::CleanQuit, &[]),
+            end(1800, at, "user3", Outcome::CleanQuit, &["<u99@x>"]),
+        ];
+        let mut by_client: HashMap<SocketAddr, Vec<&SessionEnd>> = HashMap::new();
+        for e in &ends {
+            by_client.entry(e.client).or_default().push(e);
+        }
+        assert_eq!(session_of(&by_client, at, "user3", "<u35@x>").map(|e| e.session), Some(1));
+        assert_eq!(session_of(&by_client, at, "user3", "<u99@x>").map(|e| e.session), Some(1800));
+        // One session of that user at that address: it, whatever it relayed.
+        assert_eq!(session_of(&by_client, at, "user1", "<u1@x>").map(|e| e.session), Some(900));
+        // Two of that user and neither relayed it: no guess.
+        assert_eq!(session_of(&by_client, at, "user3", "<u7@x>").map(|e| e.session), None);
+        assert!(session_of(&by_client, "127.0.0.1:1".parse().unwrap(), "user3", "<u35@x>").is_none());
+    }
 }
