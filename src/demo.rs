@@ -359,6 +359,15 @@ mod tests {
     }
 
     #[test]
+    fn the_ends_the_demo_keeps_carry_their_fingerprints() {
+        let mut stats = crate::stats::Stats::keeping_ends();
+        let at: SocketAddr = "127.0.0.1:42000".parse().unwrap();
+        let mut ev = crate::events::Event::SessionEnd(Box::new(end(1, at, "user3", Outcome::RolledBack, &["<u35@x>"])));
+        stats.apply(&mut ev);
+        assert_eq!(stats.ends()[0].fingerprints.len(), 1);
+    }
+
+    #[test]
     fn a_reused_client_port_is_told_apart_by_user_and_message() {
         let at: SocketAddr = "127.0.0.1:42000".parse().unwrap();
         let ends = [
