@@ -778,6 +778,10 @@ impl Session<'_> {
 
     /// Runs decisions for a point; the flow of the last that says anything.
     async fn decide_and_act(&self, point: Point<'_>, seq: u64, dir: Dir) -> Flow {
+        if self.is_cut() {
+            // Nothing is decided, or recorded, after a cut.
+            return Flow::Stop;
+        }
         if self.paused() {
             return Flow::Go;
         }
@@ -867,7 +871,11 @@ impl Session<'_> {
                     // Once every byte is out, they count as delivered
                     // (a whole body is a download) even if the cut comes
                     // while pacing.
-                    _ = self.ctx.cut.cancelled() => return if rest.is_empty() { Ok(()) } else { Err(End::Cut) },
+                    _ = self.ctx.cut.cancelled() => {
+                        // The relay stops at its next step (`is_cut`).
+                        self.ctx.cut_seen.store(true, Ordering::Release);
+                        return if rest.is_empty() { Ok(()) } else { Err(End::Cut) };
+                    }
                 }
             }
         }
@@ -876,7 +884,12 @@ impl Session<'_> {
 
     async fn write(&self, to: &mut WriteHalf<'_>, bytes: &[u8]) -> Result<(), End> {
         tokio::select! {
-            _ = self.ctx.cut.cancelled() => Err(End::Cut),
+            // Once cut, nothing more goes out.
+            biased;
+            _ = self.ctx.cut.cancelled() => {
+                self.ctx.cut_seen.store(true, Ordering::Release);
+                Err(End::Cut)
+            }
             r = to.write_all(bytes) => r.map_err(|e| {
                 debug!(session = self.ctx.number, error = %e, "write failed");
                 self.cut_now();
@@ -1043,6 +1056,10 @@ impl Session<'_> {
                 }
                 lock(self.core).tracker.on_unframed(dir == Dir::Up, buf.len());
             }
+            if self.is_cut() {
+                // The cut decides how this side closes, not the EOF.
+                return Some(End::Cut);
+            }
             let _ = to.shutdown().await;
             return Some(End::Eof);
         }
@@ -1054,6 +1071,9 @@ impl Session<'_> {
             };
             match step {
                 Ok(0) => break,
+                // A cut that came while the event's bytes went out (see
+                // `deliver_shaped`) stops the relay here.
+                Ok(_) if self.is_cut() => return Some(End::Cut),
                 Ok(consumed) => start += consumed,
                 Err(e) => return Some(e),
             }

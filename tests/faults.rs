@@ -255,6 +255,53 @@ actions = [{ do = "throttle", bps = 8000 }]
 }
 
 #[tokio::test]
+async fn nothing_goes_out_after_a_cut_that_came_while_pacing() {
+    // Two pipelined RETRs on a slow line; the proxy is shut down while it
+    // paces after the last piece of the first message. The first counts
+    // (it went out whole); nothing of the second may follow the cut.
+    let slow = profile(
+        r#"
+name = "slow"
+[[rule]]
+name = "slow-line"
+when = "greeting"
+actions = [{ do = "throttle", bps = 8000 }]
+"#,
+    );
+    let w = World::with(slow, 1, 1, 2, 200).await;
+    let World { server: _server, proxy, mut events } = w;
+    let mut c = TcpStream::connect(proxy.local_addr).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut read_until = async |c: &mut TcpStream, got: &mut Vec<u8>, needle: &[u8], count: usize| {
+        while got.windows(needle.len()).filter(|w| *w == needle).count() < count {
+            let n = tokio::time::timeout(LIMIT, c.read(&mut buf)).await.unwrap().unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    read_until(&mut c, &mut got, b"\r\n", 1).await;
+    c.write_all(b"USER user1\r\nPASS secret\r\n").await.unwrap();
+    read_until(&mut c, &mut got, b"\r\n", 3).await;
+    c.write_all(b"RETR 1\r\nRETR 2\r\n").await.unwrap();
+    read_until(&mut c, &mut got, b"\r\n.\r\n", 1).await;
+    let before_cut = got.len();
+    tokio::time::timeout(LIMIT, proxy.shutdown()).await.unwrap();
+    let end = next_end(&mut events).await;
+    // Whatever the socket still yields: none of it is the second answer.
+    let mut rest = Vec::new();
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), c.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        rest.extend_from_slice(&buf[..n]);
+    }
+    assert!(rest.is_empty(), "{} bytes after the cut: {:?}", rest.len(), String::from_utf8_lossy(&rest));
+    assert!(!got[before_cut..].windows(3).any(|w| w == b"+OK"));
+    assert_eq!((end.outcome, end.downloaded), (Outcome::RolledBack, 1), "{end:?}");
+}
+
+#[tokio::test]
 async fn busy_mailbox_answers_pass_itself() {
     let mut w = World::with(builtin("busy-mailbox"), 1, 1, 1, SIZE).await;
     let (mut c, _) = Pop3Client::connect(w.proxy.local_addr).await.unwrap();
