@@ -883,18 +883,22 @@ impl Session<'_> {
     }
 
     async fn write(&self, to: &mut WriteHalf<'_>, bytes: &[u8]) -> Result<(), End> {
+        // Once cut, nothing more goes out. The flag is checked first, and the
+        // token only while a write waits: polling the token takes its locks.
+        if self.is_cut() {
+            return Err(End::Cut);
+        }
         tokio::select! {
-            // Once cut, nothing more goes out.
             biased;
-            _ = self.ctx.cut.cancelled() => {
-                self.ctx.cut_seen.store(true, Ordering::Release);
-                Err(End::Cut)
-            }
             r = to.write_all(bytes) => r.map_err(|e| {
                 debug!(session = self.ctx.number, error = %e, "write failed");
                 self.cut_now();
                 End::Reset
             }),
+            _ = self.ctx.cut.cancelled() => {
+                self.ctx.cut_seen.store(true, Ordering::Release);
+                Err(End::Cut)
+            }
         }
     }
 
