@@ -224,11 +224,9 @@ async fn modem_28k8_is_slow_but_exact() {
     assert_eq!(end_of(&events).outcome, Outcome::CleanQuit, "{:#?}", events);
 }
 
-#[tokio::test]
-async fn a_body_fully_delivered_on_a_slow_line_counts_though_the_cut_comes_while_pacing() {
-    // 8 000 bit/s: 50-byte pieces, each followed by 50 ms of pacing. The
-    // client reads the terminator and the proxy is shut down at once, while
-    // it paces after the last piece: the message was delivered whole.
+/// One user with `messages` messages behind a proxy whose line runs at
+/// 8 000 bit/s: 50-byte pieces, each followed by 50 ms of pacing.
+async fn slow_line(messages: usize) -> World {
     let slow = profile(
         r#"
 name = "slow"
@@ -238,7 +236,14 @@ when = "greeting"
 actions = [{ do = "throttle", bps = 8000 }]
 "#,
     );
-    let w = World::with(slow, 1, 1, 1, 200).await;
+    World::with(slow, 1, 1, messages, 200).await
+}
+
+#[tokio::test]
+async fn a_body_fully_delivered_on_a_slow_line_counts_though_the_cut_comes_while_pacing() {
+    // The client reads the terminator and the proxy is shut down at once, while
+    // it paces after the last piece: the message was delivered whole.
+    let w = slow_line(1).await;
     let stored = w.maildrop().remaining("user1")[0].content.to_vec();
     let World { server: _server, proxy, mut events } = w;
     let (mut c, _) = tokio::time::timeout(LIMIT, Pop3Client::connect(proxy.local_addr)).await.unwrap().unwrap();
@@ -259,16 +264,7 @@ async fn nothing_goes_out_after_a_cut_that_came_while_pacing() {
     // Two pipelined RETRs on a slow line; the proxy is shut down while it
     // paces after the last piece of the first message. The first counts
     // (it went out whole); nothing of the second may follow the cut.
-    let slow = profile(
-        r#"
-name = "slow"
-[[rule]]
-name = "slow-line"
-when = "greeting"
-actions = [{ do = "throttle", bps = 8000 }]
-"#,
-    );
-    let w = World::with(slow, 1, 1, 2, 200).await;
+    let w = slow_line(2).await;
     let World { server: _server, proxy, mut events } = w;
     let mut c = TcpStream::connect(proxy.local_addr).await.unwrap();
     let mut got = Vec::new();
