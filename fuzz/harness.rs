@@ -15,10 +15,14 @@
 //   first LF, an over-long start is exactly the limit, body offsets
 //   continue, a body's end is a line end, opaque only after STLS);
 // - the tracker counted exactly the bytes consumed each way;
-// - split invariance (docs: STYLE.md, "the same stream in any chunking
-//   gives the same result"): the same input with consecutive same-direction
-//   reads merged gives the same events (pieces of a body / over-long line /
-//   opaque run coalesced) and the same tracker and codec state.
+// - split invariance (the same stream in any chunking gives the same
+//   result): the same input with consecutive same-direction reads merged
+//   gives the same events (pieces of a body / over-long line / opaque run
+//   coalesced) and the same tracker and codec state;
+// - holding or passing makes no difference: the same reads played with
+//   every incomplete line relayed at once (`pass_client` / `pass_server`,
+//   as the relay does when no rule needs the whole line) give the same
+//   events, once each line's passed start is joined to its end.
 //
 // Input formats (chosen so that hand-written transcripts stay readable):
 //
@@ -136,6 +140,9 @@ impl Side {
 struct Shape {
     client_overlong: bool,
     server_overlong: bool,
+    /// The current line's bytes already passed on, per direction.
+    client_part: Vec<u8>,
+    server_part: Vec<u8>,
     /// Offset the next body piece must start at (`Some` inside a body).
     body_next: Option<u64>,
 }
@@ -151,6 +158,8 @@ pub struct Sim {
     tolerate: Vec<Known>,
     /// Sequence number of the last response reported.
     last_seq: u64,
+    /// Relay incomplete lines at once instead of holding them.
+    pass: bool,
 }
 
 /// Everything observable at the end, for split-invariance comparisons.
@@ -202,7 +211,13 @@ impl Sim {
             events: Vec::new(),
             tolerate: tolerate.to_vec(),
             last_seq: 0,
+            pass: false,
         }
+    }
+
+    /// A session that relays every incomplete line at once.
+    pub fn passing(tolerate: &[Known]) -> Sim {
+        Sim { pass: true, ..Sim::new(tolerate) }
     }
 
     fn tolerates(&self, bug: Known) -> bool {
@@ -227,6 +242,16 @@ impl Sim {
             }
             self.tracker.on_client(&ev, &bytes, true);
             self.events.push(Ev::C(ev, bytes));
+        }
+        if self.pass && !self.client.buf.is_empty() {
+            let n = self.client.buf.len();
+            let step = self.codec.pass_client(&self.client.buf);
+            assert_eq!((step.consumed, &step.event), (n, &Some(ClientEvent::LinePart)), "pass takes it all");
+            let bytes = self.client.take(n);
+            self.shape.client_part.extend_from_slice(&bytes);
+            assert!(self.shape.client_part.len() < MAX_COMMAND_LINE, "a passed client line reached the limit");
+            self.tracker.on_client(&ClientEvent::LinePart, &bytes, true);
+            self.events.push(Ev::C(ClientEvent::LinePart, bytes));
         }
         self.client.check_accounting("client");
         assert!(
@@ -256,6 +281,16 @@ impl Sim {
             self.tracker.on_server(&ev, &bytes);
             self.events.push(Ev::S(ev, bytes));
         }
+        if self.pass && !self.server.buf.is_empty() {
+            let n = self.server.buf.len();
+            let step = self.codec.pass_server(&self.server.buf);
+            assert_eq!((step.consumed, &step.event), (n, &Some(ServerEvent::LinePart)), "pass takes it all");
+            let bytes = self.server.take(n);
+            self.shape.server_part.extend_from_slice(&bytes);
+            assert!(self.shape.server_part.len() < MAX_STATUS_LINE, "a passed status line reached the limit");
+            self.tracker.on_server(&ServerEvent::LinePart, &bytes);
+            self.events.push(Ev::S(ServerEvent::LinePart, bytes));
+        }
         self.server.check_accounting("server");
         assert!(
             self.server.buf.len() < MAX_STATUS_LINE,
@@ -265,7 +300,11 @@ impl Sim {
         self.check_tracker();
     }
 
-    fn check_client_event(&mut self, ev: &ClientEvent, bytes: &[u8]) {
+    fn check_client_event(&mut self, ev: &ClientEvent, tail: &[u8]) {
+        // A line whose start was passed on is checked whole.
+        let mut bytes = std::mem::take(&mut self.shape.client_part);
+        bytes.extend_from_slice(tail);
+        let bytes = &bytes[..];
         match ev {
             ClientEvent::Command { overlong: false, .. } => {
                 assert!(!self.shape.client_overlong, "a plain command inside an over-long line");
@@ -298,10 +337,14 @@ impl Sim {
                 assert_eq!(*cancel, text == b"*", "SASL cancel flag for {bytes:?}");
             }
             ClientEvent::Opaque => assert!(self.codec.is_opaque(), "client opaque before STLS succeeded"),
+            ClientEvent::LinePart => panic!("decode_client returned LinePart"),
         }
     }
 
-    fn check_server_event(&mut self, ev: &ServerEvent, bytes: &[u8]) {
+    fn check_server_event(&mut self, ev: &ServerEvent, tail: &[u8]) {
+        let mut bytes = std::mem::take(&mut self.shape.server_part);
+        bytes.extend_from_slice(tail);
+        let bytes = &bytes[..];
         let in_line = self.shape.server_overlong;
         if !matches!(ev, ServerEvent::Body { .. } | ServerEvent::Opaque) {
             assert!(self.shape.body_next.is_none(), "{ev:?} inside a body");
@@ -373,6 +416,7 @@ impl Sim {
                 }
             }
             ServerEvent::Opaque => assert!(self.codec.is_opaque(), "server opaque before STLS succeeded"),
+            ServerEvent::LinePart => panic!("decode_server returned LinePart"),
         }
     }
 
@@ -445,7 +489,31 @@ impl Sim {
 /// run (how many pieces there are depends only on how the bytes were read).
 pub fn coalesce(events: &[Ev]) -> Vec<Ev> {
     let mut out: Vec<Ev> = Vec::new();
+    // A passed line start, waiting for the event of its line's end.
+    let (mut client_part, mut server_part) = (Vec::new(), Vec::new());
     for ev in events {
+        let joined;
+        let ev = match ev {
+            Ev::C(ClientEvent::LinePart, b) => {
+                client_part.extend_from_slice(b);
+                continue;
+            }
+            Ev::S(ServerEvent::LinePart, b) => {
+                server_part.extend_from_slice(b);
+                continue;
+            }
+            Ev::C(e, b) if !client_part.is_empty() => {
+                client_part.extend_from_slice(b);
+                joined = Ev::C(e.clone(), std::mem::take(&mut client_part));
+                &joined
+            }
+            Ev::S(e, b) if !server_part.is_empty() => {
+                server_part.extend_from_slice(b);
+                joined = Ev::S(e.clone(), std::mem::take(&mut server_part));
+                &joined
+            }
+            ev => ev,
+        };
         if let Some(last) = out.last_mut() {
             match (last, ev) {
                 (Ev::S(ServerEvent::Body { end: e1, .. }, b1), Ev::S(ServerEvent::Body { end, .. }, b2)) if !*e1 => {
@@ -522,7 +590,10 @@ pub fn session_reads(mut data: &[u8]) -> Vec<Read<'_>> {
 
 /// Plays reads through a fresh session.
 pub fn play(reads: &[Read<'_>], tolerate: &[Known]) -> Sim {
-    let mut sim = Sim::new(tolerate);
+    play_with(Sim::new(tolerate), reads)
+}
+
+fn play_with(mut sim: Sim, reads: &[Read<'_>]) -> Sim {
     for &(from_client, bytes) in reads {
         if from_client {
             sim.feed_client(bytes);
@@ -578,6 +649,17 @@ pub fn check_reads(reads: &[Read<'_>], tolerate: &[Known]) {
         }
     }
     assert_eq!(a, b, "events depend on how the reads were split");
+    // Relaying each incomplete line at once changes nothing but when its
+    // start goes out.
+    let passing = play_with(Sim::passing(tolerate), reads);
+    assert_eq!(passing.coalesced(), a, "events depend on whether incomplete lines were held");
+    let mut held = chunked.summary();
+    // What the holding relay still holds, the passing one relayed.
+    held.bytes_up += held.held_client.len() as u64;
+    held.bytes_down += held.held_server.len() as u64;
+    held.held_client.clear();
+    held.held_server.clear();
+    assert_eq!(passing.summary(), held, "end state depends on whether incomplete lines were held");
     let (mut sa, mut sb) = (chunked.summary(), whole.summary());
     let longest = longest_body_line(&b);
     for s in [&mut sa, &mut sb] {

@@ -429,7 +429,7 @@ impl Tracker {
             }
             ClientEvent::OverlongStart => self.violations += 1,
             ClientEvent::Opaque => self.encrypted = true,
-            ClientEvent::OverlongMore | ClientEvent::SaslResponse { .. } => {}
+            ClientEvent::OverlongMore | ClientEvent::SaslResponse { .. } | ClientEvent::LinePart => {}
         }
     }
 
@@ -454,6 +454,7 @@ impl Tracker {
             ServerEvent::Continuation
             | ServerEvent::Unsolicited
             | ServerEvent::OverlongMore
+            | ServerEvent::LinePart
             | ServerEvent::Untracked => {}
         }
     }
@@ -654,7 +655,9 @@ impl Tracker {
 
     /// The outcome, were the session to end now.
     pub fn outcome(&self) -> Outcome {
-        if self.refused || self.greeting != Some(true) {
+        // A stream that was TLS from its first byte (POP3S through a plain
+        // listener) has no greeting to see; it ends as its state says.
+        if self.refused || (self.greeting != Some(true) && !self.encrypted) {
             return Outcome::Refused;
         }
         match (self.quit_answer, self.state) {

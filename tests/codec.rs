@@ -10,8 +10,15 @@ enum Ev {
     S(ServerEvent, Vec<u8>),
 }
 
+thread_local! {
+    /// Relay an incomplete line at once (`pass_*`) instead of keeping it,
+    /// as the relay does when no rule needs the whole line.
+    static PASS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Feeds one direction's chunk the way the relay does: append to a buffer,
-/// take every complete event, keep the rest for the next read.
+/// take every complete event, keep the rest for the next read (or pass it
+/// on, in `PASS` mode).
 fn feed_client(codec: &mut Pop3Codec, buf: &mut Vec<u8>, chunk: &[u8], out: &mut Vec<Ev>) {
     buf.extend_from_slice(chunk);
     loop {
@@ -27,6 +34,11 @@ fn feed_client(codec: &mut Pop3Codec, buf: &mut Vec<u8>, chunk: &[u8], out: &mut
         out.push(Ev::C(ev, buf[..step.consumed].to_vec()));
         buf.drain(..step.consumed);
     }
+    if PASS.get() && !buf.is_empty() {
+        let step = codec.pass_client(buf);
+        assert_eq!((step.consumed, step.event), (buf.len(), Some(ClientEvent::LinePart)));
+        out.push(Ev::C(ClientEvent::LinePart, std::mem::take(buf)));
+    }
 }
 
 fn feed_server(codec: &mut Pop3Codec, buf: &mut Vec<u8>, chunk: &[u8], out: &mut Vec<Ev>) {
@@ -40,6 +52,11 @@ fn feed_server(codec: &mut Pop3Codec, buf: &mut Vec<u8>, chunk: &[u8], out: &mut
         out.push(Ev::S(ev, buf[..step.consumed].to_vec()));
         buf.drain(..step.consumed);
     }
+    if PASS.get() && !buf.is_empty() {
+        let step = codec.pass_server(buf);
+        assert_eq!((step.consumed, step.event), (buf.len(), Some(ServerEvent::LinePart)));
+        out.push(Ev::S(ServerEvent::LinePart, std::mem::take(buf)));
+    }
 }
 
 /// Merges consecutive pieces of one body / one over-long line, so that
@@ -47,7 +64,28 @@ fn feed_server(codec: &mut Pop3Codec, buf: &mut Vec<u8>, chunk: &[u8], out: &mut
 /// equal.
 fn coalesce(events: Vec<Ev>) -> Vec<Ev> {
     let mut out: Vec<Ev> = Vec::new();
+    // A passed line start joins the event of its line's end.
+    let (mut cpart, mut spart) = (Vec::new(), Vec::new());
     for ev in events {
+        let ev = match ev {
+            Ev::C(ClientEvent::LinePart, b) => {
+                cpart.extend_from_slice(&b);
+                continue;
+            }
+            Ev::S(ServerEvent::LinePart, b) => {
+                spart.extend_from_slice(&b);
+                continue;
+            }
+            Ev::C(e, b) if !cpart.is_empty() => {
+                cpart.extend_from_slice(&b);
+                Ev::C(e, std::mem::take(&mut cpart))
+            }
+            Ev::S(e, b) if !spart.is_empty() => {
+                spart.extend_from_slice(&b);
+                Ev::S(e, std::mem::take(&mut spart))
+            }
+            ev => ev,
+        };
         if let Some(last) = out.last_mut() {
             match (last, &ev) {
                 // Offsets are checked by `body_offsets_are_contiguous`.
@@ -137,6 +175,14 @@ fn check_split_invariance(transcript: &[(bool, &[u8])]) {
     let ones = run(transcript, &|_, len| (1..len).collect());
     body_offsets_are_contiguous(&ones);
     assert_eq!(coalesce(ones), reference, "1-byte chunks");
+    // Never holding a byte: each incomplete line relayed at once.
+    PASS.set(true);
+    let passed = run(transcript, &|_, len| (1..len).collect());
+    let halves = run(transcript, &|_, len| vec![len / 2]);
+    PASS.set(false);
+    assert!(passed.iter().any(|e| matches!(e, Ev::C(ClientEvent::LinePart, _) | Ev::S(ServerEvent::LinePart, _))));
+    assert_eq!(coalesce(passed), reference, "1-byte chunks, each relayed at once");
+    assert_eq!(coalesce(halves), reference, "halves, each relayed at once");
     for seg in 0..transcript.len() {
         for at in 1..transcript[seg].1.len() {
             let split = run(transcript, &|i, _| if i == seg { vec![at] } else { vec![] });
@@ -474,4 +520,69 @@ fn pipelined_after_auth_with_initial_response() {
     let events = whole(&t);
     assert!(events.contains(&Ev::C(ClientEvent::SaslResponse { cancel: false }, b"c2VjcmV0\r\n".to_vec())));
     assert!(events.iter().any(|e| matches!(e, Ev::S(ServerEvent::Status { cmd: Command::Stat, .. }, _))));
+}
+
+/// A pipelining client sends AUTH LOGIN, its user and its password at once,
+/// before the server's continuations: both lines are SASL data, never
+/// commands (a password parsed as a command reached the summary), and the
+/// QUIT after them is still a command whose +OK is seen.
+#[test]
+fn pipelined_auth_login_responses_are_sasl() {
+    let t: Vec<(bool, &[u8])> = vec![
+        (false, b"+OK hi\r\n"),
+        (true, b"AUTH LOGIN\r\ndXNlcg==\r\nc2VjcmV0\r\nQUIT\r\n"),
+        (false, b"+ VXNlcm5hbWU6\r\n+ UGFzc3dvcmQ6\r\n+OK logged in\r\n+OK bye\r\n"),
+    ];
+    check_split_invariance(&t);
+    let events = whole(&t);
+    let sasl = events.iter().filter(|e| matches!(e, Ev::C(ClientEvent::SaslResponse { .. }, _))).count();
+    assert_eq!(sasl, 2, "{events:?}");
+    let answered: Vec<Command> = events
+        .iter()
+        .filter_map(|e| match e {
+            Ev::S(ServerEvent::Status { cmd, .. }, _) => Some(cmd.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        answered,
+        vec![Command::Auth { mechanism: Some("LOGIN".into()), initial_response: false }, Command::Quit]
+    );
+    // A mechanism the codec does not know: every line until the final
+    // answer is SASL data.
+    let t: Vec<(bool, &[u8])> = vec![
+        (false, b"+OK hi\r\n"),
+        (true, b"AUTH X-SECRET-MECH\r\nc2VjcmV0\r\nbW9yZQ==\r\n"),
+        (false, b"+ \r\n+ \r\n+OK\r\n"),
+        (true, b"STAT\r\n"),
+        (false, b"+OK 0 0\r\n"),
+    ];
+    check_split_invariance(&t);
+    let events = whole(&t);
+    assert_eq!(events.iter().filter(|e| matches!(e, Ev::C(ClientEvent::SaslResponse { .. }, _))).count(), 2);
+    assert!(events.iter().any(|e| matches!(e, Ev::S(ServerEvent::Status { cmd: Command::Stat, .. }, _))));
+}
+
+/// POP3S sent to a plain port: the TLS ClientHello comes before any
+/// greeting. The stream is recognised as TLS and relayed opaquely both
+/// ways, never framed as POP3 lines (which would hold its bytes).
+#[test]
+fn a_tls_handshake_is_opaque_from_the_first_byte() {
+    let hello: &[u8] = b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03no newline here";
+    let t: Vec<(bool, &[u8])> = vec![(true, hello), (false, b"\x16\x03\x03\x00\x7a\x02\x00\x00\x76\x03\x03\n+OK")];
+    let events = whole(&t);
+    assert!(
+        events.iter().all(|e| matches!(e, Ev::C(ClientEvent::Opaque, _) | Ev::S(ServerEvent::Opaque, _))),
+        "{events:?}"
+    );
+    let mut codec = Pop3Codec::new();
+    assert_eq!(codec.decode_client(&hello[..1]).event, Some(ClientEvent::Opaque), "known from its first byte");
+    assert!(codec.greeted(), "no greeting will come: the greeting timeout must not cut it");
+    // Only a stream's first bytes: a 0x16 later is just a byte.
+    let mut codec = Pop3Codec::new();
+    codec.decode_server(b"+OK hi\r\n");
+    assert_eq!(
+        codec.decode_client(b"\x16\x03\r\n").event.map(|e| matches!(e, ClientEvent::Command { .. })),
+        Some(true)
+    );
 }

@@ -64,8 +64,13 @@ pub enum ClientEvent {
         /// The line was `*`: the client cancels the exchange.
         cancel: bool,
     },
-    /// Bytes after STLS succeeded: TLS, relayed opaquely.
+    /// Bytes after STLS succeeded, or a stream that opened with a TLS
+    /// handshake record (POP3S sent to a plain port): relayed opaquely.
     Opaque,
+    /// The start of a line whose end has not come yet, relayed before the
+    /// line completes (see [`Pop3Codec::pass_client`]). The line's event
+    /// comes with its last bytes.
+    LinePart,
 }
 
 /// What a server → client byte range was.
@@ -100,8 +105,12 @@ pub enum ServerEvent {
     OverlongStart,
     /// More bytes of an over-long status line, without its end.
     OverlongMore,
-    /// Bytes after STLS succeeded: TLS, relayed opaquely.
+    /// Bytes after STLS succeeded, or a stream that opened with a TLS
+    /// handshake record: relayed opaquely.
     Opaque,
+    /// The start of a status line whose end has not come yet, relayed
+    /// before the line completes (see [`Pop3Codec::pass_server`]).
+    LinePart,
     /// Bytes relayed without framing after a pipeline deeper than
     /// [`MAX_PENDING`] made the answers impossible to attribute.
     Untracked,
@@ -140,6 +149,66 @@ enum ServerMode {
     Overlong { then_body: bool },
 }
 
+/// An open SASL exchange (RFC 5034): which client lines answer it.
+///
+/// Client lines may come before the server's continuations they answer
+/// (a pipelining client sends `AUTH LOGIN`, the user and the password at
+/// once), so a line is SASL data while the client has sent fewer than
+/// the mechanism sends unprompted, or fewer than the continuations seen.
+/// A mechanism we do not know makes every line SASL data until the
+/// server's final answer: a secret is never taken for a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sasl {
+    /// Lines the client may send without waiting for a challenge;
+    /// `UNKNOWN_MECHANISM` for every line until the final answer.
+    unprompted: u32,
+    /// SASL lines the client has started.
+    sent: u32,
+    /// Continuations (`+ `) the server has sent.
+    continuations: u32,
+    /// The client sent `*`: its part of the exchange is over.
+    cancelled: bool,
+}
+
+const UNKNOWN_MECHANISM: u32 = u32::MAX;
+
+impl Sasl {
+    fn open(mechanism: &str, initial_response: bool) -> Sasl {
+        // What each mechanism sends before it needs anything from the
+        // server. Those that answer a challenge (CRAM-MD5, DIGEST-MD5)
+        // send only after a continuation.
+        let lines: u32 = match mechanism {
+            "PLAIN" | "XOAUTH2" | "OAUTHBEARER" | "EXTERNAL" | "ANONYMOUS" | "GSSAPI" | "NTLM" => 1,
+            "LOGIN" => 2,
+            m if m.starts_with("SCRAM-") => 1,
+            "CRAM-MD5" | "DIGEST-MD5" => 0,
+            _ => UNKNOWN_MECHANISM,
+        };
+        let unprompted =
+            if lines == UNKNOWN_MECHANISM { lines } else { lines.saturating_sub(u32::from(initial_response)) };
+        Sasl { unprompted, sent: 0, continuations: 0, cancelled: false }
+    }
+
+    fn next_line_is_sasl(&self) -> bool {
+        !self.cancelled && (self.unprompted == UNKNOWN_MECHANISM || self.sent < self.unprompted.max(self.continuations))
+    }
+}
+
+/// Lines whose start was relayed before their end came.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Parts {
+    /// The client line so far, if it is a command: kept (fewer than
+    /// [`MAX_COMMAND_LINE`] bytes) to parse it when it ends. A SASL line's
+    /// bytes, a secret, are never kept.
+    client: Vec<u8>,
+    /// How many bytes of the client line went on.
+    client_len: usize,
+    /// The SASL line so far reads `*` (or `*` CR): it may be a cancel.
+    star: bool,
+    /// The status line so far (fewer than [`MAX_STATUS_LINE`] bytes).
+    server: Vec<u8>,
+}
+
 /// The pure POP3 decoder for one session, both directions.
 #[derive(Debug, Clone)]
 pub struct Pop3Codec {
@@ -148,14 +217,42 @@ pub struct Pop3Codec {
     next_seq: u64,
     /// Commands past MAX_PENDING that were not tracked.
     untracked: u64,
-    /// An AUTH exchange is open: client lines are SASL responses.
-    sasl_open: bool,
+    /// An AUTH exchange is open.
+    sasl: Option<Sasl>,
     /// In an over-long line: the command it started (None: SASL data).
     client_overlong: Option<Option<Command>>,
+    /// Whether the current client line is SASL data, decided when its
+    /// first byte is seen, so that it does not depend on when the rest
+    /// comes nor on whether its start was relayed early.
+    client_sasl_line: Option<bool>,
+    /// Lines relayed in part; boxed, as most sessions never have one.
+    parts: Option<Box<Parts>>,
+    /// The client has sent something: a TLS handshake is recognised only
+    /// as a stream's first bytes.
+    client_started: bool,
     server: ServerMode,
-    /// STLS succeeded: both directions are TLS from here on.
+    /// STLS succeeded, or the stream opened with TLS: opaque from here on.
     opaque: bool,
     violations: u64,
+}
+
+/// What the next server line will be, for a caller that must decide
+/// whether to wait for the whole of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextServerLine<'a> {
+    /// The greeting.
+    Greeting,
+    /// The answer (or a continuation) to this command.
+    Answer(&'a Command),
+    /// Not a line the caller can act on: body bytes, an over-long line's
+    /// rest, an unsolicited line, opaque or untracked bytes.
+    Other,
+}
+
+/// A TLS record of type handshake (a ClientHello) starts with 0x16 and the
+/// major version 3: no POP3 line does.
+fn is_tls_start(buf: &[u8]) -> bool {
+    buf.first() == Some(&0x16) && buf.get(1).is_none_or(|&b| b == 0x03)
 }
 
 impl Default for Pop3Codec {
@@ -172,8 +269,11 @@ impl Pop3Codec {
             greeted: false,
             next_seq: 1,
             untracked: 0,
-            sasl_open: false,
+            sasl: None,
             client_overlong: None,
+            client_sasl_line: None,
+            parts: None,
+            client_started: false,
             server: ServerMode::Lines,
             opaque: false,
             violations: 0,
@@ -186,9 +286,45 @@ impl Pop3Codec {
         self.untracked > 0
     }
 
-    /// Whether the server's greeting line has arrived.
+    /// Whether the server's greeting line has arrived (or the stream turned
+    /// out to be TLS from its first byte, so no greeting will be seen).
     pub fn greeted(&self) -> bool {
-        self.greeted
+        self.greeted || self.opaque
+    }
+
+    /// Whether the start of the current client line was already relayed
+    /// ([`pass_client`](Pop3Codec::pass_client)): its command can no longer
+    /// be held back, swallowed or answered.
+    pub fn client_line_started(&self) -> bool {
+        self.parts.as_ref().is_some_and(|p| p.client_len > 0)
+    }
+
+    /// Whether the start of the current server line was already relayed.
+    pub fn server_line_started(&self) -> bool {
+        self.parts.as_ref().is_some_and(|p| !p.server.is_empty())
+    }
+
+    /// Whether the next client line is SASL data (never a command).
+    pub fn next_client_line_is_sasl(&self) -> bool {
+        match (&self.client_overlong, self.client_sasl_line) {
+            (Some(cmd), _) => cmd.is_none(),
+            (None, Some(sasl)) => sasl,
+            (None, None) => self.sasl.is_some_and(|s| s.next_line_is_sasl()),
+        }
+    }
+
+    /// What the next server line will be (see [`NextServerLine`]).
+    pub fn next_server_line(&self) -> NextServerLine<'_> {
+        if self.opaque || !matches!(self.server, ServerMode::Lines) {
+            return NextServerLine::Other;
+        }
+        if !self.greeted {
+            return NextServerLine::Greeting;
+        }
+        match self.pending.front() {
+            Some(p) if !p.synthetic => NextServerLine::Answer(&p.cmd),
+            _ => NextServerLine::Other,
+        }
     }
 
     /// Whether STLS succeeded and the stream is now opaque TLS.
@@ -226,18 +362,25 @@ impl Pop3Codec {
     }
 
     /// The next client → server event in `buf`. Call [`forwarded`] once the
-    /// command's bytes have been sent upstream.
+    /// command's bytes have been sent upstream. [`Step::NEED_MORE`] means an
+    /// incomplete line: the caller either keeps it and offers it again with
+    /// more bytes, or relays it now with [`pass_client`].
     ///
     /// [`forwarded`]: Pop3Codec::forwarded
+    /// [`pass_client`]: Pop3Codec::pass_client
     pub fn decode_client(&mut self, buf: &[u8]) -> Step<ClientEvent> {
         if buf.is_empty() {
             return Step::NEED_MORE;
         }
+        if !self.client_started && !self.greeted && is_tls_start(buf) {
+            // POP3S sent to a plain port: a TLS ClientHello before any
+            // greeting. Nothing in it is POP3.
+            self.opaque = true;
+        }
+        self.client_started = true;
         if self.opaque {
             return Step::of(buf.len(), ClientEvent::Opaque);
         }
-        let limit = buf.len().min(MAX_COMMAND_LINE);
-        let eol = memchr::memchr(b'\n', &buf[..limit]);
         if let Some(cmd) = &self.client_overlong {
             // Continuing an over-long line: pass through to its LF.
             return match memchr::memchr(b'\n', buf) {
@@ -246,10 +389,7 @@ impl Pop3Codec {
                         Some(cmd) => ClientEvent::Command { cmd: cmd.clone(), overlong: true },
                         // A long SASL response (GSSAPI tokens are): still
                         // SASL, never a command.
-                        None => {
-                            self.sasl_open = false;
-                            ClientEvent::SaslResponse { cancel: false }
-                        }
+                        None => ClientEvent::SaslResponse { cancel: false },
                     };
                     self.client_overlong = None;
                     Step::of(i + 1, ev)
@@ -257,31 +397,107 @@ impl Pop3Codec {
                 None => Step::of(buf.len(), ClientEvent::OverlongMore),
             };
         }
-        match eol {
+        let sasl_line = self.client_line_kind();
+        let have = self.parts.as_ref().map_or(0, |p| p.client_len);
+        let limit = buf.len().min(MAX_COMMAND_LINE - have);
+        match memchr::memchr(b'\n', &buf[..limit]) {
             Some(i) => {
-                let line = &buf[..=i];
-                if self.sasl_open {
-                    // One client line answers one continuation; the next
-                    // line is SASL again only after the next "+ ".
-                    self.sasl_open = false;
-                    let cancel = trim_eol(line) == b"*";
-                    return Step::of(i + 1, ClientEvent::SaslResponse { cancel });
-                }
-                Step::of(i + 1, ClientEvent::Command { cmd: Command::parse(line), overlong: false })
+                let ev = self.client_line(&buf[..=i]);
+                Step::of(i + 1, ev)
             }
-            None if buf.len() >= MAX_COMMAND_LINE => {
+            None if have + buf.len() >= MAX_COMMAND_LINE => {
                 self.violations += 1;
-                // Keep only the parsed command (no secrets) for the line's
-                // end, parsed from exactly the limit so that it does not
-                // depend on how much was read.
-                let cmd = if self.sasl_open { None } else { Some(Command::parse(&buf[..MAX_COMMAND_LINE])) };
-                self.client_overlong = Some(cmd);
                 // Exactly the limit, so the framing does not depend on how
-                // much happened to be read.
-                Step::of(MAX_COMMAND_LINE, ClientEvent::OverlongStart)
+                // much happened to be read; keep only the parsed command (no
+                // secrets) for the line's end.
+                let take = MAX_COMMAND_LINE - have;
+                let (mut line, _, _) = self.end_client_line();
+                let cmd = (!sasl_line).then(|| {
+                    line.extend_from_slice(&buf[..take]);
+                    Command::parse(&line)
+                });
+                self.client_overlong = Some(cmd);
+                Step::of(take, ClientEvent::OverlongStart)
             }
             None => Step::NEED_MORE,
         }
+    }
+
+    /// Relays the start of a line now, before its end: `buf` is what
+    /// [`decode_client`](Pop3Codec::decode_client) just answered
+    /// [`Step::NEED_MORE`] for. The codec keeps what it needs to parse the
+    /// line when it ends (at most [`MAX_COMMAND_LINE`] bytes of a command;
+    /// of a SASL line, a secret, only its length).
+    pub fn pass_client(&mut self, buf: &[u8]) -> Step<ClientEvent> {
+        if buf.is_empty() {
+            return Step::NEED_MORE;
+        }
+        let sasl_line = self.client_line_kind();
+        let parts = self.parts.get_or_insert_default();
+        if sasl_line {
+            let star_so_far = parts.client_len == 0 || parts.star;
+            parts.star = star_so_far && matches!((parts.client_len, buf), (0, b"*" | b"*\r") | (1, b"\r"));
+        } else {
+            parts.client.extend_from_slice(buf);
+        }
+        parts.client_len += buf.len();
+        Step::of(buf.len(), ClientEvent::LinePart)
+    }
+
+    /// Whether the current client line is SASL data: decided (and counted)
+    /// when its first byte is seen.
+    fn client_line_kind(&mut self) -> bool {
+        if let Some(kind) = self.client_sasl_line {
+            return kind;
+        }
+        let kind = match &mut self.sasl {
+            Some(sasl) if sasl.next_line_is_sasl() => {
+                sasl.sent += 1;
+                true
+            }
+            _ => false,
+        };
+        self.client_sasl_line = Some(kind);
+        kind
+    }
+
+    /// Ends the current client line: what was passed of it (a command's
+    /// bytes, its length, whether a SASL line read `*` so far).
+    fn end_client_line(&mut self) -> (Vec<u8>, usize, bool) {
+        self.client_sasl_line = None;
+        let Some(parts) = self.parts.as_deref_mut() else { return (Vec::new(), 0, true) };
+        let out = (std::mem::take(&mut parts.client), std::mem::take(&mut parts.client_len), parts.star);
+        parts.star = false;
+        if parts.server.is_empty() {
+            self.parts = None;
+        }
+        out
+    }
+
+    /// A whole client line, `tail` being its last bytes (all of it unless
+    /// its start was passed on already).
+    fn client_line(&mut self, tail: &[u8]) -> ClientEvent {
+        let sasl_line = self.client_line_kind();
+        let (mut line, len, star) = self.end_client_line();
+        if sasl_line {
+            // One client line answers one continuation; `*` cancels.
+            let cancel = (len == 0 || star) && {
+                let mut whole = b"*\r".get(..len).unwrap_or_default().to_vec();
+                whole.extend_from_slice(tail);
+                trim_eol(&whole) == b"*"
+            };
+            if let (true, Some(sasl)) = (cancel, &mut self.sasl) {
+                sasl.cancelled = true;
+            }
+            return ClientEvent::SaslResponse { cancel };
+        }
+        let cmd = if line.is_empty() {
+            Command::parse(tail)
+        } else {
+            line.extend_from_slice(tail);
+            Command::parse(&line)
+        };
+        ClientEvent::Command { cmd, overlong: false }
     }
 
     /// Records that `cmd` was sent to the server, so its response can be
@@ -290,12 +506,10 @@ impl Pop3Codec {
     pub fn forwarded(&mut self, cmd: &Command) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        if let Command::Auth { mechanism: Some(_), initial_response } = cmd {
-            // Without an initial response the client's next line answers
-            // the server's first "+ "; with one, the next line is SASL only
-            // if the server asks for more (a continuation). Pipelined
-            // commands after `AUTH PLAIN <response>` stay commands.
-            self.sasl_open = !initial_response;
+        if let Command::Auth { mechanism: Some(mechanism), initial_response } = cmd {
+            // Pipelined commands after `AUTH PLAIN <response>` stay
+            // commands; the lines that answer the mechanism never are.
+            self.sasl = Some(Sasl::open(mechanism, *initial_response));
         }
         if self.pending.len() >= MAX_PENDING || self.untracked > 0 {
             // Past the bound the queue no longer matches the server's
@@ -333,10 +547,17 @@ impl Pop3Codec {
         self.pending.pop_front().map(|p| (p.cmd, p.seq))
     }
 
-    /// The next server → client event in `buf`.
+    /// The next server → client event in `buf`. [`Step::NEED_MORE`] means
+    /// an incomplete status line: keep it, or relay it now with
+    /// [`pass_server`](Pop3Codec::pass_server).
     pub fn decode_server(&mut self, buf: &[u8]) -> Step<ServerEvent> {
         if buf.is_empty() {
             return Step::NEED_MORE;
+        }
+        if !self.greeted && !self.server_line_started() && is_tls_start(buf) {
+            // A TLS server never speaks first, but a stream that does is
+            // not POP3 either way.
+            self.opaque = true;
         }
         if self.opaque {
             return Step::of(buf.len(), ServerEvent::Opaque);
@@ -360,16 +581,18 @@ impl Pop3Codec {
                 None => Step::of(buf.len(), ServerEvent::OverlongMore),
             },
             ServerMode::Lines => {
-                let limit = buf.len().min(MAX_STATUS_LINE);
+                let have = self.parts.as_ref().map_or(0, |p| p.server.len());
+                let limit = buf.len().min(MAX_STATUS_LINE - have);
                 match memchr::memchr(b'\n', &buf[..limit]) {
                     Some(i) => Step::of(i + 1, self.status_line(&buf[..=i])),
-                    None if buf.len() >= MAX_STATUS_LINE => {
+                    None if have + buf.len() >= MAX_STATUS_LINE => {
                         // Frame it from its first MAX_STATUS_LINE bytes (the
                         // same whatever the reads), as if it were complete,
                         // so its command is answered and a body that follows
                         // an over-long +OK is still followed. The rest of the
                         // line comes as OverlongMore.
-                        let mut ev = self.status_line(&buf[..MAX_STATUS_LINE]);
+                        let take = MAX_STATUS_LINE - have;
+                        let mut ev = self.status_line(&buf[..take]);
                         let then_body = matches!(ev, ServerEvent::Status { multiline: true, .. });
                         match &mut ev {
                             ServerEvent::Greeting(st) | ServerEvent::Status { status: st, .. } => {
@@ -385,11 +608,11 @@ impl Pop3Codec {
                         }
                         if self.opaque {
                             // STLS +OK was over-long: the rest is TLS anyway.
-                            return Step::of(MAX_STATUS_LINE, ev);
+                            return Step::of(take, ev);
                         }
                         // A body, if any, starts after the end of this line.
                         self.server = ServerMode::Overlong { then_body };
-                        Step::of(MAX_STATUS_LINE, ev)
+                        Step::of(take, ev)
                     }
                     None => Step::NEED_MORE,
                 }
@@ -397,8 +620,32 @@ impl Pop3Codec {
         }
     }
 
-    fn status_line(&mut self, line: &[u8]) -> ServerEvent {
-        let status = Status::parse(line);
+    /// Relays the start of a status line now, before its end: `buf` is what
+    /// [`decode_server`](Pop3Codec::decode_server) just answered
+    /// [`Step::NEED_MORE`] for. The codec keeps it (fewer than
+    /// [`MAX_STATUS_LINE`] bytes) to parse the line when it ends.
+    pub fn pass_server(&mut self, buf: &[u8]) -> Step<ServerEvent> {
+        if buf.is_empty() {
+            return Step::NEED_MORE;
+        }
+        self.parts.get_or_insert_default().server.extend_from_slice(buf);
+        Step::of(buf.len(), ServerEvent::LinePart)
+    }
+
+    /// A whole status line, `tail` being its last bytes (all of it unless
+    /// its start was passed on already).
+    fn status_line(&mut self, tail: &[u8]) -> ServerEvent {
+        let status = match self.parts.as_deref_mut().filter(|p| !p.server.is_empty()) {
+            None => Status::parse(tail),
+            Some(parts) => {
+                let mut line = std::mem::take(&mut parts.server);
+                if parts.client_len == 0 {
+                    self.parts = None;
+                }
+                line.extend_from_slice(tail);
+                Status::parse(&line)
+            }
+        };
         if !self.greeted {
             self.greeted = true;
             return ServerEvent::Greeting(status);
@@ -407,14 +654,16 @@ impl Pop3Codec {
             return ServerEvent::Unsolicited;
         };
         if head.cmd.is_sasl() && status.is_continuation() {
-            self.sasl_open = true;
+            if let Some(sasl) = &mut self.sasl {
+                sasl.continuations = sasl.continuations.saturating_add(1);
+            }
             return ServerEvent::Continuation;
         }
         let Some(Pending { cmd, seq, .. }) = self.pending.pop_front() else {
             return ServerEvent::Unsolicited;
         };
         if cmd.is_sasl() {
-            self.sasl_open = false;
+            self.sasl = None;
         }
         let multiline = status.ok && cmd.multiline_on_ok();
         if multiline {
