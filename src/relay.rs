@@ -28,12 +28,13 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::codec::framer::NextServerLine;
 use crate::codec::status::announced_size;
 use crate::codec::{ClientEvent, Command, Pop3Codec, ServerEvent, Status, Step};
 use crate::control::Control;
 use crate::events::{Event, EventSink, SessionEnd, SessionSnapshot};
 use crate::faults::engine::{jittered, rng_for};
-use crate::faults::{Action, BodyCut, Decision, Engine, Facts, How, Point, RefuseHow, Side};
+use crate::faults::{Action, BodyCut, Decision, Engine, Facts, How, LineSoFar, Point, RefuseHow, Side};
 use crate::session::Tracker;
 
 /// Bytes asked of the kernel per read, growing while reads come back full
@@ -256,6 +257,16 @@ impl Dir {
     fn toward(side: Side) -> Dir {
         if side == Side::Server { Dir::Up } else { Dir::Down }
     }
+
+    /// The side bytes going this way come from.
+    fn source(self) -> Side {
+        if self == Dir::Up { Side::Client } else { Side::Server }
+    }
+
+    /// The side bytes going this way are written to.
+    fn destination(self) -> Side {
+        if self == Dir::Up { Side::Server } else { Side::Client }
+    }
 }
 
 /// The pure state of one session plus the fault effects in force, shared
@@ -283,6 +294,9 @@ struct Core {
     idle: bool,
     /// The upstream never greeted in time.
     no_greeting: bool,
+    /// The first end a peer made, as observed: its side, and whether it
+    /// reset (or closed in order).
+    first_end: Option<(Side, bool)>,
     /// Latency samples not yet sent (see [`LATENCY_BATCH`]).
     latencies: Vec<Sample>,
 }
@@ -401,6 +415,7 @@ fn run_session(mut client: TcpStream, ctx: SessionCtx, engine: Engine) -> impl F
         last_activity: Instant::now(),
         idle: false,
         no_greeting: false,
+        first_end: None,
         latencies: Vec::new(),
     });
     async move {
@@ -464,6 +479,16 @@ impl Session<'_> {
         self.ctx.control.paused()
     }
 
+    /// Notes that `side` ended its connection (reset or FIN), unless a
+    /// peer's end was seen already: what follows a first end (a write
+    /// failing toward a client that closed) is its consequence.
+    fn ended(&self, side: Side, reset: bool) {
+        let mut c = lock(self.core);
+        if c.first_end.is_none() {
+            c.first_end = Some((side, reset));
+        }
+    }
+
     async fn run(self, client: &mut TcpStream, remote: &Notify) -> String {
         // === accept ===
         if !self.paused() {
@@ -520,9 +545,9 @@ impl Session<'_> {
             }
         };
 
-        let (faulted, idle, no_greeting) = {
+        let (faulted, idle, no_greeting, first_end) = {
             let c = lock(self.core);
-            (c.cut.is_some(), c.idle, c.no_greeting)
+            (c.cut.is_some(), c.idle, c.no_greeting, c.first_end)
         };
         if faulted {
             return Box::pin(self.finish_cut(client, Some(&mut server))).await;
@@ -533,13 +558,17 @@ impl Session<'_> {
             let _ = client.set_zero_linger();
             let _ = server.set_zero_linger();
         }
-        match (up, down) {
-            (End::Reset, _) => "reset by client".into(),
-            (_, End::Reset) => "reset by server".into(),
-            _ if self.ctx.shutdown.is_cancelled() => "cut at shutdown".into(),
-            _ if no_greeting => format!("no greeting from upstream within {:?}", self.ctx.cfg.greeting_timeout),
-            _ if idle => "idle timeout".into(),
-            _ => "closed".into(),
+        // Who ended it, as first observed: a client that resets midway is
+        // not "reset by server" because the write toward it failed after.
+        match first_end {
+            Some((side, reset)) => {
+                let who = if side == Side::Client { "client" } else { "server" };
+                format!("{} by {who}", if reset { "reset" } else { "closed" })
+            }
+            None if self.ctx.shutdown.is_cancelled() => "cut at shutdown".into(),
+            None if no_greeting => format!("no greeting from upstream within {:?}", self.ctx.cfg.greeting_timeout),
+            None if idle => "idle timeout".into(),
+            None => "closed".into(),
         }
     }
 
@@ -824,7 +853,7 @@ impl Session<'_> {
             c.fx.as_deref().is_none_or(|f| f.hold_until.is_none() && f.rate.is_none() && f.corrupt[dir as usize] == 0)
         };
         if plain {
-            self.write(to, bytes).await?;
+            self.write(dir, to, bytes).await?;
             self.ctx.control.count(dir == Dir::Up, bytes.len());
             return Ok(());
         }
@@ -833,6 +862,23 @@ impl Session<'_> {
 
     /// [`deliver`](Session::deliver) under a stall, a line speed or corruption.
     async fn deliver_shaped(&self, dir: Dir, to: &mut WriteHalf<'_>, bytes: &[u8]) -> Result<(), End> {
+        let mut written = 0;
+        let r = self.deliver_paced(dir, to, bytes, &mut written).await;
+        if r.is_err() && written > 0 {
+            // Cut midway: the caller learns nothing of these bytes, but the
+            // peer got them (bytes_up / bytes_down count what was written).
+            lock(self.core).tracker.on_unframed(dir == Dir::Up, written);
+        }
+        r
+    }
+
+    async fn deliver_paced(
+        &self,
+        dir: Dir,
+        to: &mut WriteHalf<'_>,
+        bytes: &[u8],
+        written: &mut usize,
+    ) -> Result<(), End> {
         let mut rest = bytes;
         while !rest.is_empty() {
             let (hold, rate, flip) = {
@@ -858,10 +904,11 @@ impl Session<'_> {
                     }
                     c.fx().corrupt[dir as usize] -= k;
                 }
-                self.write(to, &owned).await?;
+                self.write(dir, to, &owned).await?;
             } else {
-                self.write(to, piece).await?;
+                self.write(dir, to, piece).await?;
             }
+            *written += n;
             self.ctx.control.count(dir == Dir::Up, n);
             rest = &rest[n..];
             if let Some(r) = rate {
@@ -882,7 +929,8 @@ impl Session<'_> {
         Ok(())
     }
 
-    async fn write(&self, to: &mut WriteHalf<'_>, bytes: &[u8]) -> Result<(), End> {
+    /// Writes `bytes` toward `dir`'s destination, unless the session is cut.
+    async fn write(&self, dir: Dir, to: &mut WriteHalf<'_>, bytes: &[u8]) -> Result<(), End> {
         // Once cut, nothing more goes out. The flag is checked first, and the
         // token only while a write waits: polling the token takes its locks.
         if self.is_cut() {
@@ -892,6 +940,9 @@ impl Session<'_> {
             biased;
             r = to.write_all(bytes) => r.map_err(|e| {
                 debug!(session = self.ctx.number, error = %e, "write failed");
+                // The destination is gone (it reset, or closed and then got
+                // data): it ended the session, unless something came first.
+                self.ended(dir.destination(), true);
                 self.cut_now();
                 End::Reset
             }),
@@ -920,7 +971,8 @@ impl Session<'_> {
         let noise =
             lock(self.core).fx.as_deref_mut().map(|f| std::mem::take(&mut f.inject[dir as usize])).unwrap_or_default();
         if !noise.is_empty() {
-            self.write(to, &noise).await?;
+            self.write(dir, to, &noise).await?;
+            lock(self.core).tracker.on_unframed(dir == Dir::Up, noise.len());
         }
         if dir == Dir::Down {
             loop {
@@ -932,7 +984,7 @@ impl Session<'_> {
                     }
                 };
                 let Some((cmd, seq, reply)) = due else { break };
-                self.write(to, &reply).await?;
+                self.write(dir, to, &reply).await?;
                 let mut c = lock(self.core);
                 let status = Status::parse(&reply);
                 let ev = ServerEvent::Status { cmd, seq, status, multiline: false };
@@ -996,6 +1048,7 @@ impl Session<'_> {
                 }
                 Err(e) => {
                     debug!(session = self.ctx.number, ?dir, error = %e, "read failed");
+                    self.ended(dir.source(), true);
                     self.cut_now();
                     return End::Reset;
                 }
@@ -1030,6 +1083,7 @@ impl Session<'_> {
                 Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
                 Poll::Ready(Err(e)) => {
                     debug!(session = self.ctx.number, ?dir, error = %e, "wait failed");
+                    self.ended(dir.source(), true);
                     self.cut_now();
                     Poll::Ready(Err(End::Reset))
                 }
@@ -1054,6 +1108,9 @@ impl Session<'_> {
     /// incomplete line: it goes on as it is, then the FIN (half-close).
     async fn relay(&self, dir: Dir, buf: &mut Vec<u8>, eof: bool, to: &mut WriteHalf<'_>) -> Option<End> {
         if eof {
+            if !self.is_cut() {
+                self.ended(dir.source(), false);
+            }
             if !buf.is_empty() {
                 if let Err(e) = self.deliver(dir, to, buf).await {
                     return Some(e);
@@ -1074,7 +1131,14 @@ impl Session<'_> {
                 Dir::Down => self.down_event(&buf[start..], to).await,
             };
             match step {
-                Ok(0) => break,
+                // An incomplete line: held only while a rule may want it
+                // whole, else relayed now (a peer waiting for an answer to
+                // a partial line must not wait on us).
+                Ok(0) if self.must_hold(dir, &buf[start..]) => break,
+                Ok(0) => match self.pass(dir, &buf[start..], to).await {
+                    Ok(()) => start = buf.len(),
+                    Err(e) => return Some(e),
+                },
                 // A cut that came while the event's bytes went out (see
                 // `deliver_shaped`) stops the relay here.
                 Ok(_) if self.is_cut() => return Some(End::Cut),
@@ -1086,10 +1150,70 @@ impl Session<'_> {
         None
     }
 
+    /// Whether the incomplete line `rest` must wait for its end: a rule at
+    /// the point it will reach (command, greeting, status) may still want
+    /// to act before any of it goes on. Never once part of it went on,
+    /// never for SASL data, never while paused or with no rule in force.
+    fn must_hold(&self, dir: Dir, rest: &[u8]) -> bool {
+        if self.paused() {
+            return false;
+        }
+        let c = lock(self.core);
+        if c.engine.is_inert() {
+            return false;
+        }
+        let line = match dir {
+            Dir::Up if c.codec.client_line_started() || c.codec.next_client_line_is_sasl() => return false,
+            Dir::Up => LineSoFar::Command(rest),
+            Dir::Down if c.codec.server_line_started() => return false,
+            Dir::Down => match c.codec.next_server_line() {
+                NextServerLine::Greeting => LineSoFar::Greeting,
+                NextServerLine::Answer(cmd) => LineSoFar::Status(cmd),
+                NextServerLine::Other => return false,
+            },
+        };
+        let facts = c.facts(self.ctx, c.codec.next_seq());
+        c.engine.wants_whole_line(line, &facts)
+    }
+
+    /// Relays the start of an incomplete line now; the codec keeps what it
+    /// needs to parse the line when it ends.
+    async fn pass(&self, dir: Dir, rest: &[u8], to: &mut WriteHalf<'_>) -> Result<(), End> {
+        let (ev, delay) = {
+            let mut c = lock(self.core);
+            // A delay in force is waited before a status line: before its
+            // first byte when it goes on in parts.
+            let answer =
+                !c.codec.server_line_started() && matches!(c.codec.next_server_line(), NextServerLine::Answer(_));
+            let delay = if dir == Dir::Down && answer { c.fx.as_deref().and_then(|f| f.delay) } else { None };
+            let delay = delay.map(|(ms, j)| jittered(&mut c.rng, ms, j));
+            let ev = match dir {
+                Dir::Up => Ok(c.codec.pass_client(rest).event),
+                Dir::Down => Err(c.codec.pass_server(rest).event),
+            };
+            (ev, delay)
+        };
+        if let Some(d) = delay {
+            Box::pin(self.pause(d)).await?;
+        }
+        self.deliver(dir, to, rest).await?;
+        let mut c = lock(self.core);
+        match ev {
+            Ok(Some(ev)) => c.tracker.on_client(&ev, rest, true),
+            Err(Some(ev)) => c.tracker.on_server(&ev, rest),
+            Ok(None) | Err(None) => {}
+        }
+        Ok(())
+    }
+
     /// Decodes and relays the next client event in `buf`; returns the bytes
     /// consumed (0: need more).
     async fn up_event(&self, buf: &[u8], to: &mut WriteHalf<'_>) -> Result<usize, End> {
-        let step = lock(self.core).codec.decode_client(buf);
+        let (step, started) = {
+            let mut c = lock(self.core);
+            let started = c.codec.client_line_started();
+            (c.codec.decode_client(buf), started)
+        };
         let Some(ev) = step.event else { return Ok(0) };
         let bytes = &buf[..step.consumed];
         let ClientEvent::Command { cmd, overlong } = &ev else {
@@ -1097,8 +1221,9 @@ impl Session<'_> {
             lock(self.core).tracker.on_client(&ev, bytes, true);
             return Ok(step.consumed);
         };
-        // An over-long line was partly relayed already: it can only go on.
-        if !*overlong {
+        // A line partly relayed already (over-long, or passed on before its
+        // end because no rule wanted it whole) can only go on.
+        if !*overlong && !started {
             let next = lock(self.core).codec.next_seq();
             match self.decide_and_act(Point::Command(cmd), next, Dir::Up).await {
                 Flow::Stop => return Err(End::Cut),
@@ -1146,7 +1271,11 @@ impl Session<'_> {
     /// consumed (0: need more).
     async fn down_event(&self, buf: &[u8], to: &mut WriteHalf<'_>) -> Result<usize, End> {
         self.flush_injected(Dir::Down, to).await?;
-        let step = lock(self.core).codec.decode_server(buf);
+        let (step, started) = {
+            let mut c = lock(self.core);
+            let started = c.codec.server_line_started();
+            (c.codec.decode_server(buf), started)
+        };
         let Some(ev) = step.event else { return Ok(0) };
         let bytes = &buf[..step.consumed];
         match &ev {
@@ -1161,9 +1290,10 @@ impl Session<'_> {
                 if self.decide_and_act(Point::Status(cmd), *seq, Dir::Down).await == Flow::Stop {
                     return Err(End::Cut);
                 }
+                // A line passed on in parts was delayed before its start.
                 let delay = {
                     let mut c = lock(self.core);
-                    let delay = c.fx.as_deref().and_then(|f| f.delay);
+                    let delay = c.fx.as_deref().and_then(|f| f.delay).filter(|_| !started);
                     delay.map(|(ms, j)| jittered(&mut c.rng, ms, j))
                 };
                 if let Some(d) = delay {

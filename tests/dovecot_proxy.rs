@@ -89,3 +89,51 @@ async fn lost_quit_answer_is_in_doubt_and_dovecot_had_committed() {
     eprintln!("RECORD lost QUIT answer: Dovecot kept {left} of 3 messages");
     assert_eq!(left, 0, "Dovecot commits before answering QUIT");
 }
+
+/// Runs curl (blocking, bounded by `--max-time`) and returns its stdout, or
+/// `None` after a SKIPPED line when curl is not installed (a failure when
+/// POPFAULT_REQUIRE_DOVECOT is set: CI installs it with Dovecot).
+fn curl(args: &[String]) -> Option<Vec<u8>> {
+    if support::dovecot::which("curl").is_none() {
+        let required = std::env::var("POPFAULT_REQUIRE_DOVECOT").is_ok_and(|v| !v.is_empty() && v != "0");
+        assert!(!required, "POPFAULT_REQUIRE_DOVECOT is set but curl is not installed");
+        eprintln!("SKIPPED: curl not installed");
+        return None;
+    }
+    let out = std::process::Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "20"])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run curl");
+    assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    Some(out.stdout)
+}
+
+/// POP3S (implicit TLS) sent to a plain popfault listener in front of
+/// Dovecot's POP3S port. The ClientHello has no line end, so a proxy that
+/// holds incomplete lines waits for the rest while the client waits for the
+/// ServerHello: 0 of 6 such downloads completed before. popfault sees a TLS
+/// handshake, relays both ways opaquely, and the mail is byte-identical to
+/// a direct download.
+#[tokio::test]
+async fn pop3s_through_a_plain_listener_is_relayed_opaquely() {
+    let Some(d) = Dovecot::start_tls(3) else { return };
+    let pop3s = d.pop3s.expect("a POP3S listener");
+    let (proxy, mut events) = proxy_to(&pop3s.to_string()).await;
+    let user = format!("{}:{}", d.user, d.password);
+    let fetch = move |addr: std::net::SocketAddr, n: usize| {
+        let args = vec!["--insecure".into(), "--user".into(), user.clone(), format!("pop3s://{addr}/{n}")];
+        tokio::task::spawn_blocking(move || curl(&args))
+    };
+    for n in 1..=3 {
+        let Some(direct) = fetch(pop3s, n).await.unwrap() else { return };
+        let proxied = fetch(proxy.local_addr, n).await.unwrap().expect("curl ran once");
+        assert!(String::from_utf8_lossy(&direct).contains(&Dovecot::message_id(n)), "message {n} came directly");
+        assert_eq!(sha256(&proxied), sha256(&direct), "message {n} through popfault is byte-identical");
+        let end = next_end(&mut events).await;
+        assert!(end.encrypted, "session {} is marked encrypted", end.session);
+        assert_eq!(end.outcome, Outcome::NoLogin, "what popfault can tell of a session it cannot read");
+        assert!(end.bytes_down > direct.len() as u64, "the TLS records were relayed");
+    }
+}

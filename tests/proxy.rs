@@ -287,7 +287,7 @@ async fn half_close_and_reset_are_passed_on() {
     .await
     .unwrap();
     assert_eq!(got, b"+OK hi\r\n+OK late answer\r\n");
-    assert_eq!(next_end(&mut events).await.ended_by, "closed");
+    assert_eq!(next_end(&mut events).await.ended_by, "closed by client");
 
     let mut c = TcpStream::connect(proxy.local_addr).await.unwrap();
     let mut greet = [0u8; 8];
@@ -299,4 +299,144 @@ async fn half_close_and_reset_are_passed_on() {
     let r = tokio::time::timeout(LIMIT, c.read_to_end(&mut buf)).await.unwrap();
     assert_eq!(r.map_err(|e| e.kind()), Err(std::io::ErrorKind::ConnectionReset), "got {buf:?}");
     assert_eq!(tokio::time::timeout(LIMIT, fake).await.unwrap().unwrap(), b"NOOP\r\n");
+}
+
+/// Reads from `s` until `want` bytes came (bounded by LIMIT).
+async fn read_n(s: &mut TcpStream, want: usize) -> Vec<u8> {
+    let mut got = vec![0u8; want];
+    tokio::time::timeout(LIMIT, s.read_exact(&mut got)).await.expect("bytes in time").expect("read");
+    got
+}
+
+/// Bytes go on as they arrive: a server that sends the start of a line and
+/// waits for the client, and a client that does the same, both get the
+/// other's partial line at once. Before, each side's partial line was held
+/// until its LF, and both waited for ever (a TLS handshake sent to a plain
+/// listener is exactly that).
+#[tokio::test]
+async fn partial_lines_go_on_at_once_both_ways() {
+    let upstream = TcpListener::bind(loopback()).await.unwrap();
+    let up_addr = upstream.local_addr().unwrap();
+    let fake = tokio::spawn(async move {
+        let (mut s, _) = upstream.accept().await.unwrap();
+        s.write_all(b"+OK hel").await.unwrap();
+        let got = read_n(&mut s, 2).await;
+        s.write_all(b"lo\r\n+OK").await.unwrap();
+        let more = read_n(&mut s, 6).await;
+        (got, more)
+    });
+    let (proxy, _events) = proxy_to(&up_addr.to_string()).await;
+    let mut c = TcpStream::connect(proxy.local_addr).await.unwrap();
+    assert_eq!(read_n(&mut c, 7).await, b"+OK hel", "the greeting's start");
+    c.write_all(b"ab").await.unwrap();
+    assert_eq!(read_n(&mut c, 7).await, b"lo\r\n+OK");
+    c.write_all(b"c\r\nQUI").await.unwrap();
+    let (got, more) = tokio::time::timeout(LIMIT, fake).await.unwrap().unwrap();
+    assert_eq!((&got[..], &more[..]), (&b"ab"[..], &b"c\r\nQUI"[..]));
+}
+
+/// The same for every built-in profile but those that act on every line:
+/// each gets its own fake server.
+#[tokio::test]
+async fn partial_lines_go_on_at_once_under_each_profile() {
+    for profile in ["passthrough", "lost-carrier", "lost-carrier-at-quit", "call-waiting", "flaky-line"] {
+        let upstream = TcpListener::bind(loopback()).await.unwrap();
+        let up_addr = upstream.local_addr().unwrap();
+        let fake = tokio::spawn(async move {
+            let (mut s, _) = upstream.accept().await.unwrap();
+            s.write_all(b"+OK hi\r\n").await.unwrap();
+            let got = read_n(&mut s, 3).await;
+            s.write_all(b"-ERR no").await.unwrap();
+            got
+        });
+        let (proxy, _events) = proxy_with(&up_addr.to_string(), builtin(profile), 1).await;
+        let mut c = TcpStream::connect(proxy.local_addr).await.unwrap();
+        assert_eq!(read_n(&mut c, 8).await, b"+OK hi\r\n", "{profile}");
+        // "XYZ" cannot be a command any built-in rule names.
+        c.write_all(b"XYZ").await.unwrap();
+        assert_eq!(tokio::time::timeout(LIMIT, fake).await.unwrap().unwrap(), b"XYZ", "{profile}");
+        assert_eq!(read_n(&mut c, 7).await, b"-ERR no", "{profile}: an answer's start");
+    }
+}
+
+/// A rule that must see a whole command before it is forwarded holds a
+/// partial line while it could still be that command, and only then:
+/// "QU" waits (QUIT is swallowed whole, the server never sees a byte of
+/// it), "NO" goes on at once.
+#[tokio::test]
+async fn a_partial_line_is_held_only_while_a_rule_could_want_it() {
+    let upstream = TcpListener::bind(loopback()).await.unwrap();
+    let up_addr = upstream.local_addr().unwrap();
+    let fake = tokio::spawn(async move {
+        let (mut s, _) = upstream.accept().await.unwrap();
+        s.write_all(b"+OK hi\r\n").await.unwrap();
+        let first = read_n(&mut s, 2).await;
+        let rest = read_n(&mut s, 4).await;
+        (first, rest)
+    });
+    let swallow_quit =
+        "[[rule]]\nwhen = \"command\"\ncommand = \"QUIT\"\nrepeat = true\nactions = [{ do = \"swallow\" }]\n";
+    let (proxy, _events) = proxy_with(&up_addr.to_string(), profile(swallow_quit), 1).await;
+    let mut c = TcpStream::connect(proxy.local_addr).await.unwrap();
+    assert_eq!(read_n(&mut c, 8).await, b"+OK hi\r\n");
+    c.write_all(b"QU").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.write_all(b"IT\r\n").await.unwrap();
+    c.write_all(b"NO").await.unwrap();
+    let ((first, rest), ()) =
+        tokio::join!(async { tokio::time::timeout(LIMIT, fake).await.unwrap().unwrap() }, async {
+            // The rest of NOOP only after "NO" got through on its own.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            c.write_all(b"OP\r\n").await.unwrap();
+        });
+    assert_eq!(first, b"NO", "QUIT was swallowed whole; NO went on before its end");
+    assert_eq!(rest, b"OP\r\n");
+}
+
+/// Who ended a session is the side seen ending first: a client that resets
+/// mid-download is "reset by client" every time (it was "reset by server" in
+/// 4 runs of 6: the write toward the gone client failed and was blamed on the
+/// server), and a client's FIN is "closed by client".
+#[tokio::test]
+async fn the_side_that_ended_first_is_named() {
+    let mut w = World::with(popfault::faults::Profile::passthrough(), 1, 1, 2, 4_000_000).await;
+    for run in 0..6 {
+        let mut c = TcpStream::connect(w.proxy.local_addr).await.unwrap();
+        c.write_all(b"USER user1\r\nPASS secret\r\nRETR 1\r\n").await.unwrap();
+        // Some of the 4 MB, then a reset mid-download.
+        let _ = read_n(&mut c, 100_000).await;
+        c.set_zero_linger().unwrap();
+        drop(c);
+        let end = w.next_end().await;
+        assert_eq!(end.ended_by, "reset by client", "run {run}");
+        assert_eq!(end.outcome, Outcome::RolledBack, "run {run}");
+    }
+    let mut c = TcpStream::connect(w.proxy.local_addr).await.unwrap();
+    c.write_all(b"USER user1\r\nPASS secret\r\nRETR 2\r\n").await.unwrap();
+    let _ = read_n(&mut c, 100_000).await;
+    // An orderly close: FIN, then read what is still coming, so that no
+    // unread data turns the close into a reset.
+    c.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(LIMIT, c.read_to_end(&mut rest)).await.unwrap();
+    assert_eq!(w.next_end().await.ended_by, "closed by client");
+}
+
+/// bytes_down is what was written to the client, also when a cut comes in
+/// the middle of a paced (throttled) write: it said 146 where the client
+/// had received 7 179 bytes.
+#[tokio::test]
+async fn bytes_down_counts_what_a_cut_throttled_write_delivered() {
+    let slow_then_cut = "[[rule]]\nname = \"slow\"\nwhen = \"greeting\"\nactions = [{ do = \"throttle\", bps = 400000 }]\n\n\
+                         [[rule]]\nname = \"cut\"\nwhen = \"timer\"\nafter_ms = 400\n\
+                         actions = [{ do = \"disconnect\", side = \"both\", how = \"fin\" }]\n";
+    let mut w = World::with(profile(slow_then_cut), 1, 1, 1, 200_000).await;
+    let mut c = TcpStream::connect(w.proxy.local_addr).await.unwrap();
+    c.write_all(b"USER user1\r\nPASS secret\r\nRETR 1\r\n").await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(LIMIT, c.read_to_end(&mut got)).await.unwrap().unwrap();
+    let end = w.next_end().await;
+    assert_eq!(end.ended_by, "fault: cut");
+    assert!(got.len() > 2_000 && got.len() < 200_000, "cut while the body was paced: {} bytes", got.len());
+    assert_eq!(end.bytes_down, got.len() as u64, "bytes_down is what the client received");
 }

@@ -541,7 +541,11 @@ impl Pop3Codec {
     /// The command whose proxy-made answer is due now: at the head of the
     /// queue, with no server response in progress.
     pub fn take_synthetic(&mut self) -> Option<(Command, u64)> {
-        if !matches!(self.server, ServerMode::Lines) || !self.pending.front().is_some_and(|p| p.synthetic) {
+        // Never in the middle of a server line, whole or passed on in part.
+        if !matches!(self.server, ServerMode::Lines)
+            || self.server_line_started()
+            || !self.pending.front().is_some_and(|p| p.synthetic)
+        {
             return None;
         }
         self.pending.pop_front().map(|p| (p.cmd, p.seq))

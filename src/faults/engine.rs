@@ -53,6 +53,18 @@ impl Point<'_> {
     }
 }
 
+/// A line that has begun and not ended, as far as it is known: the
+/// relay asks [`Engine::wants_whole_line`] whether to hold it.
+#[derive(Debug, Clone, Copy)]
+pub enum LineSoFar<'a> {
+    /// The first bytes of a client command line (no LF yet).
+    Command(&'a [u8]),
+    /// The server's greeting.
+    Greeting,
+    /// A status line that will answer this command.
+    Status(&'a Command),
+}
+
 /// What the session looks like at the point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Facts {
@@ -232,6 +244,34 @@ impl Engine {
         self.roll(rule, format!("timer @{}ms", after.as_millis()))
     }
 
+    /// Whether a rule could still fire at the point this unfinished line
+    /// will reach (`command`, `greeting` or `status`). Such a rule acts
+    /// before the line goes on, so the caller must hold the line until it
+    /// ends; otherwise it relays the bytes now. A rule that has fired its
+    /// last, is out of this session, or names another command or state
+    /// holds nothing; probabilities are not rolled here, so a rule that
+    /// may fire holds the line.
+    pub fn wants_whole_line(&self, line: LineSoFar<'_>, facts: &Facts) -> bool {
+        if self.inert {
+            return false;
+        }
+        let (when, command_fits): (When, &dyn Fn(&str) -> bool) = match &line {
+            LineSoFar::Command(start) => (When::Command, &|want: &str| keyword_may_be(start, want)),
+            LineSoFar::Greeting => (When::Greeting, &|_: &str| false),
+            LineSoFar::Status(cmd) => (When::Status, &|want: &str| cmd.name() == want),
+        };
+        self.profile.rules.iter().enumerate().any(|(i, rule)| {
+            rule.when == when
+                && self.selected[i]
+                && (rule.repeat || self.fired[i] == 0)
+                && rule.nth.is_none_or(|nth| self.matches[i] < nth)
+                && rule.command.as_deref().is_none_or(command_fits)
+                && rule.state.is_none_or(|s| s == facts.state)
+                && facts.retrieved >= rule.min_retrieved
+                && facts.deleted >= rule.min_deleted
+        })
+    }
+
     /// Filters other than the trigger point itself.
     fn applies(&self, i: usize, cmd: Option<&Command>, facts: &Facts) -> bool {
         let rule: &Rule = &self.profile.rules[i];
@@ -282,5 +322,21 @@ impl Engine {
             .collect();
         self.fired[i] = self.fired[i].saturating_add(1);
         Some(Decision { rule: rule.name.clone(), point, actions })
+    }
+}
+
+/// Whether a command line that starts with `start` may turn out to be the
+/// command `want`: its keyword so far is a prefix of `want` (or all of it,
+/// once a separator came). A keyword of any other shape holds nothing,
+/// unless `want` is not a plain keyword, when only the whole line can tell.
+fn keyword_may_be(start: &[u8], want: &str) -> bool {
+    if !want.bytes().all(|b| b.is_ascii_uppercase()) {
+        return true;
+    }
+    let end = start.iter().position(|&b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'));
+    let keyword = &start[..end.unwrap_or(start.len())];
+    match end {
+        Some(_) => keyword.eq_ignore_ascii_case(want.as_bytes()),
+        None => keyword.len() <= want.len() && keyword.eq_ignore_ascii_case(&want.as_bytes()[..keyword.len()]),
     }
 }

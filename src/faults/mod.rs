@@ -4,7 +4,7 @@ pub mod builtin;
 pub mod engine;
 pub mod profile;
 
-pub use engine::{BodyCut, Decision, Engine, Facts, Point};
+pub use engine::{BodyCut, Decision, Engine, Facts, LineSoFar, Point};
 pub use profile::Profile;
 pub use profile::{Action, How, ProfileError, RefuseHow, Side, When};
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::builtin;
-use super::engine::{BodyCut, Decision, Engine, Facts, Point};
+use super::engine::{BodyCut, Decision, Engine, Facts, LineSoFar, Point};
 use super::profile::{Action, How, Millis, Profile, RefuseHow, Side, When};
 use crate::codec::Command;
 use crate::session::State;
@@ -977,4 +977,60 @@ fn an_empty_profile_is_a_passthrough() {
     assert!(p.rules.is_empty());
     let p = profile("name = \"quiet\"\nsummary = \"nothing\"\n");
     assert_eq!((p.name.as_str(), p.summary.as_str(), p.rules.len()), ("quiet", "nothing", 0));
+}
+
+// === holding a line whole ===
+
+#[test]
+fn a_line_is_held_only_while_a_rule_could_still_want_it() {
+    let quit = "[[rule]]\nwhen = \"command\"\ncommand = \"QUIT\"\nactions = [{ do = \"swallow\" }]\n";
+    let e = engine(quit, 1, 1);
+    let holds = |e: &Engine, start: &[u8]| e.wants_whole_line(LineSoFar::Command(start), &facts());
+    // Could still be QUIT: hold.
+    assert!(holds(&e, b""));
+    assert!(holds(&e, b"q"));
+    assert!(holds(&e, b"QUI"));
+    assert!(holds(&e, b"quit"));
+    assert!(holds(&e, b"QUIT\r"));
+    // Cannot be QUIT any more: relay now.
+    assert!(!holds(&e, b"QUIX"));
+    assert!(!holds(&e, b"QUITS"));
+    assert!(!holds(&e, b"RETR 1"));
+    assert!(!holds(&e, b"\x16\x03\x01"), "a TLS record is not a command");
+    assert!(!e.wants_whole_line(LineSoFar::Greeting, &facts()));
+    assert!(!e.wants_whole_line(LineSoFar::Status(&Command::Quit), &facts()), "a command rule holds no answer");
+}
+
+#[test]
+fn a_rule_that_cannot_fire_again_holds_nothing() {
+    let once = "[[rule]]\nwhen = \"status\"\ncommand = \"RETR\"\nactions = [{ do = \"stall\", ms = 1 }]\n";
+    let mut e = engine(once, 1, 1);
+    assert!(e.wants_whole_line(LineSoFar::Status(&retr()), &facts()));
+    assert!(!e.wants_whole_line(LineSoFar::Status(&Command::Stat), &facts()));
+    assert!(fires(&mut e, Point::Status(&retr()), &facts()));
+    assert!(!e.wants_whole_line(LineSoFar::Status(&retr()), &facts()), "fired once, not repeat");
+
+    let nth = "[[rule]]\nwhen = \"greeting\"\nnth = 1\nactions = [{ do = \"stall\", ms = 1 }]\n";
+    let mut e = engine(nth, 1, 1);
+    assert!(e.wants_whole_line(LineSoFar::Greeting, &facts()));
+    assert!(fires(&mut e, Point::Greeting, &facts()));
+    assert!(!e.wants_whole_line(LineSoFar::Greeting, &facts()));
+
+    let state = "[[rule]]\nwhen = \"command\"\nstate = \"AUTHORIZATION\"\nactions = [{ do = \"swallow\" }]\n";
+    let e = engine(state, 1, 1);
+    assert!(!e.wants_whole_line(LineSoFar::Command(b"NO"), &facts()), "a TRANSACTION line");
+    assert!(e.wants_whole_line(LineSoFar::Command(b"NO"), &Facts { state: State::Authorization, ..facts() }));
+
+    // Rules at other points never hold a line.
+    for name in ["passthrough", "lost-carrier"] {
+        let e = builtin_engine(name, 1, 1);
+        for line in [LineSoFar::Command(b"RE"), LineSoFar::Greeting, LineSoFar::Status(&retr())] {
+            assert!(!e.wants_whole_line(line, &facts()), "{name}");
+        }
+    }
+    // modem-28k8 acts at the greeting, and only there.
+    let e = builtin_engine("modem-28k8", 1, 1);
+    assert!(e.wants_whole_line(LineSoFar::Greeting, &facts()));
+    assert!(!e.wants_whole_line(LineSoFar::Command(b"RE"), &facts()));
+    assert!(!e.wants_whole_line(LineSoFar::Status(&retr()), &facts()));
 }

@@ -59,6 +59,9 @@ pub struct Dovecot {
     pub password: String,
     /// `dovecot --version`, e.g. "2.3.19.1 (9b53102964)".
     pub version: String,
+    /// Where it listens for POP3S (implicit TLS), when started with
+    /// [`Dovecot::start_tls`]; STLS is then offered on `addr` too.
+    pub pop3s: Option<SocketAddr>,
     dir: PathBuf,
     pid: u32,
     /// Stops Dovecot if this test process dies without dropping us.
@@ -73,6 +76,22 @@ impl Dovecot {
     /// installed and `POPFAULT_REQUIRE_DOVECOT` is unset; panics if it is set,
     /// and whenever an installed Dovecot fails to start.
     pub fn start(messages: usize) -> Option<Dovecot> {
+        Dovecot::start_with(messages, false)
+    }
+
+    /// As [`Dovecot::start`], with TLS: a POP3S listener ([`Dovecot::pop3s`])
+    /// and STLS on the plain one, with a self-signed certificate for
+    /// `localhost` made for this instance by `openssl` (its key lives and
+    /// dies with the instance's directory). Skips like `start` when
+    /// `openssl` is missing.
+    pub fn start_tls(messages: usize) -> Option<Dovecot> {
+        if which("openssl").is_none() {
+            return skip("openssl not installed", "openssl makes the test certificate");
+        }
+        Dovecot::start_with(messages, true)
+    }
+
+    fn start_with(messages: usize, tls: bool) -> Option<Dovecot> {
         let bin = match find_binary() {
             Ok(bin) => bin,
             Err(why) => return skip("dovecot not installed", &why),
@@ -84,7 +103,7 @@ impl Dovecot {
             let why = format!("{} is version {version}; this support is written for Dovecot 2.3", bin.display());
             return skip("dovecot installed but unsupported", &why);
         }
-        Some(Dovecot::launch(&bin, version, messages))
+        Some(Dovecot::launch(&bin, version, messages, tls))
     }
 
     /// The Message-ID (with angle brackets) of seeded message `n` (1-based).
@@ -176,7 +195,7 @@ impl Dovecot {
 
     // --- internals ---
 
-    fn launch(bin: &Path, version: String, messages: usize) -> Dovecot {
+    fn launch(bin: &Path, version: String, messages: usize, tls: bool) -> Dovecot {
         let n = INSTANCES.fetch_add(1, Ordering::Relaxed);
         let name = format!("popfault-dovecot-{}-{n}", std::process::id());
         let dir = temp_root().join(&name);
@@ -218,12 +237,17 @@ impl Dovecot {
         .expect("write users");
         set_mode(&users, 0o644);
         fs::create_dir_all(dir.join("state")).expect("create state dir");
+        if tls {
+            make_certificate(&dir);
+        }
 
         let conf = dir.join("dovecot.conf");
         let mut port = 0;
+        let mut tls_port = None;
         for attempt in 1..=PORT_ATTEMPTS {
             port = free_port();
-            fs::write(&conf, config(&dir, &name, port, &accounts)).expect("write dovecot.conf");
+            tls_port = tls.then(free_port);
+            fs::write(&conf, config(&dir, &name, port, tls_port, &accounts)).expect("write dovecot.conf");
             // Not pipes: the daemon would inherit them and hold them open,
             // so reading them to EOF would never end.
             let errors = dir.join("start.err");
@@ -263,7 +287,9 @@ impl Dovecot {
 
         // From here on Drop cleans up, also if a panic follows.
         let watchdog = watchdog(pid, &dir);
-        let dovecot = Dovecot { addr: ([127, 0, 0, 1], port).into(), user, password, version, dir, pid, watchdog };
+        let pop3s = tls_port.map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
+        let dovecot =
+            Dovecot { addr: ([127, 0, 0, 1], port).into(), user, password, version, pop3s, dir, pid, watchdog };
         dovecot.wait_ready(deadline);
         dovecot
     }
@@ -407,8 +433,13 @@ impl Accounts {
 }
 
 /// The whole Dovecot 2.3 configuration of one instance.
-fn config(dir: &Path, name: &str, port: u16, accounts: &Accounts) -> String {
+fn config(dir: &Path, name: &str, port: u16, tls_port: Option<u16>, accounts: &Accounts) -> String {
     let dir = dir.display();
+    let ssl = match tls_port {
+        Some(_) => format!("ssl = yes\nssl_cert = <{dir}/cert.pem\nssl_key = <{dir}/key.pem\n"),
+        None => "ssl = no\n".to_string(),
+    };
+    let tls_port = tls_port.unwrap_or(0);
     // Without root, nothing can chroot and every process runs as us.
     let (identity, chroot) = match &accounts.me {
         Some((user, group)) => (
@@ -425,8 +456,7 @@ base_dir = {dir}/run
 state_dir = {dir}/state
 instance_name = {name}
 log_path = {dir}/dovecot.log
-ssl = no
-disable_plaintext_auth = no
+{ssl}disable_plaintext_auth = no
 auth_mechanisms = plain
 auth_verbose = yes
 # Answer failed logins at once (Dovecot still batches them every 0.5 s).
@@ -452,7 +482,7 @@ service pop3-login {{
     port = {port}
   }}
   inet_listener pop3s {{
-    port = 0
+    port = {tls_port}
   }}
 }}
 service imap-login {{
@@ -555,6 +585,30 @@ fn chown_r(path: &Path, uid: u32, gid: u32) {
 
 /// A port that was free a moment ago (Dovecot binds it next; a conflict is
 /// retried with another one).
+/// A self-signed certificate for `localhost` and 127.0.0.1, made now, in
+/// `dir` (cert.pem, key.pem): no key is ever checked in.
+fn make_certificate(dir: &Path) {
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run openssl: {e}"));
+    assert!(out.status.success(), "openssl req failed: {}", String::from_utf8_lossy(&out.stderr));
+    // Read by Dovecot's master (root) before it drops privileges.
+    set_mode(&dir.join("key.pem"), 0o600);
+    set_mode(&dir.join("cert.pem"), 0o644);
+}
+
+/// The path of `name` on `PATH`, if any.
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+}
+
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
