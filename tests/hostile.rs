@@ -224,3 +224,55 @@ async fn five_thousand_logged_in_sessions_are_held() {
     proxy.stop();
     server.stop();
 }
+
+/// Slowloris: sessions that send the start of a command and then nothing.
+/// The start goes on at once and the session holds no read buffer while it
+/// waits: 17.6 KiB each before (a 16 KiB buffer was kept for the incomplete
+/// line), about what an idle session costs now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_sessions_cost_what_idle_ones_do() {
+    const N: usize = 2000;
+    let limit = raise_nofile(2 * N as u64 + 512);
+    assert!(limit >= N as u64 + 256, "need {N}+ open files, the hard limit allows {limit}");
+    let mut server = Proc::spawn_with(
+        &["serve", "--listen", "127.0.0.1:0", "--users", "2000", "--messages", "1", "--size", "200"],
+        &[],
+        Some(3 * N as u64),
+    );
+    let up = server.addr_after("POP3 server on");
+    let (proxy, addr) = proxy_to(up, &["--max-sessions", "6000"], Some(3 * N as u64));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = proxy.status_kib("VmRSS");
+    let mut clients = Vec::with_capacity(N);
+    for chunk in (1..=N).collect::<Vec<_>>().chunks(250) {
+        let mut set = tokio::task::JoinSet::new();
+        for &i in chunk {
+            set.spawn(async move {
+                let mut c = TcpStream::connect(addr).await.expect("connect");
+                assert!(read_line(&mut c).await.starts_with(b"+OK"));
+                c.write_all(format!("USER user{i}\r\nPASS secret\r\n").as_bytes()).await.unwrap();
+                assert!(read_line(&mut c).await.starts_with(b"+OK"));
+                assert!(read_line(&mut c).await.starts_with(b"+OK"));
+                // The start of a command, then silence.
+                c.write_all(b"NO").await.unwrap();
+                c
+            });
+        }
+        while let Some(c) = set.join_next().await {
+            clients.push(c.expect("a slow session"));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = proxy.status_kib("VmRSS");
+    let per = (after.saturating_sub(before)) as f64 / N as f64;
+    eprintln!("FIGURE {N} slowloris sessions (\"NO\" and silence): proxy RSS {before} -> {after} KiB, {per:.2} KiB per session");
+    // Each still completes its command through the proxy.
+    for c in clients.iter_mut().step_by(250) {
+        c.write_all(b"OP\r\n").await.unwrap();
+        assert!(read_line(c).await.starts_with(b"+OK"));
+    }
+    assert!(per < 8.0, "{per:.2} KiB per slowloris session");
+    drop(clients);
+    proxy.stop();
+    server.stop();
+}
