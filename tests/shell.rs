@@ -323,6 +323,7 @@ fn after_sigterm_new_connects_are_refused_while_a_session_drains() {
     // The live session was not cut: it goes on and ends cleanly.
     assert!(live.cmd("STAT").starts_with("+OK"));
     assert!(live.cmd("QUIT").starts_with("+OK"));
+    drop(live);
     // Its end ends the drain long before the 60 s.
     let end = p.wait(LIMIT);
     assert_eq!(end.code, Some(0), "{end:?}");
