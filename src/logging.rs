@@ -34,6 +34,9 @@ static FOLDED: OnceLock<Arc<Folded>> = OnceLock::new();
 #[derive(Default)]
 struct Folded {
     slots: Mutex<HashMap<Identifier, Slot>>,
+    /// Held while counts are taken and written, so that the flush at exit
+    /// waits for one the interval thread has started.
+    flushing: Mutex<()>,
 }
 
 /// A call site that warned in this interval.
@@ -53,6 +56,7 @@ impl Folded {
     /// Writes a count line for every call site that was folded and starts a
     /// new interval.
     fn flush(&self) {
+        let _one_at_a_time = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
         let ended = std::mem::take(&mut *self.slots());
         for slot in ended.into_values().filter(|s| s.more > 0) {
             let secs = slot.since.elapsed().as_secs_f64();
