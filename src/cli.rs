@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use std::io::IsTerminal;
-use std::sync::{Arc, Mutex};
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
@@ -116,9 +116,14 @@ pub struct ProxyArgs {
     /// Stop after this many seconds (default: until Ctrl-C).
     #[arg(long, value_parser = positive_secs)]
     pub duration: Option<f64>,
-    /// Seconds live sessions get to finish at shutdown before being cut.
+    /// Seconds live sessions get to finish at shutdown before being cut
+    /// (the listener closes at once; a second signal ends the drain).
     #[arg(long, default_value_t = 5.0, value_parser = non_negative_secs)]
     pub drain: f64,
+    /// Listen backlog: connections the kernel queues before popfault
+    /// accepts them (capped by net.core.somaxconn).
+    #[arg(long, default_value_t = relay::DEFAULT_BACKLOG, value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    pub backlog: u32,
     /// No dashboard: log, events and a summary at exit.
     #[arg(long)]
     pub headless: bool,
@@ -145,6 +150,10 @@ pub struct ServeArgs {
     /// Every user's password.
     #[arg(long, default_value = "secret")]
     pub password: String,
+    /// Listen backlog: connections the kernel queues before they are
+    /// accepted (capped by net.core.somaxconn).
+    #[arg(long, default_value_t = relay::DEFAULT_BACKLOG, value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    pub backlog: u32,
 }
 
 /// `popfault demo`
@@ -188,8 +197,14 @@ fn non_negative_secs(s: &str) -> Result<f64, String> {
     }
 }
 
+/// The exit code of a run that ended in order and printed its summary, but
+/// whose events file is incomplete (a write failed, lines were dropped, or
+/// the summary line could not be written in time).
+pub const EXIT_EVENTS_INCOMPLETE: u8 = 3;
+
 /// Runs the command line; the exit code is 0 on success, 2 on bad input
-/// (as clap does for usage errors), 1 when a run fails.
+/// (as clap does for usage errors), 1 when a run fails, 3
+/// ([`EXIT_EVENTS_INCOMPLETE`]) when only the events file failed.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // Logs on stderr would tear the dashboard: with it, -v logs to a file.
@@ -198,7 +213,7 @@ pub fn main() -> ExitCode {
         Command::Demo(a) => !a.headless,
         _ => false,
     } && std::io::stdout().is_terminal();
-    init_logging(cli.verbose, dashboard);
+    crate::logging::init(cli.verbose, dashboard);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -216,13 +231,27 @@ pub fn main() -> ExitCode {
             Command::Audit(a) => crate::audit::run(a).await,
         }
     });
+    crate::logging::flush();
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("popfault: {e:#}");
+            say_err(&format!("popfault: {e:#}"));
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// Writes `text` to stdout. A terminal that went away (SIGHUP) or a closed
+/// pipe is no reason to panic at the very end of a run.
+pub fn say(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+/// Writes `line` and a newline to stderr, ignoring a stderr that is gone.
+pub fn say_err(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// A failed run: what to say and which exit code.
@@ -241,33 +270,6 @@ impl RunError {
         match self {
             RunError::Usage(_) => 2,
             RunError::Failed(_) => 1,
-        }
-    }
-}
-
-fn init_logging(verbose: u8, dashboard: bool) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("POPFAULT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("popfault={default}")));
-    if !dashboard {
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
-        return;
-    }
-    if verbose > 0 || std::env::var_os("POPFAULT_LOG").is_some() {
-        match std::fs::OpenOptions::new().create(true).append(true).open("popfault.log") {
-            Ok(file) => {
-                let _ = tracing_subscriber::fmt()
-                    .with_env_filter(filter)
-                    .with_ansi(false)
-                    .with_writer(Mutex::new(file))
-                    .try_init();
-            }
-            Err(e) => eprintln!("popfault: cannot open popfault.log for logging: {e}"),
         }
     }
 }
@@ -298,12 +300,12 @@ impl Ui {
         self.thread = Some(std::thread::spawn(move || crate::dashboard::run(model, control, header, profiles, quit)));
     }
 
-    /// Waits for the end of the run: `duration`, Ctrl-C / SIGTERM, or q in
-    /// the dashboard.
-    pub async fn wait(&self, duration: Option<f64>) {
+    /// Waits for the end of the run: `duration`, one of `signals`, or q in
+    /// the dashboard. Returns why, for the log line.
+    pub async fn wait(&self, duration: Option<f64>, signals: &mut Signals) -> &'static str {
         tokio::select! {
-            _ = wait_for_end(duration) => {}
-            _ = self.quit.cancelled() => {}
+            why = wait_for_end(duration, signals) => why,
+            _ = self.quit.cancelled() => "quit",
         }
     }
 
@@ -313,8 +315,8 @@ impl Ui {
         self.quit.cancel();
         if let Some(t) = self.thread.take() {
             match tokio::task::spawn_blocking(move || t.join()).await {
-                Ok(Ok(Err(e))) => eprintln!("popfault: dashboard unavailable ({e}); ran headless"),
-                Ok(Err(_)) => eprintln!("popfault: the dashboard stopped on an error"),
+                Ok(Ok(Err(e))) => say_err(&format!("popfault: dashboard unavailable ({e}); ran headless")),
+                Ok(Err(_)) => say_err("popfault: the dashboard stopped on an error"),
                 _ => {}
             }
         }
@@ -340,6 +342,8 @@ fn warn_if_exposed(addr: SocketAddr) {
 }
 
 async fn proxy(a: ProxyArgs) -> Result<ExitCode, RunError> {
+    // First: from here on no ending signal kills the run without a summary.
+    let mut signals = Signals::catch();
     check_upstream(&a.upstream).await?;
     warn_if_exposed(a.listen);
     let profile = load_profile(&a.faults.profile)?;
@@ -354,7 +358,8 @@ async fn proxy(a: ProxyArgs) -> Result<ExitCode, RunError> {
     cfg.idle_timeout = Duration::from_secs_f64(a.idle_timeout);
     cfg.greeting_timeout = Duration::from_secs_f64(a.greeting_timeout);
     cfg.max_sessions = a.max_sessions as usize;
-    let handle = relay::start(cfg, control.clone(), agg.sink())
+    cfg.backlog = a.backlog;
+    let mut handle = relay::start(cfg, control.clone(), agg.sink())
         .await
         .map_err(|e| RunError::Usage(format!("cannot listen on {}: {e}", a.listen)))?;
     eprintln!(
@@ -362,45 +367,113 @@ async fn proxy(a: ProxyArgs) -> Result<ExitCode, RunError> {
         handle.local_addr, a.upstream
     );
     ui.start(control, handle.local_addr.to_string(), a.upstream.clone());
-    ui.wait(a.duration).await;
+    let why = ui.wait(a.duration, &mut signals).await;
     ui.close().await;
-    eprintln!("popfault: stopping; draining live sessions for up to {}s", a.drain);
-    handle.drain(Duration::from_secs_f64(a.drain)).await;
-    let summary = agg
-        .finish(seed, &profile_name, a.events.as_deref())
-        .await
-        .map_err(|e| RunError::Failed(format!("writing events: {e}")))?;
-    println!("{}", summary.to_table());
-    Ok(ExitCode::SUCCESS)
+    // Closed before anything else: a client arriving now is refused.
+    handle.stop_accepting().await;
+    say_err(&format!(
+        "popfault: stopping ({why}); listener closed; draining live sessions ({}) for up to {}s \
+         (a second signal ends the drain)",
+        handle.live_sessions(),
+        a.drain
+    ));
+    tokio::select! {
+        _ = handle.wait_idle(Duration::from_secs_f64(a.drain)) => {}
+        again = signals.recv() => say_err(&format!("popfault: {again} again: cutting the live sessions now")),
+    }
+    handle.shutdown().await;
+    let (summary, _, report) =
+        agg.finish_report(seed, &profile_name).await.map_err(|e| RunError::Failed(format!("summarising: {e}")))?;
+    let mut out = summary.to_table();
+    let code = events_verdict(report.as_ref(), &mut out);
+    out.push('\n');
+    say(&out);
+    Ok(code)
 }
 
-/// Resolves on Ctrl-C, SIGTERM, or after `duration` seconds.
-pub async fn wait_for_end(duration: Option<f64>) {
+/// Exit 0, or [`EXIT_EVENTS_INCOMPLETE`] with a line added to the summary
+/// `out` when the events file is incomplete.
+pub fn events_verdict(report: Option<&crate::aggregate::FileReport>, out: &mut String) -> ExitCode {
+    match report {
+        Some(r) if !r.complete() => {
+            out.push_str(&format!("  WARNING: {}\n", r.describe()));
+            ExitCode::from(EXIT_EVENTS_INCOMPLETE)
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+/// The signals that end a run: SIGINT (Ctrl-C), SIGTERM, SIGHUP (a closing
+/// terminal), SIGQUIT, SIGUSR1 and SIGUSR2. Caught from [`Signals::catch`]
+/// on, so that none of them kills the process before its summary; the
+/// first ends the run, the next one the drain.
+pub struct Signals {
+    #[cfg(unix)]
+    caught: Vec<(tokio::signal::unix::Signal, &'static str)>,
+}
+
+impl Signals {
+    /// Starts catching (inside the runtime). A signal that cannot be caught
+    /// keeps its default action.
+    pub fn catch() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let kinds = [
+                (SignalKind::interrupt(), "SIGINT"),
+                (SignalKind::terminate(), "SIGTERM"),
+                (SignalKind::hangup(), "SIGHUP"),
+                (SignalKind::quit(), "SIGQUIT"),
+                (SignalKind::user_defined1(), "SIGUSR1"),
+                (SignalKind::user_defined2(), "SIGUSR2"),
+            ];
+            let caught = kinds.into_iter().filter_map(|(k, name)| signal(k).ok().map(|s| (s, name))).collect();
+            Signals { caught }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// The next signal's name.
+    pub async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            std::future::poll_fn(|cx| {
+                for (s, name) in &mut self.caught {
+                    if s.poll_recv(cx).is_ready() {
+                        return std::task::Poll::Ready(*name);
+                    }
+                }
+                std::task::Poll::Pending
+            })
+            .await
+        }
+        #[cfg(not(unix))]
+        {
+            match tokio::signal::ctrl_c().await {
+                Ok(()) => "Ctrl-C",
+                Err(_) => std::future::pending().await,
+            }
+        }
+    }
+}
+
+/// Resolves on one of `signals`, or after `duration` seconds; says which.
+pub async fn wait_for_end(duration: Option<f64>, signals: &mut Signals) -> &'static str {
     let timer = async {
         match duration {
             Some(d) => tokio::time::sleep(Duration::from_secs_f64(d)).await,
             None => std::future::pending().await,
         }
     };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
     tokio::select! {
-        _ = timer => {}
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+        _ = timer => "--duration",
+        s = signals.recv() => s,
     }
 }
 
 async fn serve(a: ServeArgs) -> Result<ExitCode, RunError> {
+    let mut signals = Signals::catch();
     warn_if_exposed(a.listen);
     let cfg = ServerConfig {
         users: a.users as usize,
@@ -409,17 +482,19 @@ async fn serve(a: ServeArgs) -> Result<ExitCode, RunError> {
         password: a.password,
     };
     let maildrop = Maildrop::new(&cfg);
-    let listener = tokio::net::TcpListener::bind(a.listen)
-        .await
-        .map_err(|e| RunError::Usage(format!("cannot listen on {}: {e}", a.listen)))?;
+    let listener =
+        relay::bind(a.listen, a.backlog).map_err(|e| RunError::Usage(format!("cannot listen on {}: {e}", a.listen)))?;
     let addr = listener.local_addr().map_err(|e| RunError::Failed(e.to_string()))?;
     eprintln!(
         "popfault: POP3 server on {addr}: users user1…user{} with {} messages each (Ctrl-C to stop)",
         a.users, a.messages
     );
-    server::serve(listener, maildrop.clone(), wait_for_end(None)).await;
+    server::serve(listener, maildrop.clone(), async {
+        wait_for_end(None, &mut signals).await;
+    })
+    .await;
     let ledger = maildrop.ledger();
-    println!("popfault serve: {} messages deleted by QUIT", ledger.len());
+    say(&format!("popfault serve: {} messages deleted by QUIT\n", ledger.len()));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::aggregate::Aggregator;
 use std::sync::Arc;
 
-use crate::cli::{DemoArgs, RunError, Ui, load_profile, seed_or_draw};
+use crate::cli::{DemoArgs, RunError, Signals, Ui, load_profile, seed_or_draw};
 use crate::client::{self, Mode, SessionReport, UidMemory, WorkloadConfig};
 use crate::control::Control;
 use crate::events::SessionEnd;
@@ -45,6 +45,8 @@ fn mode_of(user_index: u32) -> Mode {
 
 /// Runs the demo as the CLI asked.
 pub async fn run(a: DemoArgs) -> Result<ExitCode, RunError> {
+    // First: from here on no ending signal kills the run without a summary.
+    let mut signals = Signals::catch();
     // Headless, a demo needs an end; with the dashboard it runs until q.
     let duration = if a.headless || ui_off() { Some(a.duration.unwrap_or(DEFAULT_SECS)) } else { a.duration };
     let secs = duration.map_or("until q".to_string(), |d| format!("for {d}s"));
@@ -85,7 +87,7 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, RunError> {
     let mail = tokio::spawn(new_mail(maildrop.clone(), a.users, seed, stop.clone()));
 
     ui.start(control, proxy.local_addr.to_string(), format!("embedded server {}", srv.addr));
-    ui.wait(duration).await;
+    ui.wait(duration, &mut signals).await;
     ui.close().await;
     // No new sessions; cut the live ones at the proxy (recorded as such);
     // then the clients, whose sessions just ended, report.
@@ -99,34 +101,39 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, RunError> {
     }
     let _ = mail.await;
     srv.shutdown().await;
-    let (summary, stats) = agg
-        .finish_with_stats(seed, &profile_name, a.events.as_deref())
-        .await
-        .map_err(|e| RunError::Failed(format!("writing events: {e}")))?;
+    let (summary, stats, report) =
+        agg.finish_report(seed, &profile_name).await.map_err(|e| RunError::Failed(format!("summarising: {e}")))?;
 
     let tallies = tally(&reports);
     let checks = check(&maildrop, &reports, stats.ends(), &summary);
-    print!("{}", summary.to_table());
-    println!("  what each workload saw (from the clients' own records):");
+    // One string, written once and without panicking: the terminal may be
+    // gone (SIGHUP).
+    use std::fmt::Write;
+    let mut out = summary.to_table();
+    let verdict = crate::cli::events_verdict(report.as_ref(), &mut out);
+    let _ = writeln!(out, "  what each workload saw (from the clients' own records):");
     for (mode, t) in &tallies {
-        println!(
+        let _ = writeln!(
+            out,
             "    {mode:<20} sessions {:>5}  received {:>6}  duplicates {:>5}",
             t.sessions, t.received, t.duplicates
         );
     }
     let dnd = tallies.get(&Mode::DownloadAndDelete.to_string()).map_or(0, |t| t.duplicates);
     let uidl = tallies.get(&Mode::LeaveOnServer.to_string()).map_or(0, |t| t.duplicates);
-    println!(
+    let _ = writeln!(
+        out,
         "  lesson: download-and-delete got {dnd} duplicate(s), leave-on-server with UIDL got {uidl}: \
          a line that drops before QUIT rolls back every DELE, and only a client that tracks UIDs notices."
     );
-    println!("  invariants (server ledger and client records, not the proxy's counters):");
+    let _ = writeln!(out, "  invariants (server ledger and client records, not the proxy's counters):");
     let mut ok = true;
     for c in &checks {
         ok &= c.holds;
-        println!("    [{}] {}", if c.holds { "ok" } else { "BROKEN" }, c.text);
+        let _ = writeln!(out, "    [{}] {}", if c.holds { "ok" } else { "BROKEN" }, c.text);
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    crate::cli::say(&out);
+    Ok(if ok { verdict } else { ExitCode::from(1) })
 }
 
 /// One invariant of the demo, checked.

@@ -11,6 +11,7 @@ pub mod dashboard;
 pub mod demo;
 pub mod events;
 pub mod faults;
+pub mod logging;
 pub mod relay;
 pub mod server;
 pub mod session;

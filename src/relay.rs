@@ -23,7 +23,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, RngCore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -90,7 +90,15 @@ pub struct ProxyConfig {
     /// Most sessions at once; more clients are told `-ERR [SYS/TEMP]` and
     /// closed.
     pub max_sessions: usize,
+    /// Connections the kernel queues before they are accepted (capped by
+    /// `net.core.somaxconn`).
+    pub backlog: u32,
 }
+
+/// The default listen backlog. 128 (the old default of `listen`) made
+/// clients of a flood wait for 1 s SYN retransmits; this is Linux's
+/// default cap (`net.core.somaxconn`).
+pub const DEFAULT_BACKLOG: u32 = 4096;
 
 impl ProxyConfig {
     /// A proxy from `listen` to `upstream` with default timeouts.
@@ -102,6 +110,7 @@ impl ProxyConfig {
             idle_timeout: Duration::from_secs(600),
             greeting_timeout: Duration::from_secs(30),
             max_sessions: 10_000,
+            backlog: DEFAULT_BACKLOG,
         }
     }
 }
@@ -114,6 +123,10 @@ pub struct ProxyHandle {
     /// Its live controls.
     pub control: Arc<Control>,
     stop: CancellationToken,
+    /// Cancelled to close the listener (a child of `stop`).
+    accepting: CancellationToken,
+    /// True while the listener is open.
+    listening: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
     live: watch::Receiver<usize>,
 }
@@ -126,10 +139,26 @@ impl ProxyHandle {
         let _ = self.task.await;
     }
 
+    /// Closes the listener and returns once it is closed: from then on a
+    /// new client is refused. Live sessions go on.
+    pub async fn stop_accepting(&mut self) {
+        self.accepting.cancel();
+        // An error means the accept loop is gone, and its listener with it.
+        let _ = self.listening.wait_for(|open| !*open).await;
+    }
+
+    /// Waits up to `limit` for every live session to end on its own; true
+    /// if none is left.
+    pub async fn wait_idle(&mut self, limit: Duration) -> bool {
+        // An error means the accept loop is gone, and its sessions with it.
+        tokio::time::timeout(limit, self.live.wait_for(|n| *n == 0)).await.is_ok()
+    }
+
     /// Stops accepting and waits up to `drain` for live sessions to end on
     /// their own, then cuts the rest.
     pub async fn drain(mut self, drain: Duration) {
-        let _ = tokio::time::timeout(drain, self.live.wait_for(|n| *n == 0)).await;
+        self.stop_accepting().await;
+        self.wait_idle(drain).await;
         self.shutdown().await;
     }
 
@@ -139,31 +168,54 @@ impl ProxyHandle {
     }
 }
 
+/// A listening socket on `addr` with this `backlog` (address reuse as
+/// `TcpListener::bind` has it, so a restart does not wait for TIME_WAIT).
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// Binds `cfg.listen` and relays every client to `cfg.upstream`, with the
 /// faults of `control`'s profile.
 pub async fn start(cfg: ProxyConfig, control: Arc<Control>, sink: EventSink) -> io::Result<ProxyHandle> {
-    let listener = TcpListener::bind(cfg.listen).await?;
+    let listener = bind(cfg.listen, cfg.backlog)?;
     let local_addr = listener.local_addr()?;
     let stop = CancellationToken::new();
+    let accepting = stop.child_token();
     let (live_tx, live) = watch::channel(0usize);
-    let task = tokio::spawn(accept_loop(listener, Arc::new(cfg), control.clone(), sink, stop.clone(), live_tx));
-    Ok(ProxyHandle { local_addr, control, stop, task, live })
+    let (listening_tx, listening) = watch::channel(true);
+    let task = tokio::spawn(accept_loop(
+        listener,
+        Arc::new(cfg),
+        control.clone(),
+        sink,
+        (stop.clone(), accepting.clone()),
+        (live_tx, listening_tx),
+    ));
+    Ok(ProxyHandle { local_addr, control, stop, accepting, listening, task, live })
 }
 
+/// `stop` cuts the sessions, `accepting` only closes the listener; `live`
+/// counts the sessions, `listening` says whether the listener is open.
 async fn accept_loop(
     listener: TcpListener,
     cfg: Arc<ProxyConfig>,
     control: Arc<Control>,
     sink: EventSink,
-    stop: CancellationToken,
-    live: watch::Sender<usize>,
+    (stop, accepting): (CancellationToken, CancellationToken),
+    (live, listening): (watch::Sender<usize>, watch::Sender<bool>),
 ) {
     let started = Instant::now();
     let counter = AtomicU64::new(0);
     let mut sessions = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
+            // Closing comes first: no client is accepted once it is asked.
+            biased;
+            _ = accepting.cancelled() => break,
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {
                 live.send_replace(sessions.len());
                 continue;
@@ -213,7 +265,9 @@ async fn accept_loop(
             }
         }
     }
+    // Closed now, not when the sessions are done: a new client is refused.
     drop(listener);
+    listening.send_replace(false);
     while sessions.join_next().await.is_some() {
         live.send_replace(sessions.len());
     }

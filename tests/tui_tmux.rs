@@ -337,3 +337,27 @@ fn dashboard_k_cuts_the_selected_live_session_in_tmux() {
     assert!(all.lines().any(|l| l.trim_start().starts_with("manual")), "the summary counts the manual fault:\n{all}");
     eprintln!("dashboard_k_cuts_the_selected_live_session_in_tmux took {:?}", began.elapsed());
 }
+
+/// SIGHUP (a terminal closing), SIGTERM and SIGQUIT under the dashboard:
+/// the terminal is restored, the summary printed, exit 0.
+#[test]
+fn dashboard_restores_the_terminal_on_hangup_term_and_quit_in_tmux() {
+    if !tmux_available() {
+        return;
+    }
+    for sig in ["HUP", "TERM", "QUIT"] {
+        // The inner shell's pid becomes popfault's with exec.
+        let t = Tmux::start(&format!("sig-{sig}"), |dir| {
+            let pid = quote(dir.join("pid").to_str().expect("utf-8 path"));
+            format!("sh -c {}", quote(&format!("echo $$ > {pid}; exec {} demo --seed 7", quote(BIN))))
+        });
+        t.wait(&format!("SIG{sig}: dashboard drawn"), drawn);
+        let pid = std::fs::read_to_string(t.dir.join("pid")).expect("pid file");
+        let kill = Command::new("kill").args([&format!("-{sig}"), pid.trim()]).status().expect("kill");
+        assert!(kill.success());
+        let all = t.wait_in(&format!("SIG{sig}: popfault exited"), Tmux::history, |s| s.contains(EXITED));
+        assert!(all.contains(&format!("{EXITED}0")), "SIG{sig}: popfault did not exit 0:\n{all}");
+        assert!(all.contains("popfault summary"), "SIG{sig}: summary printed:\n{all}");
+        assert!(!t.screen().contains("· up "), "SIG{sig}: the alternate screen was left:\n{}", t.screen());
+    }
+}
