@@ -453,11 +453,7 @@ fn pipelined_after_auth_with_initial_response() {
         .collect();
     assert_eq!(
         answered,
-        vec![
-            Command::Auth { mechanism: Some("PLAIN".into()), initial_response: true },
-            Command::Uidl(Some(1)),
-            Command::Quit
-        ]
+        vec![Command::Auth { mechanism: Some("PLAIN"), initial_response: true }, Command::Uidl(Some(1)), Command::Quit]
     );
     // AUTH LOGIN with the user name up front: the server still asks for the
     // password, and the line that answers it is SASL, never a command.

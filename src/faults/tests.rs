@@ -978,3 +978,31 @@ fn an_empty_profile_is_a_passthrough() {
     let p = profile("name = \"quiet\"\nsummary = \"nothing\"\n");
     assert_eq!((p.name.as_str(), p.summary.as_str(), p.rules.len()), ("quiet", "nothing", 0));
 }
+
+#[test]
+fn names_with_control_characters_are_refused() {
+    // Names reach terminals: the summary, the logs, the dashboard.
+    assert_eq!(
+        error_at("[[rule]]\nname = \"r\\u001b[2J\"\nwhen = \"accept\"\nactions = [{ do = \"disconnect\" }]\n"),
+        (2, 8, "rule[1].name".into())
+    );
+    assert_eq!(error_at("name = \"p\\u009b1m\"\n"), (1, 8, "name".into()));
+    let p = Profile::from_toml("", "x", "stem\u{1b}[2J").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.name, "stem\\x1b[2J");
+}
+
+#[test]
+fn command_filters_name_known_keywords_or_other() {
+    let rule =
+        |c: &str| format!("[[rule]]\nwhen = \"command\"\ncommand = \"{c}\"\nactions = [{{ do = \"swallow\" }}]\n");
+    for ok in ["retr", "XTND", "utf8", "OTHER"] {
+        profile(&rule(ok));
+    }
+    for bad in ["FOO", "PASS1", ""] {
+        assert_eq!(error_at(&rule(bad)), (3, 11, "rule[1].command".into()), "{bad}");
+    }
+    // OTHER matches any line that is not a known keyword.
+    let mut e = engine(&rule("OTHER"), 1, 1);
+    assert!(fires(&mut e, Point::Command(&Command::parse(b"Zq7Kx9Wv3Tp\r\n")), &facts()));
+    assert!(!fires(&mut e, Point::Command(&Command::Noop), &facts()));
+}

@@ -162,11 +162,16 @@ impl Session {
                 ok(out, "popfault signing off");
                 return Flow::Close;
             }
-            Command::User(name) => {
-                // Same answer for every name, so USER does not reveal which users exist.
-                ok(out, "send PASS");
-                self.state = State::Authorization { user: Some(name) };
-            }
+            Command::User(name) => match name.valid() {
+                Some(name) => {
+                    // Same answer for every name, so USER does not reveal which users exist.
+                    ok(out, "send PASS");
+                    self.state = State::Authorization { user: Some(name.to_owned()) };
+                }
+                // The codec keeps no text of a name that fails validation
+                // (more than one token, control characters): no mailbox has it.
+                None => err(out, "invalid user name"),
+            },
             Command::Pass => {
                 let user = match &mut self.state {
                     State::Authorization { user } => user.take(),
@@ -187,7 +192,7 @@ impl Session {
                 ok(out, "SASL mechanisms follow");
                 out.extend_from_slice(b"PLAIN\r\n.\r\n");
             }
-            Command::Auth { mechanism: Some(m), initial_response } if m == "PLAIN" => {
+            Command::Auth { mechanism: Some("PLAIN"), initial_response } => {
                 if initial_response {
                     let args = tokens(line);
                     match args.as_slice() {
@@ -202,7 +207,7 @@ impl Session {
             }
             Command::Auth { .. } => err(out, "unsupported SASL mechanism"),
             Command::Stls => err(out, "STLS not available"),
-            Command::Unknown(keyword) => unknown(&keyword, out),
+            Command::Unknown(keyword) => unknown(keyword, out),
             Command::Stat
             | Command::List(_)
             | Command::Retr(_)
@@ -337,7 +342,7 @@ impl Session {
             Command::Capa => capa(out),
             Command::User(_) | Command::Pass | Command::Apop(_) | Command::Auth { .. } => err(out, "already logged in"),
             Command::Stls => err(out, "STLS not available"),
-            Command::Unknown(keyword) => unknown(&keyword, out),
+            Command::Unknown(keyword) => unknown(keyword, out),
         }
         Flow::Continue
     }
