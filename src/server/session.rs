@@ -8,7 +8,7 @@ use super::base64;
 use super::message::{stuff_into, top};
 use super::store::{MailboxLock, Maildrop, OpenError, StoredMessage};
 use crate::codec::Command;
-use crate::codec::command::trim_eol;
+use crate::codec::command::{UserName, trim_eol};
 
 /// Longest command line, CRLF included (RFC 2449 §4).
 pub(crate) const MAX_COMMAND_LINE: usize = 255;
@@ -162,16 +162,14 @@ impl Session {
                 ok(out, "popfault signing off");
                 return Flow::Close;
             }
-            Command::User(name) => match name.valid() {
-                Some(name) => {
-                    // Same answer for every name, so USER does not reveal which users exist.
-                    ok(out, "send PASS");
-                    self.state = State::Authorization { user: Some(name.to_owned()) };
-                }
-                // The codec keeps no text of a name that fails validation
-                // (more than one token, control characters): no mailbox has it.
-                None => err(out, "invalid user name"),
-            },
+            Command::User(_) => {
+                // Same answer for every name, so USER does not reveal which users exist.
+                // The name is taken from the line: the parsed command keeps only
+                // names it can show, and this server limits none.
+                ok(out, "send PASS");
+                let name = String::from_utf8_lossy(split_keyword(line).1).into_owned();
+                self.state = State::Authorization { user: Some(name) };
+            }
             Command::Pass => {
                 let user = match &mut self.state {
                     State::Authorization { user } => user.take(),
@@ -256,7 +254,9 @@ impl Session {
     fn login(&mut self, user: &str, credentials_valid: bool, out: &mut Vec<u8>) {
         self.state = State::Authorization { user: None };
         if !credentials_valid {
-            debug!(session = self.number, user, "login refused: bad credentials");
+            // Logged as the proxy shows it: a name from the wire may hold anything.
+            let shown = UserName::from(user);
+            debug!(session = self.number, user = shown.as_str(), "login refused: bad credentials");
             err(out, "[AUTH] invalid credentials");
             return;
         }
