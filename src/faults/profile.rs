@@ -26,7 +26,7 @@ pub struct Profile {
     pub source: String,
 }
 
-/// When a rule is considered (SPEC §4 trigger points).
+/// When a rule is considered (the trigger points of docs/PROFILES.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum When {
