@@ -665,7 +665,7 @@ pub fn check_reads(reads: &[Read<'_>], tolerate: &[Known]) {
     for s in [&mut sa, &mut sb] {
         if longest > 1000 && tolerate.contains(&Known::HeaderLineOverflow) {
             for f in &mut s.fingerprints {
-                f.key = popfault::session::MessageKey::Hash(String::new());
+                f.key = popfault::session::MessageKey::Hash([0; 16]);
             }
         }
         if longest > 128 && tolerate.contains(&Known::UidlLineOverflow) {

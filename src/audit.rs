@@ -396,11 +396,12 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
     lines
 }
 
-/// Peer text made safe to print: control characters replaced, at most
-/// 120 characters.
+/// Peer text made safe to print: control characters escaped
+/// ([`crate::text::escape`]), at most 120 characters.
 fn clean(text: &str) -> String {
-    let mut s: String = text.chars().map(|c| if c.is_control() { '?' } else { c }).take(120).collect();
-    if text.chars().count() > 120 {
+    let shown = crate::text::escape(text);
+    let mut s: String = shown.chars().take(120).collect();
+    if shown.chars().count() > 120 {
         s.push('…');
     }
     s
@@ -1276,7 +1277,7 @@ mod tests {
 
     #[test]
     fn clean_strips_control_characters() {
-        assert_eq!(clean("ok\r\n\x1b[2J"), "ok???[2J");
+        assert_eq!(clean("ok\r\n\x1b[2J\u{9b}"), "ok\\x0d\\x0a\\x1b[2J\\u{9b}");
         assert!(clean(&"x".repeat(500)).chars().count() <= 121);
     }
 

@@ -268,9 +268,8 @@ fn session_of<'a>(
     id: &str,
 ) -> Option<&'a SessionEnd> {
     let candidates = by_client.get(&at)?;
-    let relayed = |e: &SessionEnd| {
-        e.fingerprints.iter().any(|f| matches!(&f.key, crate::session::MessageKey::MessageId(m) if m == id))
-    };
+    let key = crate::session::MessageKey::message_id(id.as_bytes());
+    let relayed = |e: &SessionEnd| e.fingerprints.iter().any(|f| f.key == key);
     let of_user: Vec<&SessionEnd> = candidates.iter().copied().filter(|e| e.user.as_deref() == Some(user)).collect();
     of_user.iter().copied().find(|e| relayed(e)).or_else(|| (of_user.len() == 1).then(|| of_user[0]))
 }
@@ -358,9 +357,10 @@ mod tests {
                 .map(|(i, id)| Fingerprint {
                     number: i as u32 + 1,
                     uid: None,
-                    key: MessageKey::MessageId((*id).into()),
+                    key: MessageKey::message_id(id.as_bytes()),
                 })
-                .collect(),
+                .collect::<Vec<_>>()
+                .into(),
             ended_by: "closed".into(),
         }
     }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::session::{Fingerprint, Outcome, State};
+use crate::session::{Fingerprints, Outcome, State};
 
 /// Events buffered between sessions and the aggregator before dropping.
 pub const EVENT_QUEUE: usize = 65_536;
@@ -94,7 +94,7 @@ pub struct SessionEnd {
     pub upstream: String,
     /// User name, if the client gave one.
     pub user: Option<String>,
-    /// The outcome (SPEC §5).
+    /// The outcome.
     pub outcome: Outcome,
     /// The RFC 1939 state it ended in.
     pub state: State,
@@ -121,10 +121,11 @@ pub struct SessionEnd {
     pub violations: u64,
     /// The profile the session ran under.
     pub profile: String,
-    /// Messages fully downloaded, identified (not in the JSON: the
-    /// aggregator turns them into `duplicates`).
-    #[serde(skip)]
-    pub fingerprints: Vec<Fingerprint>,
+    /// Messages fully downloaded, identified: the aggregator turns them
+    /// into `duplicates`. In the JSON only `fingerprints_dropped`, the
+    /// downloads past the session's cap.
+    #[serde(flatten)]
+    pub fingerprints: Fingerprints,
     /// How the connection ended, for humans (`client closed`, `reset by
     /// server`, `upstream refused: …`).
     pub ended_by: String,

@@ -16,3 +16,4 @@ pub mod relay;
 pub mod server;
 pub mod session;
 pub mod stats;
+pub mod text;

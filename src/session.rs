@@ -1,5 +1,5 @@
 //! The session tracker: RFC 1939 state, counters, fingerprints and the
-//! session outcome (SPEC §5). Pure: it is told what was delivered, by the
+//! session outcome. Pure: it is told what was delivered, by the
 //! relay, after the bytes went out; it never sees a socket or a clock.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -8,12 +8,18 @@ use std::fmt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::codec::command::UserName;
 use crate::codec::{ClientEvent, Command, ServerEvent, Status};
 
 /// Most messages a session remembers by number (downloaded, marked, UIDs).
 /// A maildrop bigger than this is still relayed; counters stay exact, only
 /// the per-message detail past the bound is not kept.
 pub const MAX_TRACKED_MESSAGES: usize = 100_000;
+/// Most fingerprints a session keeps (about 48 bytes each, a UID's text
+/// aside): a client that RETRs the same message again and again must not
+/// grow the proxy. Past it a completed download is counted in
+/// [`Fingerprints::dropped`] and not checked for duplicates.
+pub const MAX_FINGERPRINTS: usize = 10_000;
 /// Longest header line scanned for a Message-ID (RFC 5322 §2.1.1: 998).
 const MAX_HEADER_LINE: usize = 1000;
 
@@ -42,7 +48,7 @@ impl fmt::Display for State {
     }
 }
 
-/// How a session ended (SPEC §5). Exactly one per session.
+/// How a session ended. Exactly one per session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
@@ -74,7 +80,7 @@ impl Outcome {
         Outcome::CleanQuit,
     ];
 
-    /// The outcome's name as in SPEC §5 (`rolled-back`, …).
+    /// The outcome's name (`rolled-back`, …), as in docs/EVENTS.md.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Committed => "committed",
@@ -100,15 +106,31 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// What identifies a downloaded message across sessions.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+/// What identifies a downloaded message across sessions: a fixed-size
+/// digest, never the text (a Message-ID can be ~1000 bytes, and a session
+/// can download the same message many times).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageKey {
-    /// The Message-ID header's value.
-    MessageId(String),
-    /// SHA-256 (first 16 bytes, hex) of the message as relayed, when it has
-    /// no Message-ID.
-    Hash(String),
+    /// SHA-256 (first 16 bytes) of the Message-ID header's value, trimmed.
+    MessageId([u8; 16]),
+    /// SHA-256 (first 16 bytes) of the message as relayed, when it has no
+    /// Message-ID.
+    Hash([u8; 16]),
+}
+
+impl MessageKey {
+    /// The key of a message whose Message-ID is `id` (surrounding
+    /// whitespace ignored).
+    pub fn message_id(id: &[u8]) -> MessageKey {
+        MessageKey::MessageId(digest16(Sha256::digest(id.trim_ascii())))
+    }
+}
+
+fn digest16(d: impl AsRef<[u8]>) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d.as_ref()[..16]);
+    out
 }
 
 /// A message whose full content reached the client.
@@ -116,10 +138,64 @@ pub enum MessageKey {
 pub struct Fingerprint {
     /// Its number in this session.
     pub number: u32,
-    /// Its UIDL, if the client asked for the listing in this session.
-    pub uid: Option<String>,
-    /// Message-ID or content hash.
+    /// Its UIDL, if the client asked for the listing in this session (at
+    /// most 70 bytes).
+    pub uid: Option<Box<str>>,
+    /// Message-ID digest or content hash.
     pub key: MessageKey,
+}
+
+/// A session's fingerprints, at most [`MAX_FINGERPRINTS`], and how many
+/// completed downloads found the list full. In the events file only the
+/// count is written (`fingerprints_dropped`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Fingerprints {
+    #[serde(skip)]
+    list: Vec<Fingerprint>,
+    /// Completed downloads not fingerprinted because the list was full.
+    #[serde(rename = "fingerprints_dropped")]
+    pub dropped: u64,
+}
+
+impl Fingerprints {
+    /// Adds one, or counts it dropped at the cap.
+    pub fn push(&mut self, f: Fingerprint) {
+        if self.list.len() < MAX_FINGERPRINTS {
+            self.list.push(f);
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// The fingerprints kept, in download order.
+    pub fn iter(&self) -> std::slice::Iter<'_, Fingerprint> {
+        self.list.iter()
+    }
+
+    /// How many are kept.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+impl From<Vec<Fingerprint>> for Fingerprints {
+    fn from(list: Vec<Fingerprint>) -> Fingerprints {
+        let mut f = Fingerprints::default();
+        list.into_iter().for_each(|x| f.push(x));
+        f
+    }
+}
+
+impl std::ops::Deref for Fingerprints {
+    type Target = [Fingerprint];
+    fn deref(&self) -> &[Fingerprint] {
+        &self.list
+    }
 }
 
 /// Follows one RETR body to fingerprint it without holding it.
@@ -129,7 +205,7 @@ struct Retrieval {
     in_header: bool,
     line: Vec<u8>,
     line_overflow: bool,
-    message_id: Option<String>,
+    message_id: Option<MessageKey>,
     hash: Sha256,
 }
 
@@ -183,7 +259,9 @@ impl Retrieval {
                 self.in_header = false;
                 None
             } else if text.len() > NAME.len() && text[..NAME.len()].eq_ignore_ascii_case(NAME) {
-                Some(String::from_utf8_lossy(&text[NAME.len()..]).trim().to_string()).filter(|v| !v.is_empty())
+                // Only the digest is kept, never the text.
+                let value = text[NAME.len()..].trim_ascii();
+                (!value.is_empty()).then(|| MessageKey::message_id(value))
             } else {
                 None
             }
@@ -196,13 +274,10 @@ impl Retrieval {
         }
     }
 
-    fn finish(self, uid: Option<String>) -> Fingerprint {
+    fn finish(self, uid: Option<Box<str>>) -> Fingerprint {
         let key = match self.message_id {
-            Some(id) => MessageKey::MessageId(id),
-            None => {
-                let digest = self.hash.finalize();
-                MessageKey::Hash(digest[..16].iter().map(|b| format!("{b:02x}")).collect())
-            }
+            Some(key) => key,
+            None => MessageKey::Hash(digest16(self.hash.finalize())),
         };
         Fingerprint { number: self.number, uid, key }
     }
@@ -335,7 +410,7 @@ impl UidTable {
 #[derive(Debug, Clone)]
 pub struct Tracker {
     state: State,
-    user: Option<String>,
+    user: Option<UserName>,
     greeting: Option<bool>,
     refused: bool,
     /// QUIT was forwarded (its answer may not have come yet).
@@ -359,7 +434,7 @@ pub struct Tracker {
     /// The RETR being delivered; boxed, as most of a session's life has
     /// none and every session's state counts (RSS per idle session).
     retrieval: Option<Box<Retrieval>>,
-    fingerprints: Vec<Fingerprint>,
+    fingerprints: Fingerprints,
     uids: UidTable,
     uidl_line: Vec<u8>,
     uidl_overflow: bool,
@@ -393,7 +468,7 @@ impl Tracker {
             encrypted: false,
             violations: 0,
             retrieval: None,
-            fingerprints: Vec::new(),
+            fingerprints: Fingerprints::default(),
             uids: UidTable::default(),
             uidl_line: Vec::new(),
             uidl_overflow: false,
@@ -546,10 +621,8 @@ impl Tracker {
                 if self.downloaded.len() < MAX_TRACKED_MESSAGES {
                     self.downloaded.insert(number);
                 }
-                let uid = self.uids.get(number).map(str::to_owned);
-                if self.fingerprints.len() < MAX_TRACKED_MESSAGES {
-                    self.fingerprints.push(r.finish(uid));
-                }
+                let uid = self.uids.get(number).map(Box::from);
+                self.fingerprints.push(r.finish(uid));
             }
         }
     }
@@ -572,9 +645,10 @@ impl Tracker {
         }
     }
 
-    /// The user name given (USER or APOP), never a password.
+    /// The user name given (USER or APOP), never a password: a name that
+    /// failed validation is `(invalid)`.
     pub fn user(&self) -> Option<&str> {
-        self.user.as_deref()
+        self.user.as_ref().map(UserName::as_str)
     }
 
     /// The last command the client sent, secrets redacted.
@@ -622,13 +696,14 @@ impl Tracker {
         self.violations
     }
 
-    /// Messages fully delivered to the client, identified.
-    pub fn fingerprints(&self) -> &[Fingerprint] {
+    /// Messages fully delivered to the client, identified (at most
+    /// [`MAX_FINGERPRINTS`], the rest counted).
+    pub fn fingerprints(&self) -> &Fingerprints {
         &self.fingerprints
     }
 
     /// Takes the fingerprints out (the session has ended).
-    pub fn take_fingerprints(&mut self) -> Vec<Fingerprint> {
+    pub fn take_fingerprints(&mut self) -> Fingerprints {
         std::mem::take(&mut self.fingerprints)
     }
 
@@ -648,7 +723,7 @@ impl Tracker {
     }
 
     /// Messages at risk of a second download if the session ends now
-    /// without a commit: downloaded or marked (SPEC §5).
+    /// without a commit: downloaded or marked.
     pub fn at_risk_if_lost(&self) -> usize {
         self.downloaded.union(&self.marked).count()
     }
@@ -751,8 +826,8 @@ mod tests {
         assert_eq!(s.tracker.state(), State::Transaction);
         assert_eq!(s.tracker.outcome(), Outcome::RolledBack);
         assert_eq!((s.tracker.downloads(), s.tracker.marked(), s.tracker.at_risk()), (3, 2, 3));
-        let keys: Vec<_> = s.tracker.fingerprints().iter().map(|f| f.key.clone()).collect();
-        assert_eq!(keys[0], MessageKey::MessageId("<1@test>".into()));
+        let keys: Vec<_> = s.tracker.fingerprints().iter().map(|f| f.key).collect();
+        assert_eq!(keys[0], MessageKey::message_id(b"<1@test>"));
     }
 
     #[test]
@@ -819,7 +894,7 @@ mod tests {
         assert_eq!(s.tracker.uids().len(), 3);
         let f = &s.tracker.fingerprints()[0];
         assert_eq!(f.uid.as_deref(), Some("bbb"));
-        assert!(matches!(f.key, MessageKey::Hash(ref h) if h.len() == 32));
+        assert!(matches!(f.key, MessageKey::Hash(_)));
     }
 
     #[test]
@@ -855,6 +930,36 @@ mod tests {
         assert!(matches!(t.index, UidIndex::Sorted(_)));
         assert!(t.arena.len() < 3 * 4096, "arena {} bytes", t.arena.len());
         assert_eq!((t.get(1), t.len()), (Some("a"), 2));
+    }
+
+    #[test]
+    fn fingerprints_are_digests_capped_and_counted() {
+        let mut s = Sim::new();
+        s.login();
+        let id = format!("<{}@x>", "m".repeat(975));
+        let msg = format!("+OK\r\nMessage-ID:  {id} \r\n\r\nb\r\n.\r\n");
+        for _ in 0..MAX_FINGERPRINTS + 5 {
+            s.c(b"RETR 1\r\n").s(msg.as_bytes());
+        }
+        let f = s.tracker.fingerprints();
+        assert_eq!(s.tracker.downloads(), MAX_FINGERPRINTS as u64 + 5);
+        assert_eq!((f.len(), f.dropped), (MAX_FINGERPRINTS, 5));
+        assert!(f.iter().all(|f| f.key == MessageKey::message_id(id.as_bytes())));
+        // Fixed size whatever the Message-ID: no text is kept.
+        assert!(std::mem::size_of::<Fingerprint>() <= 48, "{}", std::mem::size_of::<Fingerprint>());
+        assert_eq!(s.tracker.take_fingerprints().dropped, 5);
+    }
+
+    #[test]
+    fn user_names_that_fail_validation_are_not_kept() {
+        let mut s = Sim::new();
+        s.s(b"+OK hi\r\n").c(b"USER alice Zq7Kx9 Wv3Tp\r\n").s(b"+OK\r\n");
+        assert_eq!(s.tracker.user(), Some("(invalid)"));
+        assert_eq!(s.tracker.last_command().as_deref(), Some("USER (invalid)"));
+        s.c(b"Zq7Kx9\r\n").s(b"-ERR\r\n");
+        assert_eq!(s.tracker.last_command().as_deref(), Some("OTHER \u{2026}"));
+        s.c(b"USER bob\r\n").s(b"+OK\r\n");
+        assert_eq!(s.tracker.user(), Some("bob"));
     }
 
     #[test]

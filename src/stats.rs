@@ -10,22 +10,21 @@ use std::hash::{Hash, Hasher};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::codec::command;
 use crate::events::{Event, FaultCounts, SessionEnd};
 use crate::session::Outcome;
+use crate::text::escape;
 
 /// Most distinct downloaded messages remembered for duplicate detection.
-/// Each costs one 64-bit hash (~16 bytes in the set): about 16 MiB at the
-/// bound. Past it, new messages are no longer remembered (old ones are), so
-/// duplicates can only be under-counted, never invented.
+/// Each costs one 64-bit hash in a hash set (9 bytes a slot, at most 2^21
+/// slots: about 18 MiB at the bound). Past it, new messages are no longer
+/// remembered (old ones are) and are counted in the summary's
+/// `fingerprints_forgotten`, so duplicates can only be under-counted, never
+/// invented.
 pub const MAX_REMEMBERED_MESSAGES: usize = 1_000_000;
 
 /// Highest latency recorded, in microseconds (an hour); longer is clamped.
 const MAX_LATENCY_US: u64 = 3_600_000_000;
-/// Command keywords with a histogram of their own (the RFC's and a few
-/// more); others are counted under [`OTHER_COMMANDS`].
-pub const MAX_COMMANDS: usize = 32;
-/// Where latencies of further keywords go.
-pub const OTHER_COMMANDS: &str = "(other)";
 
 /// Running totals over a run.
 #[derive(Debug, Clone)]
@@ -38,10 +37,11 @@ pub struct Stats {
     bytes_up: u64,
     bytes_down: u64,
     faults: FaultCounts,
-    latency: BTreeMap<String, Histogram<u64>>,
+    latency: BTreeMap<&'static str, Histogram<u64>>,
     durations: Histogram<u64>,
     seen: HashSet<u64>,
     forgotten: u64,
+    fingerprints_dropped: u64,
     /// Every session end, kept only when asked (the demo checks them
     /// against its clients' records).
     ends: Option<Vec<SessionEnd>>,
@@ -55,7 +55,7 @@ impl Default for Stats {
 
 fn histogram() -> Histogram<u64> {
     // 2 significant figures (1%) from 1 µs to an hour: about 25 KiB each,
-    // at most MAX_COMMANDS + 2 of them.
+    // one per known keyword at most, and the durations.
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 2).expect("constant bounds are valid")
 }
 
@@ -75,6 +75,7 @@ impl Stats {
             durations: histogram(),
             seen: HashSet::new(),
             forgotten: 0,
+            fingerprints_dropped: 0,
             ends: None,
         }
     }
@@ -97,14 +98,9 @@ impl Stats {
             Event::SessionStart { .. } | Event::Progress(_) => {}
             Event::Fault { rule, .. } => *self.faults.entry(rule.clone()).or_default() += 1,
             Event::Latency { command, micros, .. } => {
-                // Keywords come from clients: bound how many get their own
-                // histogram; the rest share one.
-                let key = if self.latency.contains_key(command) || self.latency.len() < MAX_COMMANDS {
-                    command.clone()
-                } else {
-                    OTHER_COMMANDS.to_string()
-                };
-                let h = self.latency.entry(key).or_insert_with(histogram);
+                // Only a known keyword is a key (anything else is OTHER),
+                // so the map is bounded and holds no client text.
+                let h = self.latency.entry(command::label(command)).or_insert_with(histogram);
                 let _ = h.record((*micros).clamp(1, MAX_LATENCY_US));
             }
             Event::SessionEnd(end) => self.session_end(end),
@@ -113,7 +109,8 @@ impl Stats {
 
     fn session_end(&mut self, end: &mut SessionEnd) {
         let mut dups = 0;
-        for f in &end.fingerprints {
+        self.fingerprints_dropped += end.fingerprints.dropped;
+        for f in end.fingerprints.iter() {
             // Scope by (upstream, user): the same message in another
             // mailbox is another message.
             let mut h = DefaultHasher::new();
@@ -178,12 +175,14 @@ impl Stats {
             bytes_up: self.bytes_up,
             bytes_down: self.bytes_down,
             faults_fired: self.faults.clone(),
-            latency_us: self.latency.iter().map(|(k, h)| (k.clone(), pct(h))).collect(),
+            latency_us: self.latency.iter().map(|(k, h)| (k.to_string(), pct(h))).collect(),
             session_ms: {
                 let p = pct(&self.durations);
                 Percentiles { p50: p.p50 / 1000, p99: p.p99 / 1000, max: p.max / 1000, count: p.count }
             },
             dropped_events,
+            fingerprints_dropped: self.fingerprints_dropped,
+            fingerprints_forgotten: self.forgotten,
             seed,
             profile: profile.to_string(),
         }
@@ -228,6 +227,12 @@ pub struct Summary {
     pub session_ms: Percentiles,
     /// Events dropped because the aggregator fell behind.
     pub dropped_events: u64,
+    /// Downloads not checked for duplicates because their session's
+    /// fingerprint list was full ([`crate::session::MAX_FINGERPRINTS`]).
+    pub fingerprints_dropped: u64,
+    /// Messages not remembered for duplicate detection because the run's
+    /// index was full ([`MAX_REMEMBERED_MESSAGES`]).
+    pub fingerprints_forgotten: u64,
     /// The run's seed (replay with `--seed`).
     pub seed: u64,
     /// The profile.
@@ -235,11 +240,12 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// A plain-text table for the terminal.
+    /// A plain-text table for the terminal. Names (profile, rules,
+    /// commands) are escaped: a profile may name a rule with anything.
     pub fn to_table(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
-        let _ = writeln!(s, "popfault summary — profile {}, seed {}", self.profile, self.seed);
+        let _ = writeln!(s, "popfault summary — profile {}, seed {}", escape(&self.profile), self.seed);
         let _ = writeln!(s, "  sessions      {:>8}", self.sessions);
         for (name, n) in &self.outcomes {
             let _ = writeln!(s, "  {name:<13} {n:>8}");
@@ -255,18 +261,106 @@ impl Summary {
         if !self.faults_fired.is_empty() {
             let _ = writeln!(s, "  faults fired:");
             for (rule, n) in &self.faults_fired {
-                let _ = writeln!(s, "    {rule:<24} {n:>6}");
+                let _ = writeln!(s, "    {:<24} {n:>6}", escape(rule));
             }
         }
         if !self.latency_us.is_empty() {
             let _ = writeln!(s, "  latency (µs)   {:>8} {:>8} {:>8} {:>8}", "p50", "p99", "max", "count");
             for (cmd, p) in &self.latency_us {
+                let cmd = escape(cmd);
                 let _ = writeln!(s, "    {cmd:<12} {:>8} {:>8} {:>8} {:>8}", p.p50, p.p99, p.max, p.count);
             }
+        }
+        if self.fingerprints_dropped > 0 || self.fingerprints_forgotten > 0 {
+            let _ = writeln!(
+                s,
+                "  NOTE: {} downloads past a session's {} fingerprints and {} past the run's {} not checked for \
+                 duplicates",
+                self.fingerprints_dropped,
+                crate::session::MAX_FINGERPRINTS,
+                self.fingerprints_forgotten,
+                MAX_REMEMBERED_MESSAGES
+            );
         }
         if self.dropped_events > 0 {
             let _ = writeln!(s, "  WARNING: {} events dropped (aggregator fell behind)", self.dropped_events);
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::{Fingerprint, Fingerprints, MAX_FINGERPRINTS, MessageKey, State};
+
+    fn end(fingerprints: Fingerprints) -> Event {
+        Event::SessionEnd(Box::new(SessionEnd {
+            session: 1,
+            client: ([127, 0, 0, 1], 1).into(),
+            upstream: "up:110".into(),
+            user: Some("u".into()),
+            outcome: Outcome::Committed,
+            state: State::Update,
+            downloaded: 0,
+            marked: 0,
+            at_risk: 0,
+            duplicates: 0,
+            bytes_up: 0,
+            bytes_down: 0,
+            duration_ms: 1,
+            faults: vec!["r\x1b[2J".into()],
+            encrypted: false,
+            violations: 0,
+            profile: "p".into(),
+            fingerprints,
+            ended_by: "closed".into(),
+        }))
+    }
+
+    #[test]
+    fn latency_keys_are_known_keywords_or_other() {
+        let mut stats = Stats::new();
+        for command in ["RETR", "Zq7Kx9Wv3Tp", "\x1b[2J", "retr", "OTHER"] {
+            stats.apply(&mut Event::Latency { session: 1, seq: 1, command: command.into(), micros: 5 });
+        }
+        let s = stats.summary(1, "p", 0);
+        let keys: Vec<&str> = s.latency_us.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["OTHER", "RETR"]);
+        assert_eq!(s.latency_us["OTHER"].count, 4);
+    }
+
+    #[test]
+    fn the_table_escapes_names() {
+        let mut stats = Stats::new();
+        stats.apply(&mut Event::Fault {
+            session: 1,
+            rule: "r\x1b[2J\u{9b}".into(),
+            action: "stall".into(),
+            point: "x".into(),
+        });
+        let table = stats.summary(1, "p\x1b]0;t\x07", 0).to_table();
+        assert!(!table.chars().any(|c| c.is_control() && c != '\n'), "{table:?}");
+        assert!(table.contains("r\\x1b[2J\\u{9b}") && table.contains("p\\x1b]0;t\\x07"), "{table}");
+    }
+
+    #[test]
+    fn fingerprints_past_the_caps_are_counted() {
+        let mut stats = Stats::new();
+        let mut list = Fingerprints::default();
+        for n in 0..MAX_FINGERPRINTS as u32 + 3 {
+            list.push(Fingerprint { number: n, uid: None, key: MessageKey::message_id(format!("<{n}@x>").as_bytes()) });
+        }
+        stats.apply(&mut end(list.clone()));
+        let mut again = end(list);
+        stats.apply(&mut again);
+        let Event::SessionEnd(e) = again else { unreachable!() };
+        assert_eq!(e.duplicates, MAX_FINGERPRINTS as u64);
+        let s = stats.summary(1, "p", 0);
+        assert_eq!((s.fingerprints_dropped, s.fingerprints_forgotten), (6, 0));
+        assert!(s.to_table().contains("NOTE: 6 downloads"), "{}", s.to_table());
+        let json = serde_json::to_value(&*e).unwrap_or_default();
+        assert_eq!(json["fingerprints_dropped"], 3);
+        assert!(json.get("fingerprints").is_none());
     }
 }

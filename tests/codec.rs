@@ -401,13 +401,14 @@ fn exchange() -> impl Strategy<Value = (Vec<u8>, Vec<u8>, Vec<(String, bool)>)> 
     proptest::collection::vec(item, 1..30).prop_map(|items| {
         let (mut up, mut down, mut expect) = (Vec::new(), b"+OK ready\r\n".to_vec(), Vec::new());
         for (kind, lines, ok) in items {
-            let name = match kind {
-                0 => "RETR 1",
-                1 => "TOP 1 5",
-                2 => "LIST",
-                3 => "STAT",
-                4 => "UIDL",
-                _ => "XFOO",
+            // An unknown keyword is labelled OTHER: its text is not kept.
+            let (name, label) = match kind {
+                0 => ("RETR 1", "RETR"),
+                1 => ("TOP 1 5", "TOP"),
+                2 => ("LIST", "LIST"),
+                3 => ("STAT", "STAT"),
+                4 => ("UIDL", "UIDL"),
+                _ => ("XFOO", "OTHER"),
             };
             up.extend_from_slice(format!("{name}\r\n").as_bytes());
             let multi = ok && matches!(kind, 0 | 1 | 2 | 4);
@@ -427,7 +428,7 @@ fn exchange() -> impl Strategy<Value = (Vec<u8>, Vec<u8>, Vec<(String, bool)>)> 
                 }
                 down.extend_from_slice(b".\r\n");
             }
-            expect.push((name.split(' ').next().unwrap_or_default().to_string(), multi));
+            expect.push((label.to_string(), multi));
         }
         (up, down, expect)
     })
@@ -499,11 +500,7 @@ fn pipelined_after_auth_with_initial_response() {
         .collect();
     assert_eq!(
         answered,
-        vec![
-            Command::Auth { mechanism: Some("PLAIN".into()), initial_response: true },
-            Command::Uidl(Some(1)),
-            Command::Quit
-        ]
+        vec![Command::Auth { mechanism: Some("PLAIN"), initial_response: true }, Command::Uidl(Some(1)), Command::Quit]
     );
     // AUTH LOGIN with the user name up front: the server still asks for the
     // password, and the line that answers it is SASL, never a command.

@@ -80,7 +80,7 @@ fn end(e: End) -> Event {
         encrypted: false,
         violations: 0,
         profile: "lost-carrier".into(),
-        fingerprints: Vec::new(),
+        fingerprints: Default::default(),
         ended_by: e.ended_by.into(),
     }))
 }

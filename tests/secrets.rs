@@ -96,3 +96,223 @@ fn no_secret_in_logs_events_or_summary() {
     assert_eq!(events_text.lines().filter(|l| l.contains("session_end")).count(), 5);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Whether `text` holds `needle` in any case (a keyword is upper-cased on
+/// the way in, so a leak may come out in either).
+fn contains_any_case(text: &str, needle: &str) -> bool {
+    text.to_ascii_lowercase().contains(&needle.to_ascii_lowercase())
+}
+
+/// Every form a secret may leak in: as typed, base64, and as a SASL PLAIN
+/// response for `user`; compared in any case.
+fn forms(secret: &str, user: &str) -> Vec<String> {
+    vec![secret.to_string(), b64(secret.as_bytes()), b64(format!("\0{user}\0{secret}").as_bytes())]
+}
+
+fn assert_no_forms(outputs: &[(&str, &str)], needles: &[String]) {
+    for (what, text) in outputs {
+        for n in needles {
+            assert!(!contains_any_case(text, n), "{what} contains a secret ({n}):\n{text}");
+        }
+    }
+}
+
+/// The user name of each `session_end` line, in order.
+fn users(events: &str) -> Vec<serde_json::Value> {
+    events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "session_end")
+        .map(|v| v["user"].clone())
+        .collect()
+}
+
+/// Lines the parser cannot know are secrets: a password typed on a line of
+/// its own (or its base64, an AUTH LOGIN answer out of step), `PASS` with a
+/// tab, a user name with spaces and an unknown keyword that is a password.
+/// None of them reaches the stderr log at -vvv, the events file or the
+/// summary: unknown keywords are the one label `OTHER`, the odd user name
+/// is `(invalid)`.
+#[test]
+fn unrecognised_lines_and_odd_user_names_leak_nothing() {
+    const ALONE: &str = "Wq4Lime-Otter-82";
+    const TABBED: &str = "Tx8Garnet-Heron";
+    const SPACED: [&str; 2] = ["Zq7Kx9", "Wv3Tp"];
+    const KEYWORD: &str = "Kp2Vx7Nw";
+    const B64_ALONE: &str = "Rb5Cobalt-Finch";
+    let dir = std::env::temp_dir().join(format!("popfault-secrets-lines-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let events = dir.join("events.jsonl");
+    let mut server = Proc::spawn_traced(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--users",
+        "1",
+        "--messages",
+        "1",
+        "--password",
+        SECRET,
+    ]);
+    let upstream = server.addr_after("POP3 server on");
+    let mut proxy = Proc::spawn_traced(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream.to_string(),
+        "--headless",
+        "--drain",
+        "1",
+        "--events",
+        events.to_str().unwrap(),
+        "-vvv",
+    ]);
+    let addr = proxy.addr_after("popfault: proxy");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            let scripts: Vec<Vec<String>> = vec![
+                vec!["USER user1".into(), ALONE.into()],
+                vec!["USER user1".into(), format!("PASS\t{TABBED}")],
+                vec![format!("USER user1 {} {}", SPACED[0], SPACED[1])],
+                vec![format!("{KEYWORD} {SECRET}")],
+                vec!["USER user1".into(), b64(B64_ALONE.as_bytes())],
+            ];
+            for script in scripts {
+                let (mut c, _) = Pop3Client::connect(addr).await.unwrap();
+                for line in script {
+                    c.send_raw(format!("{line}\r\n").as_bytes()).await.unwrap();
+                    let _ = c.read_line().await.unwrap();
+                }
+                c.quit().await.unwrap();
+            }
+        })
+        .await
+        .expect("sessions in time")
+    });
+
+    let proxy_out = proxy.stop();
+    let server_out = server.stop();
+    let events_text = std::fs::read_to_string(&events).unwrap();
+    let mut needles = Vec::new();
+    for s in [ALONE, TABBED, SPACED[0], SPACED[1], KEYWORD, B64_ALONE, SECRET] {
+        needles.extend(forms(s, "user1"));
+    }
+    assert_no_forms(
+        &[("proxy stdout and stderr", &proxy_out), ("events file", &events_text), ("server output", &server_out)],
+        &needles,
+    );
+    // The output is real, and says what the new contract says.
+    assert!(proxy_out.contains("session ended"), "trace logs present");
+    assert!(proxy_out.contains("popfault summary"), "summary printed at SIGTERM:\n{proxy_out}");
+    let summary: serde_json::Value = serde_json::from_str(events_text.lines().last().unwrap_or_default()).unwrap();
+    assert_eq!(summary["event"], "summary");
+    let keys: Vec<&str> = summary["latency_us"].as_object().unwrap().keys().map(String::as_str).collect();
+    assert!(keys.contains(&"OTHER") && keys.contains(&"PASS"), "unknown lines are OTHER, PASS<TAB> is PASS: {keys:?}");
+    assert!(keys.iter().all(|k| popfault::codec::command::is_label(k)), "only known labels: {keys:?}");
+    let users = users(&events_text);
+    assert_eq!(users.len(), 5);
+    assert_eq!(users[2], "(invalid)", "a user name with spaces is not kept: {users:?}");
+    assert!(users.iter().all(|u| u.is_null() || u == "user1" || u == "(invalid)"), "{users:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A server that speaks AUTH LOGIN: `AUTH LOGIN`, `+ VXNlcm5hbWU6`, the
+/// user, `+ UGFzc3dvcmQ6`, the password, `+OK`; `QUIT` gets `+OK` and the
+/// connection is closed.
+async fn auth_login_server() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(b"+OK login server\r\n").await;
+                let mut step = 0;
+                let mut buf = vec![0u8; 4096];
+                let mut pending = Vec::new();
+                loop {
+                    let n = match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    pending.extend_from_slice(&buf[..n]);
+                    while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+                        let line: Vec<u8> = pending.drain(..=i).collect();
+                        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                        let reply: &[u8] = match (step, text.as_str()) {
+                            (_, "QUIT") => b"+OK bye\r\n",
+                            (0, "AUTH LOGIN") => b"+ VXNlcm5hbWU6\r\n",
+                            (1, _) => b"+ UGFzc3dvcmQ6\r\n",
+                            (2, _) => b"+OK logged in\r\n",
+                            _ => b"-ERR what\r\n",
+                        };
+                        step += 1;
+                        let _ = s.write_all(reply).await;
+                        if text == "QUIT" {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// AUTH LOGIN with the user and password pipelined behind it (before the
+/// continuations arrive): the lines are SASL data all the same, so the
+/// base64 password is never a keyword, and the session that got `+OK` to
+/// its QUIT is a clean quit, not in doubt.
+#[test]
+fn pipelined_auth_login_leaks_nothing_and_quits_clean() {
+    const PASSWORD: &str = "Vy6Marble-Puffin";
+    let dir = std::env::temp_dir().join(format!("popfault-secrets-pipelined-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let events = dir.join("events.jsonl");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let upstream = rt.block_on(auth_login_server());
+    let mut proxy = Proc::spawn_traced(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream.to_string(),
+        "--headless",
+        "--drain",
+        "1",
+        "--events",
+        events.to_str().unwrap(),
+        "-vvv",
+    ]);
+    let addr = proxy.addr_after("popfault: proxy");
+    let got = rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tokio::time::timeout(Duration::from_secs(30), async {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let script = format!("AUTH LOGIN\r\n{}\r\n{}\r\nQUIT\r\n", b64(b"loginuser"), b64(PASSWORD.as_bytes()));
+            s.write_all(script.as_bytes()).await.unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.unwrap();
+            String::from_utf8_lossy(&got).into_owned()
+        })
+        .await
+        .expect("the session ended in time")
+    });
+    assert!(got.ends_with("+OK logged in\r\n+OK bye\r\n"), "the client saw:\n{got}");
+    let proxy_out = proxy.stop();
+    let events_text = std::fs::read_to_string(&events).unwrap();
+    assert_no_forms(
+        &[("proxy stdout and stderr", &proxy_out), ("events file", &events_text)],
+        &forms(PASSWORD, "loginuser"),
+    );
+    let end: serde_json::Value = events_text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "session_end")
+        .expect("a session_end line");
+    assert_eq!(end["outcome"], "clean-quit", "{end}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -215,7 +215,7 @@ mod tests {
                 encrypted: false,
                 violations: 0,
                 profile: "p".into(),
-                fingerprints: Vec::new(),
+                fingerprints: Default::default(),
                 ended_by: "client closed".into(),
             };
             m.apply(&Event::SessionEnd(Box::new(end)), t);

@@ -1,4 +1,4 @@
-//! The live terminal dashboard (SPEC §6).
+//! The live terminal dashboard.
 //!
 //! Three layers, each usable alone:
 //!
@@ -21,8 +21,7 @@ use std::time::Duration;
 
 pub use keys::{UiCommand, UiState, handle_key, scroll};
 pub use model::{
-    Ended, LogKind, LogLine, MAX_COMMANDS, MAX_ENDED, MAX_LIVE, MAX_LOG, MAX_SAMPLES, Model, OTHER_COMMANDS, Rate,
-    SAMPLE_PERIOD, SessionRow,
+    Ended, LogKind, LogLine, MAX_ENDED, MAX_LIVE, MAX_LOG, MAX_SAMPLES, Model, Rate, SAMPLE_PERIOD, SessionRow,
 };
 pub use term::{FRAME, Input, TerminalInput, cycle_profile, run, run_on};
 pub use view::{

@@ -14,9 +14,11 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use crate::codec::command;
 use crate::events::{Event, SessionEnd, SessionSnapshot};
 use crate::session::{Outcome, State};
 use crate::stats::Percentiles;
+use crate::text::escape;
 
 /// Most recently ended sessions kept for the table.
 pub const MAX_ENDED: usize = 200;
@@ -31,11 +33,6 @@ pub const MAX_SAMPLES: usize = 512;
 /// Shortest time between two throughput samples: shorter ticks are folded
 /// into the next sample so rates are not dominated by timer jitter.
 pub const SAMPLE_PERIOD: Duration = Duration::from_millis(500);
-/// Distinct command names with their own latency histogram; the rest (a
-/// client can invent any keyword) share [`OTHER_COMMANDS`].
-pub const MAX_COMMANDS: usize = 24;
-/// The histogram name for commands past [`MAX_COMMANDS`].
-pub const OTHER_COMMANDS: &str = "(other)";
 /// Fault names kept per session row (the count stays exact).
 const MAX_ROW_FAULTS: usize = 8;
 /// Longest text kept from an event field (user names, commands, rules).
@@ -46,7 +43,7 @@ const MAX_LATENCY_US: u64 = 3_600_000_000;
 /// How a session ended, as the table and log show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ended {
-    /// The outcome (SPEC §5).
+    /// The outcome.
     pub outcome: Outcome,
     /// Messages at risk of a second download.
     pub at_risk: usize,
@@ -230,7 +227,9 @@ pub struct Model {
     live: BTreeMap<u64, Arc<SessionRow>>,
     /// Most recently ended last.
     ended: VecDeque<Arc<SessionRow>>,
-    latency: BTreeMap<String, Arc<Histogram<u64>>>,
+    /// By known keyword ([`crate::codec::command::KEYWORDS`], `OTHER`
+    /// included): bounded, and no client text.
+    latency: BTreeMap<&'static str, Arc<Histogram<u64>>>,
     log: VecDeque<Arc<LogLine>>,
     samples: VecDeque<Rate>,
     last_sample: Option<(u64, u64, Duration)>,
@@ -249,10 +248,10 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 2).expect("constant bounds are valid")
 }
 
-/// Peer-supplied text made safe to draw and bounded: control characters
-/// (an escape sequence in a user name) would reach the terminal otherwise.
+/// Event text made safe to draw and bounded: control characters (an
+/// escape sequence in a rule name) would reach the terminal otherwise.
 fn clean(s: &str) -> String {
-    s.chars().take(MAX_TEXT).map(|c| if c.is_control() { '\u{FFFD}' } else { c }).collect()
+    escape(s).chars().take(MAX_TEXT).collect()
 }
 
 fn outcome_index(o: Outcome) -> usize {
@@ -371,12 +370,7 @@ impl Model {
     }
 
     fn latency(&mut self, command: &str, micros: u64) {
-        let key = if self.latency.contains_key(command) || self.latency.len() < MAX_COMMANDS {
-            clean(command)
-        } else {
-            OTHER_COMMANDS.to_string()
-        };
-        let h = self.latency.entry(key).or_insert_with(|| Arc::new(histogram()));
+        let h = self.latency.entry(command::label(command)).or_insert_with(|| Arc::new(histogram()));
         Arc::make_mut(h).saturating_record(micros.clamp(1, MAX_LATENCY_US));
     }
 
@@ -484,7 +478,7 @@ impl Model {
                     max: h.max(),
                     count: h.len(),
                 };
-                (k.as_str(), p)
+                (*k, p)
             })
             .collect()
     }
@@ -531,7 +525,7 @@ mod tests {
             encrypted: false,
             violations: 0,
             profile: "p".into(),
-            fingerprints: Vec::new(),
+            fingerprints: Default::default(),
             ended_by: "client closed".into(),
         }))
     }
@@ -581,7 +575,9 @@ mod tests {
         assert_eq!(m.ended_total(), 10_000);
         assert_eq!(m.row_count(), MAX_ENDED);
         assert_eq!(m.log().len(), MAX_LOG);
-        assert_eq!(m.latency_percentiles().len(), MAX_COMMANDS + 1);
+        // Invented keywords are all OTHER.
+        let names: Vec<&str> = m.latency_percentiles().iter().map(|(k, _)| *k).collect();
+        assert_eq!(names, ["OTHER"]);
         // Starts whose ends were lost.
         for n in 20_000..20_000 + MAX_LIVE as u64 + 50 {
             m.apply(&start(n), T);
@@ -627,7 +623,14 @@ mod tests {
         m.apply(&progress(1, &format!("X\x1b[2J{}", "a".repeat(500))), T);
         let cmd = m.session(1).and_then(|r| r.last_command.clone()).unwrap_or_default();
         assert!(!cmd.contains('\x1b'));
+        assert!(cmd.starts_with("X\\x1b[2Jaaa"), "{cmd}");
         assert_eq!(cmd.chars().count(), MAX_TEXT);
+        let rule = "r\u{9b}1m\x07";
+        m.apply(&Event::Fault { session: 1, rule: rule.into(), action: "stall".into(), point: rule.into() }, T);
+        let Some(LogKind::Fault { rule: shown, point, .. }) = m.log().last().map(|l| &l.kind) else {
+            panic!("a fault line")
+        };
+        assert_eq!((shown.as_str(), point.as_str()), ("r\\u{9b}1m\\x07", "r\\u{9b}1m\\x07"));
     }
 
     #[test]

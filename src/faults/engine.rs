@@ -327,13 +327,13 @@ impl Engine {
 
 /// Whether a command line that starts with `start` may turn out to be the
 /// command `want`: its keyword so far is a prefix of `want` (or all of it,
-/// once a separator came). A keyword of any other shape holds nothing,
-/// unless `want` is not a plain keyword, when only the whole line can tell.
+/// once a separator came). `OTHER` (any line that is not a known keyword)
+/// may be anything until the line ends.
 fn keyword_may_be(start: &[u8], want: &str) -> bool {
-    if !want.bytes().all(|b| b.is_ascii_uppercase()) {
+    if want == crate::codec::command::OTHER || !want.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return true;
     }
-    let end = start.iter().position(|&b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'));
+    let end = start.iter().position(|&b| b.is_ascii_whitespace() || b.is_ascii_control());
     let keyword = &start[..end.unwrap_or(start.len())];
     match end {
         Some(_) => keyword.eq_ignore_ascii_case(want.as_bytes()),

@@ -10,6 +10,7 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::codec::command;
 use crate::session::State;
 
 /// A validated fault profile.
@@ -25,7 +26,7 @@ pub struct Profile {
     pub source: String,
 }
 
-/// When a rule is considered (SPEC §4 trigger points).
+/// When a rule is considered (the trigger points of docs/PROFILES.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum When {
@@ -310,7 +311,7 @@ pub struct Rule {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProfile {
-    name: Option<String>,
+    name: Option<Spanned<String>>,
     summary: Option<String>,
     #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
@@ -418,6 +419,9 @@ impl Profile {
             };
             err(span, &field, plain_words(&message), &fix)
         })?;
+        if let Some(name) = raw.name.as_ref().filter(|n| has_control(n.get_ref())) {
+            return Err(err(name.span(), "name", CONTROL.into(), CONTROL_FIX));
+        }
         let mut rules = Vec::new();
         for (i, spanned) in raw.rule.into_iter().enumerate() {
             let span = spanned.span();
@@ -426,7 +430,8 @@ impl Profile {
             rules.push(rule);
         }
         Ok(Profile {
-            name: raw.name.unwrap_or_else(|| default_name.to_string()),
+            // A file's stem can hold anything a file name can.
+            name: raw.name.map_or_else(|| crate::text::escape(default_name).into_owned(), Spanned::into_inner),
             summary: raw.summary.unwrap_or_default(),
             rules,
             source: text.to_string(),
@@ -438,6 +443,14 @@ impl Profile {
         self.rules.iter().any(|r| r.when == When::Accept)
     }
 }
+
+/// Names are shown on terminals (the summary, logs, the dashboard): a
+/// control character in one would be an escape sequence there.
+fn has_control(name: &str) -> bool {
+    name.chars().any(char::is_control)
+}
+const CONTROL: &str = "holds a control character (an escape sequence on a terminal)";
+const CONTROL_FIX: &str = "use printable characters only";
 
 type ErrFn<'a> = dyn Fn(Range<usize>, &str, String, &str) -> ProfileError + 'a;
 
@@ -454,6 +467,7 @@ fn validate(text: &str, r: RawRule, i: usize, span: Range<usize>, err: &ErrFn<'_
                 "give the rule a short name, or leave `name` out",
             ));
         }
+        Some(s) if has_control(s.get_ref()) => return Err(err(s.span(), &at("name"), CONTROL.into(), CONTROL_FIX)),
         Some(s) => s.get_ref().clone(),
         None => format!("{}-{n}", when.as_str()),
     };
@@ -479,14 +493,14 @@ fn validate(text: &str, r: RawRule, i: usize, span: Range<usize>, err: &ErrFn<'_
                 "remove `command`, or use when = \"command\", \"forwarded\", \"status\", \"body\" or \"response\"",
             ));
         }
-        let ok =
-            !c.get_ref().is_empty() && c.get_ref().len() <= 16 && c.get_ref().bytes().all(|b| b.is_ascii_alphabetic());
-        if !ok {
+        // Only known keywords are kept from the wire (any other line is
+        // OTHER), so a rule on another keyword could never fire.
+        if !command::is_label(&c.get_ref().to_ascii_uppercase()) {
             return Err(err(
                 c.span(),
                 &at("command"),
-                format!("'{}' is not a command keyword", c.get_ref()),
-                "use a POP3 keyword such as \"RETR\" or \"QUIT\"",
+                format!("'{}' is not a command keyword popfault knows", c.get_ref()),
+                &format!("use one of {} (OTHER: any other line)", command::KEYWORDS.join(", ")),
             ));
         }
     }

@@ -655,7 +655,7 @@ fn spec_builtins_exist() {
         "modem-28k8",
         "flaky-line",
     ] {
-        assert!(builtin::builtin(name).is_some(), "SPEC §4 requires built-in `{name}`");
+        assert!(builtin::builtin(name).is_some(), "built-in `{name}` is documented in docs/PROFILES.md");
     }
 }
 
@@ -1033,4 +1033,31 @@ fn a_rule_that_cannot_fire_again_holds_nothing() {
     assert!(e.wants_whole_line(LineSoFar::Greeting, &facts()));
     assert!(!e.wants_whole_line(LineSoFar::Command(b"RE"), &facts()));
     assert!(!e.wants_whole_line(LineSoFar::Status(&retr()), &facts()));
+
+#[test]
+fn names_with_control_characters_are_refused() {
+    // Names reach terminals: the summary, the logs, the dashboard.
+    assert_eq!(
+        error_at("[[rule]]\nname = \"r\\u001b[2J\"\nwhen = \"accept\"\nactions = [{ do = \"disconnect\" }]\n"),
+        (2, 8, "rule[1].name".into())
+    );
+    assert_eq!(error_at("name = \"p\\u009b1m\"\n"), (1, 8, "name".into()));
+    let p = Profile::from_toml("", "x", "stem\u{1b}[2J").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.name, "stem\\x1b[2J");
+}
+
+#[test]
+fn command_filters_name_known_keywords_or_other() {
+    let rule =
+        |c: &str| format!("[[rule]]\nwhen = \"command\"\ncommand = \"{c}\"\nactions = [{{ do = \"swallow\" }}]\n");
+    for ok in ["retr", "XTND", "utf8", "OTHER"] {
+        profile(&rule(ok));
+    }
+    for bad in ["FOO", "PASS1", ""] {
+        assert_eq!(error_at(&rule(bad)), (3, 11, "rule[1].command".into()), "{bad}");
+    }
+    // OTHER matches any line that is not a known keyword.
+    let mut e = engine(&rule("OTHER"), 1, 1);
+    assert!(fires(&mut e, Point::Command(&Command::parse(b"Zq7Kx9Wv3Tp\r\n")), &facts()));
+    assert!(!fires(&mut e, Point::Command(&Command::Noop), &facts()));
 }

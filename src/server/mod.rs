@@ -1,4 +1,4 @@
-//! The embedded RFC 1939 maildrop server (SPEC §7).
+//! The embedded RFC 1939 maildrop server.
 //!
 //! What `serve`, `demo`, `audit` and the tests talk to: USER/PASS, APOP,
 //! AUTH PLAIN, the TRANSACTION commands, CAPA and pipelining, with strict

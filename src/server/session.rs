@@ -8,7 +8,7 @@ use super::base64;
 use super::message::{stuff_into, top};
 use super::store::{MailboxLock, Maildrop, OpenError, StoredMessage};
 use crate::codec::Command;
-use crate::codec::command::trim_eol;
+use crate::codec::command::{UserName, trim_eol};
 
 /// Longest command line, CRLF included (RFC 2449 §4).
 pub(crate) const MAX_COMMAND_LINE: usize = 255;
@@ -162,9 +162,12 @@ impl Session {
                 ok(out, "popfault signing off");
                 return Flow::Close;
             }
-            Command::User(name) => {
+            Command::User(_) => {
                 // Same answer for every name, so USER does not reveal which users exist.
+                // The name is taken from the line: the parsed command keeps only
+                // names it can show, and this server limits none.
                 ok(out, "send PASS");
+                let name = String::from_utf8_lossy(split_keyword(line).1).into_owned();
                 self.state = State::Authorization { user: Some(name) };
             }
             Command::Pass => {
@@ -187,7 +190,7 @@ impl Session {
                 ok(out, "SASL mechanisms follow");
                 out.extend_from_slice(b"PLAIN\r\n.\r\n");
             }
-            Command::Auth { mechanism: Some(m), initial_response } if m == "PLAIN" => {
+            Command::Auth { mechanism: Some("PLAIN"), initial_response } => {
                 if initial_response {
                     let args = tokens(line);
                     match args.as_slice() {
@@ -202,7 +205,7 @@ impl Session {
             }
             Command::Auth { .. } => err(out, "unsupported SASL mechanism"),
             Command::Stls => err(out, "STLS not available"),
-            Command::Unknown(keyword) => unknown(&keyword, out),
+            Command::Unknown(keyword) => unknown(keyword, out),
             Command::Stat
             | Command::List(_)
             | Command::Retr(_)
@@ -251,7 +254,9 @@ impl Session {
     fn login(&mut self, user: &str, credentials_valid: bool, out: &mut Vec<u8>) {
         self.state = State::Authorization { user: None };
         if !credentials_valid {
-            debug!(session = self.number, user, "login refused: bad credentials");
+            // Logged as the proxy shows it: a name from the wire may hold anything.
+            let shown = UserName::from(user);
+            debug!(session = self.number, user = shown.as_str(), "login refused: bad credentials");
             err(out, "[AUTH] invalid credentials");
             return;
         }
@@ -337,7 +342,7 @@ impl Session {
             Command::Capa => capa(out),
             Command::User(_) | Command::Pass | Command::Apop(_) | Command::Auth { .. } => err(out, "already logged in"),
             Command::Stls => err(out, "STLS not available"),
-            Command::Unknown(keyword) => unknown(&keyword, out),
+            Command::Unknown(keyword) => unknown(keyword, out),
         }
         Flow::Continue
     }
