@@ -9,6 +9,7 @@ pub mod codec;
 pub mod control;
 pub mod dashboard;
 pub mod demo;
+pub mod driver;
 pub mod events;
 pub mod faults;
 pub mod logging;

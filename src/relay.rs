@@ -10,7 +10,6 @@
 //! holds only bytes it has read and not yet written: at most one read's
 //! worth, or one incomplete line (bounded by RFC 2449's limits).
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -19,8 +18,6 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use rand::rngs::SmallRng;
-use rand::{Rng, RngCore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -28,14 +25,10 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::codec::framer::NextServerLine;
-use crate::codec::status::announced_size;
-use crate::codec::{ClientEvent, Command, Pop3Codec, ServerEvent, Status, Step};
 use crate::control::Control;
-use crate::events::{Event, EventSink, SessionEnd, SessionSnapshot};
-use crate::faults::engine::{jittered, rng_for};
-use crate::faults::{Action, BodyCut, Decision, Engine, Facts, How, LineSoFar, Point, RefuseHow, Side};
-use crate::session::Tracker;
+use crate::driver::{Accept, Dir, Driver, SessionInfo, Transmit};
+use crate::events::{Event, EventSink};
+use crate::faults::{Engine, How, RefuseHow};
 
 /// Bytes asked of the kernel per read, growing while reads come back full
 /// (a bulk transfer). The least is enough for a typical answer (a message
@@ -44,34 +37,6 @@ use crate::session::Tracker;
 /// hold no buffer whatever the size (see `spare`).
 const READ_MIN: usize = 16 * 1024;
 const READ_MAX: usize = 64 * 1024;
-
-/// Latency samples a session sends at once (and the rest when it ends).
-const LATENCY_BATCH: usize = 16;
-
-/// A latency sample waiting to be sent: kept inline (no allocation) since
-/// an idle session holds its last few.
-#[derive(Debug, Clone, Copy)]
-struct Sample {
-    seq: u64,
-    micros: u64,
-    /// The command keyword (at most 16 bytes, see `codec::command`).
-    name: [u8; 16],
-    len: u8,
-}
-
-impl Sample {
-    fn new(seq: u64, name: &str, micros: u64) -> Sample {
-        let mut buf = [0u8; 16];
-        let n = name.len().min(16);
-        buf[..n].copy_from_slice(&name.as_bytes()[..n]);
-        Sample { seq, micros, name: buf, len: n as u8 }
-    }
-
-    fn event(&self, session: u64) -> Event {
-        let command = String::from_utf8_lossy(&self.name[..self.len as usize]).into_owned();
-        Event::Latency { session, seq: self.seq, command, micros: self.micros }
-    }
-}
 
 /// How the proxy runs.
 #[derive(Debug, Clone)]
@@ -239,10 +204,20 @@ async fn accept_loop(
             }
             Ok((client, peer)) => {
                 let number = counter.fetch_add(1, Ordering::Relaxed) + 1;
-                let profile = control.profile();
-                let ctx = SessionCtx {
+                let seed = control.seed();
+                let info = SessionInfo {
                     number,
                     peer,
+                    upstream: cfg.upstream.clone(),
+                    seed,
+                    run_started: started,
+                    started: Instant::now(),
+                    idle_timeout: cfg.idle_timeout,
+                    greeting_timeout: cfg.greeting_timeout,
+                    wants_progress: sink.wants_progress(),
+                };
+                let driver = Driver::new(info, Engine::new(control.profile(), seed, number));
+                let ctx = SessionCtx {
                     cfg: cfg.clone(),
                     sink: sink.clone(),
                     shutdown: stop.clone(),
@@ -250,12 +225,8 @@ async fn accept_loop(
                     cut_seen: AtomicBool::new(false),
                     injected: [AtomicBool::new(false), AtomicBool::new(false)],
                     control: control.clone(),
-                    run_started: started,
-                    started: Instant::now(),
-                    engine_seed: control.seed(),
                 };
-                let engine = Engine::new(profile, ctx.engine_seed, number);
-                sessions.spawn(run_session(client, ctx, engine));
+                sessions.spawn(run_session(client, ctx, driver));
                 live.send_replace(sessions.len());
             }
             Err(e) => {
@@ -274,150 +245,27 @@ async fn accept_loop(
     live.send_replace(0);
 }
 
-/// What a session knows that does not change.
+/// What a session's futures share, apart from its driver.
 struct SessionCtx {
-    number: u64,
-    peer: SocketAddr,
     cfg: Arc<ProxyConfig>,
     sink: EventSink,
     /// The proxy is shutting down.
     shutdown: CancellationToken,
-    /// This session is being cut (a fault, a manual cut, shutdown).
+    /// This session is being cut (a fault, a manual cut, shutdown): every
+    /// wait on it ends.
     cut: CancellationToken,
-    /// `cut` as the directions see it, without the token's lock: set with
-    /// every cut the session makes, and by the relay when the timers see
-    /// a cut from outside (shutdown) — which always ends their wait.
+    /// `cut` as the directions see it, without the token's lock.
     cut_seen: AtomicBool,
-    /// A direction has something newly injected to write (noise, the
-    /// proxy's own answer): a one-shot permit, as `Notify` gives, taken by
-    /// that direction's wait.
+    /// The driver queued something for a direction (noise, the proxy's
+    /// own answer): a one-shot permit taken by that direction's wait.
     injected: [AtomicBool; 2],
     control: Arc<Control>,
-    run_started: Instant,
-    started: Instant,
-    engine_seed: u64,
 }
 
-/// Which way bytes go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dir {
-    /// Client → server.
-    Up = 0,
-    /// Server → client.
-    Down = 1,
-}
-
-impl Dir {
-    fn toward(side: Side) -> Dir {
-        if side == Side::Server { Dir::Up } else { Dir::Down }
-    }
-
-    /// The side bytes going this way come from.
-    fn source(self) -> Side {
-        if self == Dir::Up { Side::Client } else { Side::Server }
-    }
-
-    /// The side bytes going this way are written to.
-    fn destination(self) -> Side {
-        if self == Dir::Up { Side::Server } else { Side::Client }
-    }
-}
-
-/// The pure state of one session plus the fault effects in force, shared
-/// by its directions.
-struct Core {
-    codec: Pop3Codec,
-    tracker: Tracker,
-    engine: Engine,
-    /// Rule names that fired, in order.
-    faults: Vec<String>,
-    /// When each unanswered command was forwarded, oldest first.
-    inflight: VecDeque<(u64, Instant)>,
-    /// The multi-line response being delivered: (seq, command).
-    answering: Option<(u64, Command)>,
-    /// Fault effects in force; boxed, made when a fault first needs it
-    /// (most sessions of most profiles never do, and every session's
-    /// state counts).
-    fx: Option<Box<Effects>>,
-    /// Draws for fault effects, in the order they happen.
-    rng: SmallRng,
-    /// How the session was cut, if a fault or a person cut it.
-    cut: Option<(Side, How, String)>,
-    last_activity: Instant,
-    /// The idle timeout ended the session.
-    idle: bool,
-    /// The upstream never greeted in time.
-    no_greeting: bool,
-    /// The first end a peer made, as observed: its side, and whether it
-    /// reset (or closed in order).
-    first_end: Option<(Side, bool)>,
-    /// Latency samples not yet sent (see [`LATENCY_BATCH`]).
-    latencies: Vec<Sample>,
-}
-
-/// The effects of faults that outlast the decision that made them.
-#[derive(Default)]
-struct Effects {
-    /// Cuts planned in the body being delivered.
-    body_cuts: VecDeque<BodyCut>,
-    /// Answers the proxy makes itself (`reply`), in command order.
-    replies: VecDeque<Vec<u8>>,
-    /// Bytes to inject, per direction (line noise).
-    inject: [Vec<u8>; 2],
-    /// Flip a bit in each of this many next bytes, per direction.
-    corrupt: [usize; 2],
-    /// Nothing is written before this instant (stall).
-    hold_until: Option<Instant>,
-    /// Line speed in bytes per second (throttle).
-    rate: Option<u64>,
-    /// Added before each response: (ms, jitter ms).
-    delay: Option<(u64, u64)>,
-}
-
-fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
-    // A panic elsewhere cannot leave Core half-updated in a way that
+fn lock(driver: &Mutex<Driver>) -> MutexGuard<'_, Driver> {
+    // A panic elsewhere cannot leave the driver half-updated in a way that
     // matters more than losing the session, so poisoning is ignored.
-    core.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Core {
-    fn facts(&self, ctx: &SessionCtx, seq: u64) -> Facts {
-        Facts {
-            state: self.tracker.state(),
-            retrieved: self.tracker.downloads(),
-            deleted: self.tracker.marked() as u64,
-            run_elapsed: ctx.run_started.elapsed(),
-            seq,
-        }
-    }
-
-    /// The fault effects, made on first use.
-    fn fx(&mut self) -> &mut Effects {
-        self.fx.get_or_insert_default()
-    }
-
-    /// Frees empty queues' memory before a direction waits.
-    fn shed(&mut self) {
-        self.codec.shed();
-        if self.inflight.is_empty() {
-            self.inflight = VecDeque::new();
-        }
-    }
-
-    /// Microseconds since `seq` was forwarded, once its response is
-    /// delivered in full.
-    fn answered(&mut self, seq: u64, now: Instant) -> Option<u64> {
-        while let Some(&(s, at)) = self.inflight.front() {
-            if s > seq {
-                return None;
-            }
-            self.inflight.pop_front();
-            if s == seq {
-                return Some(now.duration_since(at).as_micros() as u64);
-            }
-        }
-        None
-    }
+    driver.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// How one direction stopped.
@@ -431,91 +279,33 @@ enum End {
     Cut,
 }
 
-/// What to do with the bytes of the event that triggered decisions.
-#[derive(Debug, PartialEq, Eq)]
-enum Flow {
-    /// Relay them.
-    Go,
-    /// The session is being cut: relay nothing more.
-    Stop,
-    /// Do not forward the command (`swallow`).
-    Swallow,
-    /// Answer the command with this line instead of forwarding it.
-    Reply(Vec<u8>),
-}
-
 /// A session's future. Not an `async fn`: those keep their arguments
 /// twice (as arguments and as moved locals), and every idle session
 /// carries this future whole.
-fn run_session(mut client: TcpStream, ctx: SessionCtx, engine: Engine) -> impl Future<Output = ()> + Send {
+fn run_session(mut client: TcpStream, ctx: SessionCtx, driver: Driver) -> impl Future<Output = ()> + Send {
     let _ = client.set_nodelay(true);
-    ctx.sink.emit(Event::SessionStart {
-        session: ctx.number,
-        client: ctx.peer,
-        upstream: ctx.cfg.upstream.clone(),
-        profile: engine.profile().name.clone(),
-    });
-    let rng = rng_for(ctx.engine_seed, ctx.number, usize::MAX, 0);
-    let core = Mutex::new(Core {
-        codec: Pop3Codec::new(),
-        tracker: Tracker::new(),
-        engine,
-        faults: Vec::new(),
-        inflight: VecDeque::new(),
-        answering: None,
-        fx: None,
-        rng,
-        cut: None,
-        last_activity: Instant::now(),
-        idle: false,
-        no_greeting: false,
-        first_end: None,
-        latencies: Vec::new(),
-    });
+    let driver = Mutex::new(driver);
     async move {
-        let remote = ctx.control.register(ctx.number);
-        let s = Session { ctx: &ctx, core: &core };
+        let number = lock(&driver).number();
+        let remote = ctx.control.register(number);
+        let s = Session { ctx: &ctx, driver: &driver };
         let ended_by = s.run(&mut client, &remote).await;
-        ctx.control.unregister(ctx.number);
-
-        let mut core = core.into_inner().unwrap_or_else(|p| p.into_inner());
-        let fingerprints = core.tracker.take_fingerprints();
-        let faults = std::mem::take(&mut core.faults);
-        let t = &core.tracker;
-        let end = SessionEnd {
-            session: ctx.number,
-            client: ctx.peer,
-            upstream: ctx.cfg.upstream.clone(),
-            user: t.user().map(str::to_owned),
-            outcome: t.outcome(),
-            state: t.state(),
-            downloaded: t.downloads(),
-            marked: t.marked(),
-            at_risk: t.at_risk(),
-            duplicates: 0,
-            bytes_up: t.bytes_up(),
-            bytes_down: t.bytes_down(),
-            duration_ms: ctx.started.elapsed().as_millis() as u64,
-            faults,
-            encrypted: t.encrypted(),
-            violations: t.violations(),
-            profile: core.engine.profile().name.clone(),
-            fingerprints,
-            ended_by,
-        };
-        info!(session = end.session, outcome = %end.outcome, user = ?end.user, ended_by = %end.ended_by, "session ended");
-        for sample in core.latencies {
-            ctx.sink.emit(sample.event(ctx.number));
+        ctx.control.unregister(number);
+        let events = driver.into_inner().unwrap_or_else(|p| p.into_inner()).finish(ended_by, Instant::now());
+        for ev in events {
+            if let Event::SessionEnd(end) = &ev {
+                info!(session = end.session, outcome = %end.outcome, user = ?end.user, ended_by = %end.ended_by, "session ended");
+            }
+            ctx.sink.emit(ev);
         }
-        ctx.sink.emit(Event::SessionEnd(Box::new(end)));
     }
 }
 
-/// One session's I/O, borrowing its context and core.
+/// One session's I/O: the thin shell around its [`Driver`].
 #[derive(Clone, Copy)]
 struct Session<'a> {
     ctx: &'a SessionCtx,
-    core: &'a Mutex<Core>,
+    driver: &'a Mutex<Driver>,
 }
 
 impl Session<'_> {
@@ -533,49 +323,76 @@ impl Session<'_> {
         self.ctx.control.paused()
     }
 
-    /// Notes that `side` ended its connection (reset or FIN), unless a
-    /// peer's end was seen already: what follows a first end (a write
-    /// failing toward a client that closed) is its consequence.
-    fn ended(&self, side: Side, reset: bool) {
-        let mut c = lock(self.core);
-        if c.first_end.is_none() {
-            c.first_end = Some((side, reset));
+    /// After the driver was told something: its events go out, a stop
+    /// ends every wait, and output it queued for a direction is that
+    /// direction's to take. Returns whether the task must be polled again.
+    fn sync(&self, d: &mut Driver) -> bool {
+        if d.has_events() {
+            for ev in d.take_events() {
+                if let Event::Fault { session, rule, action, point } = &ev {
+                    info!(session, rule = %rule, point = %point, actions = %action, "fault");
+                }
+                self.ctx.sink.emit(ev);
+            }
         }
+        if d.is_stopped() && !self.is_cut() {
+            self.cut_now();
+        }
+        if d.take_wake() {
+            for permit in &self.ctx.injected {
+                permit.store(true, Ordering::Release);
+            }
+            return true;
+        }
+        false
     }
 
-    async fn run(self, client: &mut TcpStream, remote: &Notify) -> String {
+    /// Has the session's task polled again, so that each direction's wait
+    /// sees what was queued for it.
+    async fn wake_task(&self) {
+        std::future::poll_fn(|cx| {
+            cx.waker().wake_by_ref();
+            Poll::Ready(())
+        })
+        .await
+    }
+
+    /// Returns `ended_by` when the shell knows better than the driver (a
+    /// refusal, a failed connect).
+    async fn run(self, client: &mut TcpStream, remote: &Notify) -> Option<String> {
         // === accept ===
-        if !self.paused() {
-            let decisions = {
-                let mut c = lock(self.core);
-                let facts = Facts::at_accept(self.ctx.run_started.elapsed());
-                c.engine.decide(&Point::Accept, &facts)
-            };
-            for d in &decisions {
-                self.record(d);
-                for a in &d.actions {
-                    if let Action::Refuse { how, text, .. } = a {
-                        lock(self.core).tracker.set_refused();
-                        return Box::pin(self.refuse(client, *how, text, &d.rule)).await;
-                    }
-                }
+        let accept = {
+            let mut d = lock(self.driver);
+            d.set_paused(self.paused());
+            let a = d.accept(Instant::now());
+            self.sync(&mut d);
+            a
+        };
+        match accept {
+            Accept::Connect => {}
+            Accept::Refuse { how, text, rule } => return Some(Box::pin(self.refuse(client, how, &text, &rule)).await),
+            Accept::Cut => {
+                Box::pin(self.finish_cut(client, None)).await;
+                return None;
             }
-            for d in decisions {
-                if Box::pin(self.act(d, Dir::Up)).await == Flow::Stop {
-                    lock(self.core).tracker.set_refused();
-                    return Box::pin(self.finish_cut(client, None)).await;
-                }
+        }
+        // A stall at accept holds the connect too.
+        let hold = lock(self.driver).hold_until();
+        if let Some(h) = hold {
+            tokio::select! {
+                _ = tokio::time::sleep_until(h.into()) => {}
+                _ = self.ctx.cut.cancelled() => {}
             }
         }
         let mut server = match self.connect_upstream().await {
             Err(why) => {
-                lock(self.core).tracker.set_refused();
+                lock(self.driver).refused();
                 // Mirror what a client sees from a dead server: a reset when
                 // it refused, a close when it never answered.
                 if why.starts_with("refused") {
                     let _ = client.set_zero_linger();
                 }
-                return why;
+                return Some(why);
             }
             Ok(s) => s,
         };
@@ -598,13 +415,13 @@ impl Session<'_> {
                 }
             }
         };
+        if self.ctx.shutdown.is_cancelled() {
+            lock(self.driver).shutdown();
+        }
 
-        let (faulted, idle, no_greeting, first_end) = {
-            let c = lock(self.core);
-            (c.cut.is_some(), c.idle, c.no_greeting, c.first_end)
-        };
-        if faulted {
-            return Box::pin(self.finish_cut(client, Some(&mut server))).await;
+        if lock(self.driver).close().is_some() {
+            Box::pin(self.finish_cut(client, Some(&mut server))).await;
+            return None;
         }
         if up == End::Reset || down == End::Reset || self.ctx.shutdown.is_cancelled() {
             // A reset on one side becomes a reset on the other; a session
@@ -612,34 +429,21 @@ impl Session<'_> {
             let _ = client.set_zero_linger();
             let _ = server.set_zero_linger();
         }
-        // Who ended it, as first observed: a client that resets midway is
-        // not "reset by server" because the write toward it failed after.
-        match first_end {
-            Some((side, reset)) => {
-                let who = if side == Side::Client { "client" } else { "server" };
-                format!("{} by {who}", if reset { "reset" } else { "closed" })
-            }
-            None if self.ctx.shutdown.is_cancelled() => "cut at shutdown".into(),
-            None if no_greeting => format!("no greeting from upstream within {:?}", self.ctx.cfg.greeting_timeout),
-            None if idle => "idle timeout".into(),
-            None => "closed".into(),
-        }
+        None
     }
 
-    /// Carries out a cut: rst / fin / silent per side. Silent sides are held
-    /// open, read and ignored, until they close, the idle timeout, or
-    /// shutdown.
-    async fn finish_cut(&self, client: &mut TcpStream, server: Option<&mut TcpStream>) -> String {
-        let cut = lock(self.core).cut.clone();
-        let Some((side, how, why)) = cut else {
+    /// Carries out a cut: rst / fin / silent per side, as the driver says.
+    /// Silent sides are held open, read and ignored, until they close, the
+    /// idle timeout, or shutdown.
+    async fn finish_cut(&self, client: &mut TcpStream, server: Option<&mut TcpStream>) {
+        let Some((for_client, for_server)) = lock(self.driver).close() else {
             let _ = client.set_zero_linger();
-            return "cut".into();
+            return;
         };
-        let how_for = |s: Side| if side == Side::Both || side == s { how } else { How::Fin };
         let mut silent: Vec<&mut TcpStream> = Vec::new();
-        for (s, stream) in [(Side::Client, Some(client)), (Side::Server, server)] {
+        for (how, stream) in [(for_client, Some(client)), (for_server, server)] {
             let Some(stream) = stream else { continue };
-            match how_for(s) {
+            match how {
                 How::Rst => {
                     let _ = stream.set_zero_linger();
                 }
@@ -652,7 +456,6 @@ impl Session<'_> {
         if !silent.is_empty() {
             self.hold_silent(silent).await;
         }
-        why
     }
 
     /// Keeps `streams` open and unanswered (the half-open line) until a
@@ -697,7 +500,7 @@ impl Session<'_> {
                 line.extend_from_slice(b"\r\n");
                 let _ = client.write_all(&line).await;
                 let _ = client.shutdown().await;
-                lock(self.core).tracker.on_unframed(false, line.len());
+                lock(self.driver).refused_with(line.len());
             }
             RefuseHow::Hang => self.hold_silent(vec![client]).await,
         }
@@ -728,397 +531,146 @@ impl Session<'_> {
         }
     }
 
-    /// Timer faults, manual cuts and the idle timeout.
+    /// Timer faults, manual cuts and the idle and greeting timeouts: the
+    /// driver says when; this waits and tells it.
     async fn timers_and_cuts(&self, remote: &Notify) {
-        let timers = lock(self.core).engine.timers();
-        let mut timers: VecDeque<(Duration, usize)> = timers.into();
-        let idle = self.ctx.cfg.idle_timeout;
         loop {
-            let next_timer = timers.front().map(|(after, _)| self.ctx.started + *after);
-            let (idle_at, greeted) = {
-                let c = lock(self.core);
-                (c.last_activity + idle, c.codec.greeted())
-            };
-            let mut wake_at = next_timer.map_or(idle_at, |t| t.min(idle_at));
-            if !greeted {
-                wake_at = wake_at.min(self.ctx.started + self.ctx.cfg.greeting_timeout);
-            }
+            let at = lock(self.driver).poll_timeout();
             tokio::select! {
                 _ = self.ctx.cut.cancelled() => return,
                 _ = remote.notified() => {
-                    let d = Decision { rule: "manual".into(), point: "manual".into(), actions: vec![Action::Disconnect { side: Side::Both, how: How::Rst, probability: None }] };
-                    self.record(&d);
-                    let _ = Box::pin(self.act(d, Dir::Down)).await;
+                    let mut d = lock(self.driver);
+                    d.cut_manual(Instant::now());
+                    self.sync(&mut d);
                     return;
                 }
-                _ = tokio::time::sleep_until(wake_at.into()) => {}
+                _ = tokio::time::sleep_until(at.into()) => {}
             }
-            let now = Instant::now();
-            let greeted = lock(self.core).codec.greeted();
-            if !greeted && self.ctx.started + self.ctx.cfg.greeting_timeout <= now {
-                debug!(session = self.ctx.number, "no greeting");
-                lock(self.core).no_greeting = true;
-                self.cut_now();
-                return;
-            }
-            if lock(self.core).last_activity + idle <= now {
-                debug!(session = self.ctx.number, "idle timeout");
-                lock(self.core).idle = true;
-                self.cut_now();
-                return;
-            }
-            while let Some(&(after, rule)) = timers.front() {
-                if self.ctx.started + after > now {
-                    break;
-                }
-                timers.pop_front();
-                if self.paused() {
-                    continue;
-                }
-                let d = {
-                    let mut c = lock(self.core);
-                    let facts = c.facts(self.ctx, 0);
-                    c.engine.timer_due(rule, after, &facts)
-                };
-                if let Some(d) = d {
-                    self.record(&d);
-                    if Box::pin(self.act(d, Dir::Down)).await == Flow::Stop {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Emits the fault event(s) of a decision and remembers the rule.
-    fn record(&self, d: &Decision) {
-        lock(self.core).faults.push(d.rule.clone());
-        let actions = if d.actions.is_empty() {
-            "none".to_string()
-        } else {
-            d.actions.iter().map(Action::name).collect::<Vec<_>>().join("+")
-        };
-        info!(session = self.ctx.number, rule = %d.rule, point = %d.point, actions = %actions, "fault");
-        self.ctx.sink.emit(Event::Fault {
-            session: self.ctx.number,
-            rule: d.rule.clone(),
-            action: actions,
-            point: d.point.clone(),
-        });
-    }
-
-    /// Carries out a decision's steps, in order. `dir` is the direction of
-    /// the bytes that triggered it (corrupt acts on those).
-    async fn act(&self, d: Decision, dir: Dir) -> Flow {
-        let mut flow = Flow::Go;
-        for a in d.actions {
-            match a {
-                Action::Disconnect { side, how, .. } => {
-                    lock(self.core).cut = Some((side, how, format!("fault: {}", d.rule)));
-                    self.cut_now();
-                    return Flow::Stop;
-                }
-                Action::Stall { ms, jitter_ms, .. } => {
-                    let until = {
-                        let mut c = lock(self.core);
-                        let until = Instant::now() + jittered(&mut c.rng, ms, jitter_ms);
-                        let fx = c.fx();
-                        fx.hold_until = Some(fx.hold_until.map_or(until, |h| h.max(until)));
-                        until
-                    };
-                    // The triggering direction waits here; the other holds
-                    // at its next write.
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(until.into()) => {}
-                        _ = self.ctx.cut.cancelled() => return Flow::Stop,
-                    }
-                }
-                Action::Noise { bytes, toward, .. } => {
-                    let to = Dir::toward(toward);
-                    {
-                        let mut c = lock(self.core);
-                        let mut noise = vec![0u8; bytes];
-                        c.rng.fill_bytes(&mut noise);
-                        c.fx().inject[to as usize].extend_from_slice(&noise);
-                    }
-                    self.injected(to).await;
-                }
-                Action::Corrupt { bytes, .. } => lock(self.core).fx().corrupt[dir as usize] += bytes,
-                Action::Throttle { bps, .. } => lock(self.core).fx().rate = Some((bps / 8).max(1)),
-                Action::Delay { ms, jitter_ms, .. } => lock(self.core).fx().delay = Some((ms, jitter_ms)),
-                Action::Reply { text, .. } => {
-                    let mut line = text.into_bytes();
-                    line.extend_from_slice(b"\r\n");
-                    flow = Flow::Reply(line);
-                }
-                Action::Swallow { .. } => flow = Flow::Swallow,
-                // Refusals happen at accept, before there is a stream.
-                Action::Refuse { .. } => {}
-            }
-        }
-        flow
-    }
-
-    /// Runs decisions for a point; the flow of the last that says anything.
-    async fn decide_and_act(&self, point: Point<'_>, seq: u64, dir: Dir) -> Flow {
-        if self.is_cut() {
-            // Nothing is decided, or recorded, after a cut.
-            return Flow::Stop;
-        }
-        if self.paused() {
-            return Flow::Go;
-        }
-        let decisions = {
-            let mut c = lock(self.core);
-            if c.engine.is_inert() {
-                // Not even the facts: they read the clock.
-                return Flow::Go;
-            }
-            let facts = c.facts(self.ctx, seq);
-            c.engine.decide(&point, &facts)
-        };
-        if decisions.is_empty() {
-            return Flow::Go;
-        }
-        // Boxed: faults are rare, and an inline future would make every
-        // session's state as big as the biggest fault (RSS per session).
-        Box::pin(self.act_all(decisions, dir)).await
-    }
-
-    async fn act_all(&self, decisions: Vec<Decision>, dir: Dir) -> Flow {
-        let mut flow = Flow::Go;
-        for d in decisions {
-            self.record(&d);
-            match self.act(d, dir).await {
-                Flow::Stop => return Flow::Stop,
-                Flow::Go => {}
-                f => flow = f,
-            }
-        }
-        flow
-    }
-
-    /// Writes relayed bytes toward `dir`'s destination, honouring stalls,
-    /// line speed and corruption. Injected noise goes out first.
-    async fn deliver(&self, dir: Dir, to: &mut WriteHalf<'_>, bytes: &[u8]) -> Result<(), End> {
-        self.flush_injected(dir, to).await?;
-        let plain = {
-            let c = lock(self.core);
-            c.fx.as_deref().is_none_or(|f| f.hold_until.is_none() && f.rate.is_none() && f.corrupt[dir as usize] == 0)
-        };
-        if plain {
-            self.write(dir, to, bytes).await?;
-            self.ctx.control.count(dir == Dir::Up, bytes.len());
-            return Ok(());
-        }
-        Box::pin(self.deliver_shaped(dir, to, bytes)).await
-    }
-
-    /// [`deliver`](Session::deliver) under a stall, a line speed or corruption.
-    async fn deliver_shaped(&self, dir: Dir, to: &mut WriteHalf<'_>, bytes: &[u8]) -> Result<(), End> {
-        let mut written = 0;
-        let r = self.deliver_paced(dir, to, bytes, &mut written).await;
-        if r.is_err() && written > 0 {
-            // Cut midway: the caller learns nothing of these bytes, but the
-            // peer got them (bytes_up / bytes_down count what was written).
-            lock(self.core).tracker.on_unframed(dir == Dir::Up, written);
-        }
-        r
-    }
-
-    async fn deliver_paced(
-        &self,
-        dir: Dir,
-        to: &mut WriteHalf<'_>,
-        bytes: &[u8],
-        written: &mut usize,
-    ) -> Result<(), End> {
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            let (hold, rate, flip) = {
-                let c = lock(self.core);
-                c.fx.as_deref().map_or((None, None, 0), |f| (f.hold_until, f.rate, f.corrupt[dir as usize]))
+            let (stopped, wake) = {
+                let mut d = lock(self.driver);
+                d.set_paused(self.paused());
+                d.handle_timeout(Instant::now());
+                (d.is_stopped(), self.sync(&mut d))
             };
-            if let Some(h) = hold.filter(|h| *h > Instant::now()) {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(h.into()) => {}
-                    _ = self.ctx.cut.cancelled() => return Err(End::Cut),
-                }
+            if stopped {
+                return;
             }
-            // At a line speed, write in slices of ~50 ms worth.
-            let n = rate.map_or(rest.len(), |r| rest.len().min((r as usize / 20).max(1)));
-            let piece = &rest[..n];
-            if flip > 0 {
-                let mut owned = piece.to_vec();
-                let k = flip.min(owned.len());
-                {
-                    let mut c = lock(self.core);
-                    for b in &mut owned[..k] {
-                        *b ^= 1 << c.rng.gen_range(0..8);
-                    }
-                    c.fx().corrupt[dir as usize] -= k;
-                }
-                self.write(dir, to, &owned).await?;
-            } else {
-                self.write(dir, to, piece).await?;
-            }
-            *written += n;
-            self.ctx.control.count(dir == Dir::Up, n);
-            rest = &rest[n..];
-            if let Some(r) = rate {
-                let pace = Duration::from_secs_f64(n as f64 / r as f64);
-                tokio::select! {
-                    _ = tokio::time::sleep(pace) => {}
-                    // Once every byte is out, they count as delivered
-                    // (a whole body is a download) even if the cut comes
-                    // while pacing.
-                    _ = self.ctx.cut.cancelled() => {
-                        // The relay stops at its next step (`is_cut`).
-                        self.ctx.cut_seen.store(true, Ordering::Release);
-                        return if rest.is_empty() { Ok(()) } else { Err(End::Cut) };
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes `bytes` toward `dir`'s destination, unless the session is cut.
-    async fn write(&self, dir: Dir, to: &mut WriteHalf<'_>, bytes: &[u8]) -> Result<(), End> {
-        // Once cut, nothing more goes out. The flag is checked first, and the
-        // token only while a write waits: polling the token takes its locks.
-        if self.is_cut() {
-            return Err(End::Cut);
-        }
-        tokio::select! {
-            biased;
-            r = to.write_all(bytes) => r.map_err(|e| {
-                debug!(session = self.ctx.number, error = %e, "write failed");
-                // The destination is gone (it reset, or closed and then got
-                // data): it ended the session, unless something came first.
-                self.ended(dir.destination(), true);
-                self.cut_now();
-                End::Reset
-            }),
-            _ = self.ctx.cut.cancelled() => {
-                self.ctx.cut_seen.store(true, Ordering::Release);
-                Err(End::Cut)
+            if wake {
+                self.wake_task().await;
             }
         }
     }
 
-    /// Writes injected noise for `dir`, and (server → client) the proxy's
-    /// own answers that are due.
-    async fn flush_injected(&self, dir: Dir, to: &mut WriteHalf<'_>) -> Result<(), End> {
-        let pending = {
-            let c = lock(self.core);
-            c.fx.as_deref()
-                .is_some_and(|f| !f.inject[dir as usize].is_empty() || (dir == Dir::Down && !f.replies.is_empty()))
-        };
-        if !pending {
-            return Ok(());
-        }
-        Box::pin(self.flush_injected_now(dir, to)).await
-    }
-
-    async fn flush_injected_now(&self, dir: Dir, to: &mut WriteHalf<'_>) -> Result<(), End> {
-        let noise =
-            lock(self.core).fx.as_deref_mut().map(|f| std::mem::take(&mut f.inject[dir as usize])).unwrap_or_default();
-        if !noise.is_empty() {
-            self.write(dir, to, &noise).await?;
-            lock(self.core).tracker.on_unframed(dir == Dir::Up, noise.len());
-        }
-        if dir == Dir::Down {
-            loop {
-                let due = {
-                    let mut c = lock(self.core);
-                    match c.codec.take_synthetic() {
-                        Some((cmd, seq)) => c.fx().replies.pop_front().map(|r| (cmd, seq, r)),
-                        None => None,
-                    }
-                };
-                let Some((cmd, seq, reply)) = due else { break };
-                self.write(dir, to, &reply).await?;
-                let mut c = lock(self.core);
-                let status = Status::parse(&reply);
-                let ev = ServerEvent::Status { cmd, seq, status, multiline: false };
-                c.tracker.on_server(&ev, &reply);
-            }
-        }
-        Ok(())
-    }
-
-    fn progress(&self) {
-        if !self.ctx.sink.wants_progress() {
-            return;
-        }
-        let c = lock(self.core);
-        let t = &c.tracker;
-        self.ctx.sink.emit(Event::Progress(Box::new(SessionSnapshot {
-            session: self.ctx.number,
-            state: t.state(),
-            user: t.user().map(str::to_owned),
-            last_command: t.last_command(),
-            downloaded: t.downloads(),
-            marked: t.marked(),
-            bytes_up: t.bytes_up(),
-            bytes_down: t.bytes_down(),
-        })));
-    }
-
-    /// Moves one direction until EOF, reset or a cut. Holds at most one
-    /// read's worth of bytes, released when idle so an idle session costs
-    /// no buffer.
+    /// Moves one direction until EOF, reset or a cut, doing what the
+    /// driver says. Holds at most one read's worth of bytes, released when
+    /// idle so an idle session costs no buffer.
     async fn pump(&self, dir: Dir, from: &mut ReadHalf<'_>, to: &mut WriteHalf<'_>) -> End {
         let mut buf: Vec<u8> = Vec::new();
         let mut want = READ_MIN;
-        loop {
-            if let Err(e) = self.flush_injected(dir, to).await {
-                return e;
-            }
-            if self.is_cut() {
-                return End::Cut;
-            }
-            // Read first, wait only when there is nothing: a stream in full
-            // flow never builds the wait machinery below.
-            if buf.capacity() == 0 {
-                buf = spare::take();
-            }
-            buf.reserve(want);
-            let room = buf.capacity() - buf.len();
-            let n = match read_draining(from, &mut buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if buf.is_empty() {
-                        // Idle: hold no buffer while waiting, nor queues
-                        // that are empty.
-                        spare::give(std::mem::take(&mut buf));
-                        lock(self.core).shed();
-                    }
-                    if let Err(end) = self.wait(dir, from).await {
-                        return end;
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    debug!(session = self.ctx.number, ?dir, error = %e, "read failed");
-                    self.ended(dir.source(), true);
-                    self.cut_now();
-                    return End::Reset;
-                }
+        let end = loop {
+            let (t, wake) = {
+                let mut d = lock(self.driver);
+                d.set_paused(self.paused());
+                let t = d.poll_transmit(dir, &buf, Instant::now());
+                (t, self.sync(&mut d))
             };
-            lock(self.core).last_activity = Instant::now();
-            want = if n >= room { (want * 2).min(READ_MAX) } else { (want / 2).max(READ_MIN) };
-            // Boxed: relaying is the biggest state a direction has, and an
-            // idle session should not carry it (RSS per session).
-            if let Some(end) = Box::pin(self.relay(dir, &mut buf, n == 0, to)).await {
-                spare::give(buf);
-                return end;
+            if wake {
+                self.wake_task().await;
             }
-        }
+            match t {
+                // Writes are boxed: an idle session should not carry a
+                // write's state (RSS per session).
+                Transmit::Write(range) => {
+                    if let Err(e) = Box::pin(self.write(dir, to, &buf[range.clone()])).await {
+                        break e;
+                    }
+                    self.written(dir, &buf, range.len());
+                }
+                Transmit::Own(bytes) => {
+                    if let Err(e) = Box::pin(self.write(dir, to, &bytes)).await {
+                        break e;
+                    }
+                    self.written(dir, &buf, bytes.len());
+                }
+                Transmit::Wait(at) => {
+                    // Boxed: pacing and stalls are rare, and a sleep is big.
+                    let cut = Box::pin(async {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(at.into()) => false,
+                            _ = self.ctx.cut.cancelled() => true,
+                        }
+                    })
+                    .await;
+                    if cut {
+                        self.ctx.cut_seen.store(true, Ordering::Release);
+                        break End::Cut;
+                    }
+                }
+                Transmit::Consumed(n) => {
+                    buf.drain(..n);
+                }
+                Transmit::Eof => {
+                    let _ = to.shutdown().await;
+                    break End::Eof;
+                }
+                Transmit::Stop => break End::Cut,
+                Transmit::NeedMore => {
+                    if self.is_cut() {
+                        // Cut from outside (shutdown): the driver learns it
+                        // when the session ends.
+                        break End::Cut;
+                    }
+                    // Read first, wait only when there is nothing: a stream
+                    // in full flow never builds the wait machinery below.
+                    if buf.capacity() == 0 {
+                        buf = spare::take();
+                    }
+                    buf.reserve(want);
+                    let room = buf.capacity() - buf.len();
+                    match read_draining(from, &mut buf) {
+                        Ok(n) => {
+                            lock(self.driver).read(dir, n, Instant::now());
+                            want = if n >= room { (want * 2).min(READ_MAX) } else { (want / 2).max(READ_MIN) };
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            if buf.is_empty() {
+                                // Idle: hold no buffer while waiting, nor
+                                // queues that are empty.
+                                spare::give(std::mem::take(&mut buf));
+                                lock(self.driver).shed();
+                            }
+                            if let Err(end) = self.wait(dir, from).await {
+                                break end;
+                            }
+                        }
+                        Err(e) => {
+                            debug!(session = self.number(), ?dir, error = %e, "read failed");
+                            let mut d = lock(self.driver);
+                            d.read_failed(dir);
+                            self.sync(&mut d);
+                            break End::Reset;
+                        }
+                    }
+                }
+            }
+        };
+        spare::give(buf);
+        end
     }
 
-    /// Waits until `from` is readable, something is injected toward `dir`,
+    fn number(&self) -> u64 {
+        lock(self.driver).number()
+    }
+
+    /// A write the driver asked for is done.
+    fn written(&self, dir: Dir, input: &[u8], n: usize) {
+        self.ctx.control.count(dir == Dir::Up, n);
+        let mut d = lock(self.driver);
+        d.written(dir, input, Instant::now());
+        self.sync(&mut d);
+    }
+
+    /// Waits until `from` is readable, something is queued toward `dir`,
     /// or the session is cut. Holds no waiter of its own but the socket's:
     /// every future of a session shares its task, which any of them waking
     /// re-polls whole (`join!`, `select!`), and a cut always wakes the
@@ -1136,9 +688,10 @@ impl Session<'_> {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
                 Poll::Ready(Err(e)) => {
-                    debug!(session = self.ctx.number, ?dir, error = %e, "wait failed");
-                    self.ended(dir.source(), true);
-                    self.cut_now();
+                    debug!(?dir, error = %e, "wait failed");
+                    let mut d = lock(self.driver);
+                    d.read_failed(dir);
+                    self.sync(&mut d);
                     Poll::Ready(Err(End::Reset))
                 }
             }
@@ -1146,349 +699,27 @@ impl Session<'_> {
         .await
     }
 
-    /// Something waits to be written toward `to`: gives that direction the
-    /// permit and has the task polled again, so its wait sees it.
-    async fn injected(&self, to: Dir) {
-        self.ctx.injected[to as usize].store(true, Ordering::Release);
-        std::future::poll_fn(|cx| {
-            cx.waker().wake_by_ref();
-            Poll::Ready(())
-        })
-        .await
-    }
-
-    /// Relays what a read brought: every whole event in `buf`, keeping an
-    /// incomplete one for the next read. At EOF whatever is held is an
-    /// incomplete line: it goes on as it is, then the FIN (half-close).
-    async fn relay(&self, dir: Dir, buf: &mut Vec<u8>, eof: bool, to: &mut WriteHalf<'_>) -> Option<End> {
-        if eof {
-            if !self.is_cut() {
-                self.ended(dir.source(), false);
-            }
-            if !buf.is_empty() {
-                if let Err(e) = self.deliver(dir, to, buf).await {
-                    return Some(e);
-                }
-                lock(self.core).tracker.on_unframed(dir == Dir::Up, buf.len());
-            }
-            if self.is_cut() {
-                // The cut decides how this side closes, not the EOF.
-                return Some(End::Cut);
-            }
-            let _ = to.shutdown().await;
-            return Some(End::Eof);
-        }
-        let mut start = 0;
-        while start < buf.len() {
-            let step = match dir {
-                Dir::Up => self.up_event(&buf[start..], to).await,
-                Dir::Down => self.down_event(&buf[start..], to).await,
-            };
-            match step {
-                // An incomplete line: held only while a rule may want it
-                // whole, else relayed now (a peer waiting for an answer to
-                // a partial line must not wait on us).
-                Ok(0) if self.must_hold(dir, &buf[start..]) => break,
-                Ok(0) => match self.pass(dir, &buf[start..], to).await {
-                    Ok(()) => start = buf.len(),
-                    Err(e) => return Some(e),
-                },
-                // A cut that came while the event's bytes went out (see
-                // `deliver_shaped`) stops the relay here.
-                Ok(_) if self.is_cut() => return Some(End::Cut),
-                Ok(consumed) => start += consumed,
-                Err(e) => return Some(e),
-            }
-        }
-        buf.drain(..start);
-        None
-    }
-
-    /// Whether the incomplete line `rest` must wait for its end: a rule at
-    /// the point it will reach (command, greeting, status) may still want
-    /// to act before any of it goes on. Never once part of it went on,
-    /// never for SASL data, never while paused or with no rule in force.
-    fn must_hold(&self, dir: Dir, rest: &[u8]) -> bool {
-        if self.paused() {
-            return false;
-        }
-        let c = lock(self.core);
-        if c.engine.is_inert() {
-            return false;
-        }
-        let line = match dir {
-            Dir::Up if c.codec.client_line_started() || c.codec.next_client_line_is_sasl() => return false,
-            Dir::Up => LineSoFar::Command(rest),
-            Dir::Down if c.codec.server_line_started() => return false,
-            Dir::Down => match c.codec.next_server_line() {
-                NextServerLine::Greeting => LineSoFar::Greeting,
-                NextServerLine::Answer(cmd) => LineSoFar::Status(cmd),
-                NextServerLine::Other => return false,
-            },
-        };
-        let facts = c.facts(self.ctx, c.codec.next_seq());
-        c.engine.wants_whole_line(line, &facts)
-    }
-
-    /// Relays the start of an incomplete line now; the codec keeps what it
-    /// needs to parse the line when it ends.
-    async fn pass(&self, dir: Dir, rest: &[u8], to: &mut WriteHalf<'_>) -> Result<(), End> {
-        let (ev, delay) = {
-            let mut c = lock(self.core);
-            // A delay in force is waited before a status line: before its
-            // first byte when it goes on in parts.
-            let answer =
-                !c.codec.server_line_started() && matches!(c.codec.next_server_line(), NextServerLine::Answer(_));
-            let delay = if dir == Dir::Down && answer { c.fx.as_deref().and_then(|f| f.delay) } else { None };
-            let delay = delay.map(|(ms, j)| jittered(&mut c.rng, ms, j));
-            let ev = match dir {
-                Dir::Up => Ok(c.codec.pass_client(rest).event),
-                Dir::Down => Err(c.codec.pass_server(rest).event),
-            };
-            (ev, delay)
-        };
-        if let Some(d) = delay {
-            Box::pin(self.pause(d)).await?;
-        }
-        self.deliver(dir, to, rest).await?;
-        let mut c = lock(self.core);
-        match ev {
-            Ok(Some(ev)) => c.tracker.on_client(&ev, rest, true),
-            Err(Some(ev)) => c.tracker.on_server(&ev, rest),
-            Ok(None) | Err(None) => {}
-        }
-        Ok(())
-    }
-
-    /// Decodes and relays the next client event in `buf`; returns the bytes
-    /// consumed (0: need more).
-    async fn up_event(&self, buf: &[u8], to: &mut WriteHalf<'_>) -> Result<usize, End> {
-        let (step, started) = {
-            let mut c = lock(self.core);
-            let started = c.codec.client_line_started();
-            (c.codec.decode_client(buf), started)
-        };
-        let Some(ev) = step.event else { return Ok(0) };
-        let bytes = &buf[..step.consumed];
-        let ClientEvent::Command { cmd, overlong } = &ev else {
-            self.deliver(Dir::Up, to, bytes).await?;
-            lock(self.core).tracker.on_client(&ev, bytes, true);
-            return Ok(step.consumed);
-        };
-        // A line partly relayed already (over-long, or passed on before its
-        // end because no rule wanted it whole) can only go on.
-        if !*overlong && !started {
-            let next = lock(self.core).codec.next_seq();
-            match self.decide_and_act(Point::Command(cmd), next, Dir::Up).await {
-                Flow::Stop => return Err(End::Cut),
-                Flow::Go => {}
-                Flow::Swallow => {
-                    lock(self.core).tracker.on_client(&ev, bytes, false);
-                    self.progress();
-                    return Ok(step.consumed);
-                }
-                Flow::Reply(line) => {
-                    {
-                        let mut c = lock(self.core);
-                        if c.codec.replied(cmd).is_some() {
-                            c.fx().replies.push_back(line);
-                        }
-                        c.tracker.on_client(&ev, bytes, false);
-                    }
-                    self.injected(Dir::Down).await;
-                    self.progress();
-                    return Ok(step.consumed);
-                }
-            }
-        }
-        // Queue the command for framing before writing it: the answer can
-        // arrive (and be decoded by the other direction) while this write
-        // is still in progress, e.g. paced by a line speed.
-        let seq = {
-            let mut c = lock(self.core);
-            let seq = c.codec.forwarded(cmd);
-            if c.inflight.len() < crate::codec::framer::MAX_PENDING {
-                c.inflight.push_back((seq, Instant::now()));
-            }
-            seq
-        };
-        self.deliver(Dir::Up, to, bytes).await?;
-        lock(self.core).tracker.on_client(&ev, bytes, true);
-        self.progress();
-        if self.decide_and_act(Point::Forwarded(cmd), seq, Dir::Up).await == Flow::Stop {
+    /// Writes `bytes` toward `dir`'s destination, unless the session is cut.
+    async fn write(&self, dir: Dir, to: &mut WriteHalf<'_>, bytes: &[u8]) -> Result<(), End> {
+        // Once cut, nothing more goes out. The flag is checked first, and the
+        // token only while a write waits: polling the token takes its locks.
+        if self.is_cut() {
             return Err(End::Cut);
         }
-        Ok(step.consumed)
-    }
-
-    /// Decodes and relays the next server event in `buf`; returns the bytes
-    /// consumed (0: need more).
-    async fn down_event(&self, buf: &[u8], to: &mut WriteHalf<'_>) -> Result<usize, End> {
-        self.flush_injected(Dir::Down, to).await?;
-        let (step, started) = {
-            let mut c = lock(self.core);
-            let started = c.codec.server_line_started();
-            (c.codec.decode_server(buf), started)
-        };
-        let Some(ev) = step.event else { return Ok(0) };
-        let bytes = &buf[..step.consumed];
-        match &ev {
-            ServerEvent::Greeting(_) => {
-                if self.decide_and_act(Point::Greeting, 0, Dir::Down).await == Flow::Stop {
-                    return Err(End::Cut);
-                }
-                self.deliver(Dir::Down, to, bytes).await?;
-                lock(self.core).tracker.on_server(&ev, bytes);
-            }
-            ServerEvent::Status { cmd, seq, multiline, .. } => {
-                if self.decide_and_act(Point::Status(cmd), *seq, Dir::Down).await == Flow::Stop {
-                    return Err(End::Cut);
-                }
-                // A line passed on in parts was delayed before its start.
-                let delay = {
-                    let mut c = lock(self.core);
-                    let delay = c.fx.as_deref().and_then(|f| f.delay).filter(|_| !started);
-                    delay.map(|(ms, j)| jittered(&mut c.rng, ms, j))
-                };
-                if let Some(d) = delay {
-                    Box::pin(self.pause(d)).await?;
-                }
-                if !*multiline {
-                    self.deliver(Dir::Down, to, bytes).await?;
-                    lock(self.core).tracker.on_server(&ev, bytes);
-                    self.response_done(*seq, cmd).await?;
-                    return Ok(step.consumed);
-                }
-                // Plan the body's cuts first: they depend on nothing the
-                // status line changes.
-                let (plain, body) = {
-                    let mut c = lock(self.core);
-                    c.answering = Some((*seq, cmd.clone()));
-                    // An inert engine never plans a cut, so it has none to clear.
-                    if !self.paused() && !c.engine.is_inert() {
-                        let facts = c.facts(self.ctx, *seq);
-                        // Only RETR's "+OK n octets" is a message size.
-                        let size = if matches!(cmd, Command::Retr(_)) { announced_size(bytes) } else { None };
-                        let cuts = c.engine.plan_body(cmd, size, &facts);
-                        if !cuts.is_empty() {
-                            c.fx().body_cuts = cuts.into();
-                        } else if let Some(f) = c.fx.as_deref_mut() {
-                            f.body_cuts.clear();
-                        }
-                    }
-                    let plain = c.fx.as_deref().is_none_or(|f| f.body_cuts.is_empty());
-                    // With nothing planned inside the body, the status line
-                    // and the body bytes already read go out in one write.
-                    let body = if plain { c.codec.decode_server(&buf[step.consumed..]) } else { Step::NEED_MORE };
-                    (plain, body)
-                };
-                match body.event {
-                    Some(ServerEvent::Body { offset, end }) if plain => {
-                        let total = step.consumed + body.consumed;
-                        self.deliver(Dir::Down, to, &buf[..total]).await?;
-                        let finished = {
-                            let mut c = lock(self.core);
-                            c.tracker.on_server(&ev, bytes);
-                            c.tracker.on_server(&ServerEvent::Body { offset, end }, &buf[step.consumed..total]);
-                            if end { c.answering.take() } else { None }
-                        };
-                        if let Some((seq, cmd)) = finished {
-                            self.response_done(seq, &cmd).await?;
-                        }
-                        return Ok(total);
-                    }
-                    _ => {
-                        self.deliver(Dir::Down, to, bytes).await?;
-                        lock(self.core).tracker.on_server(&ev, bytes);
-                    }
-                }
-            }
-            ServerEvent::Body { offset, end } => {
-                self.body(bytes, *offset, *end, to).await?;
-            }
-            _ => {
-                self.deliver(Dir::Down, to, bytes).await?;
-                lock(self.core).tracker.on_server(&ev, bytes);
-            }
-        }
-        Ok(step.consumed)
-    }
-
-    /// Waits `d` unless the session is cut meanwhile.
-    async fn pause(&self, d: Duration) -> Result<(), End> {
         tokio::select! {
-            _ = tokio::time::sleep(d) => Ok(()),
-            _ = self.ctx.cut.cancelled() => Err(End::Cut),
-        }
-    }
-
-    /// Relays body bytes, stopping at each planned cut to act there.
-    async fn body(&self, bytes: &[u8], offset: u64, end: bool, to: &mut WriteHalf<'_>) -> Result<(), End> {
-        let mut done = 0usize;
-        loop {
-            let cut = {
-                let mut c = lock(self.core);
-                let cuts = c.fx.as_deref_mut().map(|f| &mut f.body_cuts);
-                match cuts {
-                    Some(cuts) if cuts.front().is_some_and(|cut| cut.at < offset + bytes.len() as u64) => {
-                        cuts.pop_front()
-                    }
-                    _ => None,
-                }
-            };
-            let Some(cut) = cut else { break };
-            // Exactly `cut.at` body bytes reach the client before it acts.
-            let upto = (cut.at.saturating_sub(offset) as usize).clamp(done, bytes.len());
-            if upto > done {
-                let part = &bytes[done..upto];
-                self.deliver(Dir::Down, to, part).await?;
-                let ev = ServerEvent::Body { offset: offset + done as u64, end: false };
-                lock(self.core).tracker.on_server(&ev, part);
-                done = upto;
-            }
-            self.record(&cut.decision);
-            if Box::pin(self.act(cut.decision, Dir::Down)).await == Flow::Stop {
-                return Err(End::Cut);
+            biased;
+            r = to.write_all(bytes) => r.map_err(|e| {
+                debug!(?dir, error = %e, "write failed");
+                let mut d = lock(self.driver);
+                d.write_failed(dir);
+                self.sync(&mut d);
+                End::Reset
+            }),
+            _ = self.ctx.cut.cancelled() => {
+                self.ctx.cut_seen.store(true, Ordering::Release);
+                Err(End::Cut)
             }
         }
-        let part = &bytes[done..];
-        self.deliver(Dir::Down, to, part).await?;
-        let finished = {
-            let mut c = lock(self.core);
-            c.tracker.on_server(&ServerEvent::Body { offset: offset + done as u64, end }, part);
-            if end {
-                if let Some(f) = c.fx.as_deref_mut() {
-                    f.body_cuts.clear();
-                }
-                c.answering.take()
-            } else {
-                None
-            }
-        };
-        if let Some((seq, cmd)) = finished {
-            self.response_done(seq, &cmd).await?;
-        }
-        Ok(())
-    }
-
-    /// A response was delivered in full: latency, then `response` faults.
-    async fn response_done(&self, seq: u64, cmd: &Command) -> Result<(), End> {
-        let flush = {
-            let mut c = lock(self.core);
-            if let Some(micros) = c.answered(seq, Instant::now()) {
-                c.latencies.push(Sample::new(seq, cmd.name(), micros));
-            }
-            // Sent in bursts, not one by one: each send may wake the
-            // aggregator, and those wake-ups cost more than the sample.
-            if c.latencies.len() >= LATENCY_BATCH { std::mem::take(&mut c.latencies) } else { Vec::new() }
-        };
-        for sample in flush {
-            self.ctx.sink.emit(sample.event(self.ctx.number));
-        }
-        if self.decide_and_act(Point::Response(cmd), seq, Dir::Down).await == Flow::Stop {
-            return Err(End::Cut);
-        }
-        Ok(())
     }
 }
 
@@ -1635,9 +866,19 @@ mod size_probe {
             let control =
                 std::sync::Arc::new(super::Control::new(std::sync::Arc::new(crate::faults::Profile::passthrough()), 1));
             let stop = super::CancellationToken::new();
-            let ctx = super::SessionCtx {
+            let info = super::SessionInfo {
                 number: 1,
                 peer,
+                upstream: "127.0.0.1:1".into(),
+                seed: 1,
+                run_started: std::time::Instant::now(),
+                started: std::time::Instant::now(),
+                idle_timeout: std::time::Duration::from_secs(600),
+                greeting_timeout: std::time::Duration::from_secs(30),
+                wants_progress: false,
+            };
+            let driver = super::Driver::new(info, super::Engine::new(control.profile(), 1, 1));
+            let ctx = super::SessionCtx {
                 cfg: std::sync::Arc::new(super::ProxyConfig::new(addr, "127.0.0.1:1")),
                 sink: super::EventSink::discard(),
                 shutdown: stop.clone(),
@@ -1645,12 +886,8 @@ mod size_probe {
                 cut_seen: Default::default(),
                 injected: Default::default(),
                 control: control.clone(),
-                run_started: std::time::Instant::now(),
-                started: std::time::Instant::now(),
-                engine_seed: 1,
             };
-            let engine = super::Engine::new(control.profile(), 1, 1);
-            let fut = super::run_session(s, ctx, engine);
+            let fut = super::run_session(s, ctx, driver);
             // Every idle session costs at least this much: keep it small
             // (rare fault paths and the relaying of a read are boxed; an idle
             // direction waits on its socket alone). See docs/PERFORMANCE.md.

@@ -541,14 +541,19 @@ impl Pop3Codec {
     /// The command whose proxy-made answer is due now: at the head of the
     /// queue, with no server response in progress.
     pub fn take_synthetic(&mut self) -> Option<(Command, u64)> {
-        // Never in the middle of a server line, whole or passed on in part.
-        if !matches!(self.server, ServerMode::Lines)
-            || self.server_line_started()
-            || !self.pending.front().is_some_and(|p| p.synthetic)
-        {
+        if !self.synthetic_due() {
             return None;
         }
         self.pending.pop_front().map(|p| (p.cmd, p.seq))
+    }
+
+    /// Whether [`take_synthetic`](Pop3Codec::take_synthetic) has an answer
+    /// to give now.
+    pub fn synthetic_due(&self) -> bool {
+        // Never in the middle of a server line, whole or passed on in part.
+        matches!(self.server, ServerMode::Lines)
+            && !self.server_line_started()
+            && self.pending.front().is_some_and(|p| p.synthetic)
     }
 
     /// The next server → client event in `buf`. [`Step::NEED_MORE`] means

@@ -1033,6 +1033,7 @@ fn a_rule_that_cannot_fire_again_holds_nothing() {
     assert!(e.wants_whole_line(LineSoFar::Greeting, &facts()));
     assert!(!e.wants_whole_line(LineSoFar::Command(b"RE"), &facts()));
     assert!(!e.wants_whole_line(LineSoFar::Status(&retr()), &facts()));
+}
 
 #[test]
 fn names_with_control_characters_are_refused() {

@@ -1,0 +1,474 @@
+//! The driver with byte scripts and made-up instants: no socket, no clock,
+//! no task. `Sim` plays the shell: it feeds reads, carries out every
+//! `Transmit` (a wait moves the clock), and records what each side got.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Accept, Dir, Driver, SessionInfo, Transmit};
+use crate::events::{Event, SessionEnd};
+use crate::faults::{Engine, How, Profile, builtin};
+use crate::session::Outcome;
+
+// === the simulated shell ===
+
+struct Sim {
+    d: Driver,
+    now: Instant,
+    /// Per direction: bytes read and not consumed.
+    input: [Vec<u8>; 2],
+    /// Per direction: what reached its destination.
+    out: [Vec<u8>; 2],
+    /// Per direction: the sizes of the writes, in order.
+    writes: [Vec<usize>; 2],
+    /// How each direction last stopped: Eof or Stop, if it did.
+    ended: [Option<Transmit>; 2],
+    events: Vec<Event>,
+    start: Instant,
+}
+
+fn profile(toml: &str) -> Profile {
+    Profile::from_toml(toml, "test.toml", "test").unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn built_in(name: &str) -> Profile {
+    builtin::builtin(name).expect("a built-in").unwrap_or_else(|e| panic!("{e}"))
+}
+
+impl Sim {
+    fn new(profile: Profile) -> Sim {
+        Sim::numbered(profile, 1, 1)
+    }
+
+    fn numbered(profile: Profile, seed: u64, number: u64) -> Sim {
+        let start = Instant::now();
+        let info = SessionInfo {
+            number,
+            peer: ([127, 0, 0, 1], 40000).into(),
+            upstream: "upstream:110".into(),
+            seed,
+            run_started: start,
+            started: start,
+            idle_timeout: Duration::from_secs(600),
+            greeting_timeout: Duration::from_secs(30),
+            wants_progress: false,
+        };
+        let mut d = Driver::new(info, Engine::new(Arc::new(profile), seed, number));
+        assert_eq!(d.accept(start), Accept::Connect);
+        let mut sim = Sim {
+            d,
+            now: start,
+            input: [Vec::new(), Vec::new()],
+            out: [Vec::new(), Vec::new()],
+            writes: [Vec::new(), Vec::new()],
+            ended: [None, None],
+            events: Vec::new(),
+            start,
+        };
+        sim.events.extend(sim.d.take_events());
+        sim
+    }
+
+    /// The client sends `bytes`.
+    fn c(&mut self, bytes: &[u8]) -> &mut Self {
+        self.feed(Dir::Up, bytes)
+    }
+
+    /// The server sends `bytes`.
+    fn s(&mut self, bytes: &[u8]) -> &mut Self {
+        self.feed(Dir::Down, bytes)
+    }
+
+    fn feed(&mut self, dir: Dir, bytes: &[u8]) -> &mut Self {
+        self.input[dir as usize].extend_from_slice(bytes);
+        self.d.read(dir, bytes.len(), self.now);
+        self.run(dir);
+        // What one direction did may have queued output for the other.
+        self.run(if dir == Dir::Up { Dir::Down } else { Dir::Up });
+        self
+    }
+
+    /// Carries out `dir`'s transmits until it needs input or ends.
+    fn run(&mut self, dir: Dir) {
+        let i = dir as usize;
+        for _ in 0..100_000 {
+            let t = self.d.poll_transmit(dir, &self.input[i], self.now);
+            self.events.extend(self.d.take_events());
+            match t {
+                Transmit::Write(r) => {
+                    self.out[i].extend_from_slice(&self.input[i][r.clone()]);
+                    self.writes[i].push(r.len());
+                    self.d.written(dir, &self.input[i], self.now);
+                }
+                Transmit::Own(bytes) => {
+                    self.out[i].extend_from_slice(&bytes);
+                    self.writes[i].push(bytes.len());
+                    self.d.written(dir, &self.input[i], self.now);
+                }
+                Transmit::Wait(at) => {
+                    assert!(at > self.now, "a wait in the past");
+                    self.now = at;
+                }
+                Transmit::Consumed(n) => {
+                    self.input[i].drain(..n);
+                }
+                Transmit::NeedMore => return,
+                t @ (Transmit::Eof | Transmit::Stop) => {
+                    self.ended[i] = Some(t);
+                    return;
+                }
+            }
+        }
+        panic!("the driver never asked for more input");
+    }
+
+    /// The clock moves to `ms` after accept; due timers run.
+    fn at_ms(&mut self, ms: u64) -> &mut Self {
+        self.now = self.start + Duration::from_millis(ms);
+        self.d.handle_timeout(self.now);
+        self.events.extend(self.d.take_events());
+        self.run(Dir::Down);
+        self.run(Dir::Up);
+        self
+    }
+
+    fn up(&self) -> &[u8] {
+        &self.out[0]
+    }
+
+    fn down(&self) -> &[u8] {
+        &self.out[1]
+    }
+
+    fn end(&mut self) -> SessionEnd {
+        let events = self.d.finish(None, self.now);
+        self.events.extend(events);
+        match self.events.last() {
+            Some(Event::SessionEnd(end)) => (**end).clone(),
+            other => panic!("no session end: {other:?}"),
+        }
+    }
+
+    fn fault_points(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Fault { point, .. } => Some(point.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Logged in as user1 with `n` messages announced.
+    fn login(&mut self) -> &mut Self {
+        self.s(b"+OK ready\r\n").c(b"USER user1\r\n").s(b"+OK\r\n").c(b"PASS secret\r\n").s(b"+OK 3 messages\r\n")
+    }
+}
+
+/// A multi-line RETR answer whose body is `body` (already stuffed).
+fn retr_answer(body: &[u8]) -> Vec<u8> {
+    let mut a = format!("+OK {} octets\r\n", body.len()).into_bytes();
+    a.extend_from_slice(body);
+    a.extend_from_slice(b".\r\n");
+    a
+}
+
+const BODY: &[u8] = b"Message-ID: <1@x>\r\nSubject: s\r\n\r\n..stuffed line\r\nsecond line\r\n";
+
+// === relaying ===
+
+#[test]
+fn a_whole_session_is_relayed_byte_exact_and_committed() {
+    let mut s = Sim::new(Profile::passthrough());
+    s.login().c(b"STAT\r\nRETR 1\r\nDELE 1\r\nQUIT\r\n");
+    let answers = [&b"+OK 1 100\r\n"[..], &retr_answer(BODY), b"+OK marked\r\n", b"+OK bye\r\n"].concat();
+    s.s(&answers);
+    let up = b"USER user1\r\nPASS secret\r\nSTAT\r\nRETR 1\r\nDELE 1\r\nQUIT\r\n";
+    assert_eq!(s.up(), up);
+    let mut down = b"+OK ready\r\n+OK\r\n+OK 3 messages\r\n".to_vec();
+    down.extend_from_slice(&answers);
+    assert_eq!(s.down(), &down[..]);
+    let end = s.end();
+    assert_eq!(end.outcome, Outcome::Committed);
+    assert_eq!((end.downloaded, end.marked, end.bytes_up, end.bytes_down), (1, 1, up.len() as u64, down.len() as u64));
+}
+
+#[test]
+fn every_chunking_gives_the_same_bytes_and_outcome() {
+    let answers = [&b"+OK ready\r\n+OK\r\n+OK 2\r\n"[..], &retr_answer(BODY), b"+OK bye\r\n"].concat();
+    let commands = b"USER u\r\nPASS p\r\nRETR 1\r\nQUIT\r\n";
+    let whole = {
+        let mut s = Sim::new(Profile::passthrough());
+        s.s(b"+OK ready\r\n").c(commands).s(&answers[11..]);
+        (s.up().to_vec(), s.down().to_vec(), s.end().outcome)
+    };
+    for at in 1..answers.len() {
+        let mut s = Sim::new(Profile::passthrough());
+        s.c(commands);
+        s.s(&answers[..at]).s(&answers[at..]);
+        assert_eq!((s.up().to_vec(), s.down().to_vec(), s.end().outcome), whole, "split at {at}");
+    }
+}
+
+#[test]
+fn pipelined_answers_are_attributed_in_order() {
+    let mut s = Sim::new(Profile::passthrough());
+    s.s(b"+OK hi\r\n").c(b"USER a\r\nPASS b\r\nLIST\r\nUIDL 1\r\nDELE 1\r\nQUIT\r\n");
+    s.s(b"+OK\r\n+OK\r\n+OK\r\n1 10\r\n.\r\n+OK 1 abc\r\n+OK\r\n+OK bye\r\n");
+    let end = s.end();
+    assert_eq!(end.outcome, Outcome::Committed);
+    assert_eq!(end.marked, 1);
+}
+
+#[test]
+fn pipelined_auth_login_is_sasl_and_quit_is_seen() {
+    let mut s = Sim::new(Profile::passthrough());
+    s.s(b"+OK hi\r\n").c(b"AUTH LOGIN\r\ndXNlcg==\r\nc2VjcmV0\r\nQUIT\r\n");
+    s.s(b"+ VXNlcm5hbWU6\r\n+ UGFzc3dvcmQ6\r\n+OK in\r\n+OK bye\r\n");
+    assert_eq!(s.end().outcome, Outcome::CleanQuit, "QUIT's +OK was seen as QUIT's");
+}
+
+#[test]
+fn after_stls_both_ways_are_opaque() {
+    let mut s = Sim::new(Profile::passthrough());
+    s.s(b"+OK hi\r\n").c(b"STLS\r\n").s(b"+OK go ahead\r\n");
+    s.c(b"\x16\x03\x01\x00\x05hello").s(b"\x16\x03\x03\x00\x02hi");
+    assert!(s.up().ends_with(b"\x16\x03\x01\x00\x05hello"));
+    assert!(s.down().ends_with(b"\x16\x03\x03\x00\x02hi"));
+    assert!(s.end().encrypted);
+}
+
+#[test]
+fn a_partial_line_goes_on_unless_a_rule_may_want_it_whole() {
+    let mut s = Sim::new(Profile::passthrough());
+    s.s(b"+OK hel");
+    assert_eq!(s.down(), b"+OK hel", "the greeting's start went on");
+    s.c(b"NO");
+    assert_eq!(s.up(), b"NO");
+    let quit = "[[rule]]\nwhen = \"command\"\ncommand = \"QUIT\"\nactions = [{ do = \"swallow\" }]\n";
+    let mut s = Sim::new(profile(quit));
+    s.s(b"+OK hi\r\n").c(b"QU");
+    assert_eq!(s.up(), b"", "QU may be QUIT: held");
+    s.c(b"IT\r\nNO");
+    assert_eq!(s.up(), b"NO", "QUIT swallowed whole; NO went on before its end");
+}
+
+// === body cuts at exact offsets ===
+
+/// A body rule cutting after exactly `at` body bytes.
+fn cut_at(at: u64) -> Profile {
+    profile(&format!(
+        "[[rule]]\nname = \"cut\"\nwhen = \"body\"\ncommand = \"RETR\"\noffset = {at}\nactions = [{{ do = \"disconnect\", side = \"both\", how = \"rst\" }}]\n"
+    ))
+}
+
+#[test]
+fn body_cuts_land_on_the_exact_byte() {
+    let answer = retr_answer(BODY);
+    let status_len = answer.iter().position(|&b| b == b'\n').unwrap() + 1;
+    let cr = BODY.iter().position(|&b| b == b'\r').unwrap() as u64;
+    let stuffed = BODY.windows(2).position(|w| w == b"..").unwrap() as u64 + 1;
+    // 0, 1, between CR and LF, inside a stuffed line.
+    for at in [0, 1, cr + 1, stuffed] {
+        for chunked in [false, true] {
+            let mut s = Sim::new(cut_at(at));
+            s.login().c(b"RETR 1\r\n");
+            let before = s.down().len();
+            if chunked {
+                for b in &answer {
+                    s.s(&[*b]);
+                }
+            } else {
+                s.s(&answer);
+            }
+            let got = &s.down()[before..];
+            assert_eq!(got, &answer[..status_len + at as usize], "cut at {at}, chunked {chunked}");
+            assert!(s.d.is_stopped());
+            assert_eq!(s.d.close(), Some((How::Rst, How::Rst)));
+            let end = s.end();
+            assert_eq!(end.outcome, Outcome::RolledBack);
+            assert_eq!(end.downloaded, 0, "a message cut midway is not a download");
+            assert_eq!(end.ended_by, "fault: cut");
+        }
+    }
+}
+
+#[test]
+fn lost_carrier_at_quit_is_in_doubt() {
+    let mut s = Sim::new(built_in("lost-carrier-at-quit"));
+    s.login().c(b"DELE 1\r\n").s(b"+OK\r\n").c(b"QUIT\r\n").s(b"+OK bye\r\n");
+    assert!(!s.down().ends_with(b"+OK bye\r\n"), "the answer never reached the client");
+    assert_eq!(s.d.close(), Some((How::Rst, How::Fin)));
+    let end = s.end();
+    assert_eq!((end.outcome, end.at_risk), (Outcome::InDoubt, 1));
+}
+
+#[test]
+fn lost_carrier_cuts_the_third_retr_halfway_when_selected() {
+    // The rule picks half the sessions; find one it picks.
+    let picked = (1..50)
+        .find(|&n| {
+            let mut s = Sim::numbered(built_in("lost-carrier"), 7, n);
+            s.login();
+            for i in 1..=3 {
+                s.c(format!("RETR {i}\r\n").as_bytes()).s(&retr_answer(BODY));
+            }
+            s.d.is_stopped()
+        })
+        .expect("some session is selected");
+    let mut s = Sim::numbered(built_in("lost-carrier"), 7, picked);
+    s.login();
+    for i in 1..=3 {
+        s.c(format!("RETR {i}\r\nDELE {i}\r\n").as_bytes()).s(&retr_answer(BODY)).s(b"+OK\r\n");
+    }
+    let end = s.end();
+    assert_eq!((end.outcome, end.downloaded, end.marked), (Outcome::RolledBack, 2, 2));
+    assert_eq!(end.at_risk, 2);
+    assert_eq!(s.fault_points().len(), 1);
+}
+
+// === effects ===
+
+#[test]
+fn a_line_speed_paces_the_writes() {
+    // 8,000 bit/s = 1,000 bytes a second, in slices of 50 bytes.
+    let slow = "[[rule]]\nwhen = \"greeting\"\nactions = [{ do = \"throttle\", bps = 8000 }]\n";
+    let mut s = Sim::new(profile(slow));
+    let t0 = s.now;
+    s.login().c(b"RETR 1\r\n");
+    let body: Vec<u8> = (0..3996).map(|i| b"abcdefghij\r\n"[i % 12]).collect();
+    s.s(&retr_answer(&body));
+    assert!(s.writes[1].iter().all(|&n| n <= 50), "slices of 50 bytes at most");
+    let sent = s.down().len() as f64;
+    let took = s.now.duration_since(t0).as_secs_f64();
+    assert!((took - sent / 1000.0).abs() < 0.2, "{sent} bytes took {took} s at 1000 B/s");
+    assert_eq!(s.end().downloaded, 1);
+}
+
+#[test]
+fn a_stall_holds_both_ways_then_resumes() {
+    let stall = "[[rule]]\nwhen = \"command\"\ncommand = \"STAT\"\nactions = [{ do = \"stall\", ms = 1500 }]\n";
+    let mut s = Sim::new(profile(stall));
+    s.login();
+    let t0 = s.now;
+    s.c(b"STAT\r\n");
+    assert_eq!(s.now.duration_since(t0), Duration::from_millis(1500), "STAT waited 1.5 s");
+    assert!(s.up().ends_with(b"STAT\r\n"));
+}
+
+#[test]
+fn noise_goes_toward_its_side_before_the_next_bytes() {
+    let noise = "[[rule]]\nwhen = \"status\"\ncommand = \"STAT\"\nactions = [{ do = \"noise\", bytes = 7, toward = \"client\" }]\n";
+    let mut s = Sim::new(profile(noise));
+    s.login().c(b"STAT\r\n");
+    let before = s.down().len();
+    s.s(b"+OK 1 10\r\n");
+    let got = &s.down()[before..];
+    assert_eq!(got.len(), 7 + 10, "7 noise bytes, then the answer");
+    assert!(got.ends_with(b"+OK 1 10\r\n"));
+    assert_eq!(s.end().bytes_down as usize, s.down().len(), "noise counts as bytes written");
+}
+
+#[test]
+fn corruption_flips_exactly_the_next_bytes() {
+    let corrupt = "[[rule]]\nwhen = \"status\"\ncommand = \"RETR\"\nactions = [{ do = \"corrupt\", bytes = 4 }]\n";
+    let mut s = Sim::new(profile(corrupt));
+    s.login().c(b"RETR 1\r\n");
+    let before = s.down().len();
+    let answer = retr_answer(BODY);
+    s.s(&answer);
+    let got = &s.down()[before..];
+    assert_eq!(got.len(), answer.len());
+    let differ: Vec<usize> = got.iter().zip(&answer).enumerate().filter(|(_, (a, b))| a != b).map(|(i, _)| i).collect();
+    assert!(!differ.is_empty() && differ.iter().all(|&i| i < 4), "only the first 4 bytes changed: {differ:?}");
+}
+
+#[test]
+fn reply_answers_in_turn_and_swallow_never_answers() {
+    let faults = "[[rule]]\nwhen = \"command\"\ncommand = \"RETR\"\nactions = [{ do = \"reply\", text = \"-ERR [IN-USE] locked\" }]\n\n\
+                  [[rule]]\nwhen = \"command\"\ncommand = \"NOOP\"\nactions = [{ do = \"swallow\" }]\n";
+    let mut s = Sim::new(profile(faults));
+    s.login();
+    let up_before = s.up().len();
+    let down_before = s.down().len();
+    s.c(b"STAT\r\nRETR 1\r\nNOOP\r\nLIST 1\r\n");
+    assert_eq!(&s.up()[up_before..], b"STAT\r\nLIST 1\r\n", "RETR and NOOP never reach the server");
+    s.s(b"+OK 1 10\r\n+OK 1 10\r\n");
+    assert_eq!(&s.down()[down_before..], b"+OK 1 10\r\n-ERR [IN-USE] locked\r\n+OK 1 10\r\n");
+}
+
+#[test]
+fn a_delay_comes_before_each_answer() {
+    let delay = "[[rule]]\nwhen = \"greeting\"\nactions = [{ do = \"delay\", ms = 200 }]\n";
+    let mut s = Sim::new(profile(delay));
+    s.login();
+    let t0 = s.now;
+    s.c(b"NOOP\r\n").s(b"+OK\r\n");
+    assert_eq!(s.now.duration_since(t0), Duration::from_millis(200));
+}
+
+// === time ===
+
+#[test]
+fn a_timer_rule_fires_at_its_time() {
+    let timer = "[[rule]]\nname = \"t\"\nwhen = \"timer\"\nafter_ms = 1000\nactions = [{ do = \"disconnect\", side = \"both\", how = \"fin\" }]\n";
+    let mut s = Sim::new(profile(timer));
+    s.login();
+    assert_eq!(s.d.poll_timeout(), s.start + Duration::from_millis(1000));
+    s.at_ms(999);
+    assert!(!s.d.is_stopped());
+    s.at_ms(1000);
+    assert!(s.d.is_stopped());
+    assert_eq!(s.d.close(), Some((How::Fin, How::Fin)));
+    assert_eq!(s.fault_points(), vec!["timer @1000ms".to_string()]);
+    assert_eq!(s.end().ended_by, "fault: t");
+}
+
+#[test]
+fn no_greeting_and_idle_timeouts() {
+    let mut s = Sim::new(Profile::passthrough());
+    assert_eq!(s.d.poll_timeout(), s.start + Duration::from_secs(30));
+    s.at_ms(30_000);
+    assert!(s.d.is_stopped());
+    assert_eq!(s.end().ended_by, "no greeting from upstream within 30s");
+
+    let mut s = Sim::new(Profile::passthrough());
+    s.login();
+    assert_eq!(s.d.poll_timeout(), s.start + Duration::from_secs(600));
+    s.at_ms(600_000);
+    assert_eq!(s.end().ended_by, "idle timeout");
+}
+
+#[test]
+fn a_manual_cut_is_a_lost_carrier_now() {
+    let mut s = Sim::new(Profile::passthrough());
+    s.login().c(b"RETR 1\r\n");
+    s.d.cut_manual(s.now);
+    assert_eq!(s.d.close(), Some((How::Rst, How::Rst)));
+    let end = s.end();
+    assert_eq!((end.ended_by.as_str(), end.faults.as_slice()), ("fault: manual", &["manual".to_string()][..]));
+}
+
+#[test]
+fn who_ended_first_is_named() {
+    let mut s = Sim::new(Profile::passthrough());
+    s.login();
+    s.d.read(Dir::Up, 0, s.now);
+    s.d.write_failed(Dir::Down);
+    assert_eq!(s.end().ended_by, "closed by client", "the failed write came after the client's FIN");
+    let mut s = Sim::new(Profile::passthrough());
+    s.login();
+    s.d.write_failed(Dir::Down);
+    assert_eq!(s.end().ended_by, "reset by client");
+}
+
+#[test]
+fn eof_passes_held_bytes_then_the_fin() {
+    let quit = "[[rule]]\nwhen = \"command\"\ncommand = \"QUIT\"\nactions = [{ do = \"swallow\" }]\n";
+    let mut s = Sim::new(profile(quit));
+    s.s(b"+OK hi\r\n").c(b"QU");
+    s.d.read(Dir::Up, 0, s.now);
+    s.run(Dir::Up);
+    assert_eq!(s.up(), b"QU", "what was held goes on at EOF");
+    assert_eq!(s.ended[0], Some(Transmit::Eof));
+}
