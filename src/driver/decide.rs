@@ -1,0 +1,178 @@
+//! Decisions: the engine is asked at each point, and `act` is the one
+//! place that interprets an action.
+
+use std::time::Instant;
+
+use rand::RngCore;
+
+use super::{After, Dir, Driver, Effects, Flow, LATENCY_BATCH, Sample};
+use crate::codec::Command;
+use crate::events::{Event, SessionSnapshot};
+use crate::faults::engine::jittered;
+use crate::faults::{Action, Decision, Facts, Point, Side};
+
+impl Driver {
+    pub(super) fn facts(&self, seq: u64, now: Instant) -> Facts {
+        Facts {
+            state: self.tracker.state(),
+            retrieved: self.tracker.downloads(),
+            deleted: self.tracker.marked() as u64,
+            run_elapsed: now.saturating_duration_since(self.info.run_started),
+            seq,
+        }
+    }
+
+    pub(super) fn fx(&mut self) -> &mut Effects {
+        self.fx.get_or_insert_default()
+    }
+
+    /// Notes that `side` ended its connection, unless a peer's end was
+    /// seen already: what follows a first end is its consequence.
+    pub(super) fn note_end(&mut self, side: Side, reset: bool) {
+        if self.first_end.is_none() {
+            self.first_end = Some((side, reset));
+        }
+    }
+
+    /// Emits the fault event of a decision and remembers the rule.
+    pub(super) fn record(&mut self, d: &Decision) {
+        self.faults.push(d.rule.clone());
+        let action = if d.actions.is_empty() {
+            "none".to_string()
+        } else {
+            d.actions.iter().map(Action::name).collect::<Vec<_>>().join("+")
+        };
+        self.events.push(Event::Fault {
+            session: self.info.number,
+            rule: d.rule.clone(),
+            action,
+            point: d.point.clone(),
+        });
+    }
+
+    /// Runs the rules of `point`; the flow of the last that says anything.
+    pub(super) fn decide_and_act(&mut self, point: Point<'_>, seq: u64, dir: Dir, now: Instant) -> Flow {
+        if self.stopped {
+            // Nothing is decided, or recorded, after a cut.
+            return Flow::Stop;
+        }
+        if self.paused || self.engine.is_inert() {
+            return Flow::Go;
+        }
+        let facts = self.facts(seq, now);
+        let decisions = self.engine.decide(&point, &facts);
+        let mut flow = Flow::Go;
+        for d in decisions {
+            self.record(&d);
+            match self.act(d, dir, now) {
+                Flow::Stop => return Flow::Stop,
+                Flow::Go => {}
+                f => flow = f,
+            }
+        }
+        flow
+    }
+
+    /// Carries out a decision's steps, in order. `dir` is the direction of
+    /// the bytes that triggered it (`corrupt` acts on those). This is the
+    /// one place that interprets an action.
+    pub(super) fn act(&mut self, d: Decision, dir: Dir, now: Instant) -> Flow {
+        let mut flow = Flow::Go;
+        for a in d.actions {
+            match a {
+                Action::Disconnect { side, how, .. } => {
+                    self.cut = Some((side, how, format!("fault: {}", d.rule)));
+                    self.stopped = true;
+                    return Flow::Stop;
+                }
+                Action::Stall { ms, jitter_ms, .. } => {
+                    let until = now + jittered(&mut self.rng, ms, jitter_ms);
+                    let fx = self.fx();
+                    fx.hold_until = Some(fx.hold_until.map_or(until, |h| h.max(until)));
+                }
+                Action::Noise { bytes, toward, .. } => {
+                    let mut noise = vec![0u8; bytes];
+                    self.rng.fill_bytes(&mut noise);
+                    self.fx().inject[Dir::toward(toward) as usize].extend_from_slice(&noise);
+                    self.wake = true;
+                }
+                Action::Corrupt { bytes, .. } => self.fx().corrupt[dir as usize] += bytes,
+                Action::Throttle { bps, .. } => self.fx().rate = Some((bps / 8).max(1)),
+                Action::Delay { ms, jitter_ms, .. } => self.fx().delay = Some((ms, jitter_ms)),
+                Action::Reply { text, .. } => {
+                    let mut line = text.into_bytes();
+                    line.extend_from_slice(b"\r\n");
+                    flow = Flow::Reply(line);
+                }
+                Action::Swallow { .. } => flow = Flow::Swallow,
+                // Refusals happen at accept, before there is a stream.
+                Action::Refuse { .. } => {}
+            }
+        }
+        flow
+    }
+
+    /// What follows an event's delivery.
+    pub(super) fn after(&mut self, after: After, now: Instant) -> Flow {
+        match after {
+            After::Forwarded(cmd, seq) => {
+                self.progress();
+                self.decide_and_act(Point::Forwarded(&cmd), seq, Dir::Up, now)
+            }
+            After::Response(seq, cmd) => self.response_done(seq, &cmd, now),
+            After::BodyEnd => {
+                if let Some(f) = self.fx.as_deref_mut() {
+                    f.body_cuts.clear();
+                }
+                match self.answering.take() {
+                    Some((seq, cmd)) => self.response_done(seq, &cmd, now),
+                    None => Flow::Go,
+                }
+            }
+        }
+    }
+
+    /// A response was delivered in full: latency, then `response` faults.
+    pub(super) fn response_done(&mut self, seq: u64, cmd: &Command, now: Instant) -> Flow {
+        if let Some(micros) = self.answered(seq, now) {
+            self.latencies.push(Sample::new(seq, cmd.name(), micros));
+        }
+        if self.latencies.len() >= LATENCY_BATCH {
+            let number = self.info.number;
+            self.events.extend(self.latencies.drain(..).map(|s| s.event(number)));
+        }
+        self.decide_and_act(Point::Response(cmd), seq, Dir::Down, now)
+    }
+
+    /// Microseconds since `seq` was forwarded, once its response is
+    /// delivered in full.
+    pub(super) fn answered(&mut self, seq: u64, now: Instant) -> Option<u64> {
+        while let Some(&(s, at)) = self.inflight.front() {
+            if s > seq {
+                return None;
+            }
+            self.inflight.pop_front();
+            if s == seq {
+                return Some(now.saturating_duration_since(at).as_micros() as u64);
+            }
+        }
+        None
+    }
+
+    pub(super) fn progress(&mut self) {
+        if !self.info.wants_progress {
+            return;
+        }
+        let t = &self.tracker;
+        self.events.push(Event::Progress(Box::new(SessionSnapshot {
+            session: self.info.number,
+            state: t.state(),
+            user: t.user().map(str::to_owned),
+            last_command: t.last_command(),
+            downloaded: t.downloads(),
+            marked: t.marked(),
+            bytes_up: t.bytes_up(),
+            bytes_down: t.bytes_down(),
+        })));
+    }
+}
