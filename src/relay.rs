@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::control::Control;
-use crate::driver::{Accept, Dir, Driver, SessionInfo, Transmit};
+use crate::driver::{Accept, Dir, Driver, RunInfo, SessionInfo, Transmit};
 use crate::events::{Event, EventSink};
 use crate::faults::{Engine, How, RefuseHow};
 
@@ -174,6 +174,13 @@ async fn accept_loop(
     (live, listening): (watch::Sender<usize>, watch::Sender<bool>),
 ) {
     let started = Instant::now();
+    let run = Arc::new(RunInfo {
+        upstream: cfg.upstream.clone(),
+        run_started: started,
+        idle_timeout: cfg.idle_timeout,
+        greeting_timeout: cfg.greeting_timeout,
+        wants_progress: sink.wants_progress(),
+    });
     let counter = AtomicU64::new(0);
     let mut sessions = tokio::task::JoinSet::new();
     loop {
@@ -205,17 +212,7 @@ async fn accept_loop(
             Ok((client, peer)) => {
                 let number = counter.fetch_add(1, Ordering::Relaxed) + 1;
                 let seed = control.seed();
-                let info = SessionInfo {
-                    number,
-                    peer,
-                    upstream: cfg.upstream.clone(),
-                    seed,
-                    run_started: started,
-                    started: Instant::now(),
-                    idle_timeout: cfg.idle_timeout,
-                    greeting_timeout: cfg.greeting_timeout,
-                    wants_progress: sink.wants_progress(),
-                };
+                let info = SessionInfo { number, peer, seed, started: Instant::now(), run: run.clone() };
                 let driver = Driver::new(info, Engine::new(control.profile(), seed, number));
                 let ctx = SessionCtx {
                     cfg: cfg.clone(),
@@ -866,16 +863,19 @@ mod size_probe {
             let control =
                 std::sync::Arc::new(super::Control::new(std::sync::Arc::new(crate::faults::Profile::passthrough()), 1));
             let stop = super::CancellationToken::new();
-            let info = super::SessionInfo {
-                number: 1,
-                peer,
+            let run = super::RunInfo {
                 upstream: "127.0.0.1:1".into(),
-                seed: 1,
                 run_started: std::time::Instant::now(),
-                started: std::time::Instant::now(),
                 idle_timeout: std::time::Duration::from_secs(600),
                 greeting_timeout: std::time::Duration::from_secs(30),
                 wants_progress: false,
+            };
+            let info = super::SessionInfo {
+                number: 1,
+                peer,
+                seed: 1,
+                started: std::time::Instant::now(),
+                run: std::sync::Arc::new(run),
             };
             let driver = super::Driver::new(info, super::Engine::new(control.profile(), 1, 1));
             let ctx = super::SessionCtx {

@@ -17,7 +17,7 @@ impl Driver {
             state: self.tracker.state(),
             retrieved: self.tracker.downloads(),
             deleted: self.tracker.marked() as u64,
-            run_elapsed: now.saturating_duration_since(self.info.run_started),
+            run_elapsed: now.saturating_duration_since(self.info.run.run_started),
             seq,
         }
     }
@@ -160,7 +160,7 @@ impl Driver {
     }
 
     pub(super) fn progress(&mut self) {
-        if !self.info.wants_progress {
+        if !self.info.run.wants_progress {
             return;
         }
         let t = &self.tracker;

@@ -26,6 +26,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -67,6 +68,21 @@ impl Dir {
     }
 }
 
+/// What every session of a run shares (one allocation for all of them).
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    /// The upstream as configured.
+    pub upstream: String,
+    /// When the proxy started (for `window` rules).
+    pub run_started: Instant,
+    /// No byte either way for this long ends a session.
+    pub idle_timeout: Duration,
+    /// No greeting from upstream this long after accept ends a session.
+    pub greeting_timeout: Duration,
+    /// Someone draws live progress: send `Progress` events.
+    pub wants_progress: bool,
+}
+
 /// What a session knows that does not change.
 #[derive(Debug, Clone)]
 pub struct SessionInfo {
@@ -74,20 +90,12 @@ pub struct SessionInfo {
     pub number: u64,
     /// The client's address.
     pub peer: SocketAddr,
-    /// The upstream as configured.
-    pub upstream: String,
     /// The run's seed.
     pub seed: u64,
-    /// When the proxy started (for `window` rules).
-    pub run_started: Instant,
     /// When the client connected.
     pub started: Instant,
-    /// No byte either way for this long ends the session.
-    pub idle_timeout: Duration,
-    /// No greeting from upstream this long after accept ends the session.
-    pub greeting_timeout: Duration,
-    /// Someone draws live progress: send `Progress` events.
-    pub wants_progress: bool,
+    /// What the run's sessions share.
+    pub run: Arc<RunInfo>,
 }
 
 /// What to do next in one direction.
@@ -248,8 +256,7 @@ enum Flow {
 
 /// One proxied session.
 pub struct Driver {
-    /// Boxed: read rarely, and every idle session carries the driver.
-    info: Box<SessionInfo>,
+    info: SessionInfo,
     codec: Pop3Codec,
     tracker: Tracker,
     engine: Engine,
@@ -299,12 +306,12 @@ impl Driver {
         let start = Event::SessionStart {
             session: info.number,
             client: info.peer,
-            upstream: info.upstream.clone(),
+            upstream: info.run.upstream.clone(),
             profile: engine.profile().name.clone(),
         };
         Driver {
             last_activity: info.started,
-            info: Box::new(info),
+            info,
             codec: Pop3Codec::new(),
             tracker: Tracker::new(),
             engine,
@@ -384,10 +391,10 @@ impl Driver {
     /// When [`handle_timeout`](Driver::handle_timeout) is next due: a timer
     /// rule, the idle timeout, or the greeting timeout.
     pub fn poll_timeout(&self) -> Instant {
-        let idle = self.last_activity + self.info.idle_timeout;
+        let idle = self.last_activity + self.info.run.idle_timeout;
         let mut at = self.timers.front().map_or(idle, |(after, _)| idle.min(self.info.started + *after));
         if !self.codec.greeted() {
-            at = at.min(self.info.started + self.info.greeting_timeout);
+            at = at.min(self.info.started + self.info.run.greeting_timeout);
         }
         at
     }
@@ -404,7 +411,9 @@ impl Driver {
                 format!("{} by {who}", if reset { "reset" } else { "closed" })
             }
             None if self.shutting_down => "cut at shutdown".into(),
-            None if self.no_greeting => format!("no greeting from upstream within {:?}", self.info.greeting_timeout),
+            None if self.no_greeting => {
+                format!("no greeting from upstream within {:?}", self.info.run.greeting_timeout)
+            }
             None if self.idle => "idle timeout".into(),
             None => "closed".into(),
         }
@@ -427,7 +436,7 @@ impl Driver {
         if self.paused {
             return Accept::Connect;
         }
-        let facts = Facts::at_accept(now.saturating_duration_since(self.info.run_started));
+        let facts = Facts::at_accept(now.saturating_duration_since(self.info.run.run_started));
         let decisions = self.engine.decide(&Point::Accept, &facts);
         for d in &decisions {
             self.record(d);
@@ -504,12 +513,12 @@ impl Driver {
         if self.stopped {
             return;
         }
-        if !self.codec.greeted() && self.info.started + self.info.greeting_timeout <= now {
+        if !self.codec.greeted() && self.info.started + self.info.run.greeting_timeout <= now {
             self.no_greeting = true;
             self.stopped = true;
             return;
         }
-        if self.last_activity + self.info.idle_timeout <= now {
+        if self.last_activity + self.info.run.idle_timeout <= now {
             self.idle = true;
             self.stopped = true;
             return;
@@ -576,7 +585,7 @@ impl Driver {
         let end = SessionEnd {
             session: self.info.number,
             client: self.info.peer,
-            upstream: self.info.upstream.clone(),
+            upstream: self.info.run.upstream.clone(),
             user: t.user().map(str::to_owned),
             outcome: t.outcome(),
             state: t.state(),

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Accept, Dir, Driver, SessionInfo, Transmit};
+use super::{Accept, Dir, Driver, RunInfo, SessionInfo, Transmit};
 use crate::events::{Event, SessionEnd};
 use crate::faults::{Engine, How, Profile, builtin};
 use crate::session::Outcome;
@@ -42,17 +42,15 @@ impl Sim {
 
     fn numbered(profile: Profile, seed: u64, number: u64) -> Sim {
         let start = Instant::now();
-        let info = SessionInfo {
-            number,
-            peer: ([127, 0, 0, 1], 40000).into(),
+        let run = RunInfo {
             upstream: "upstream:110".into(),
-            seed,
             run_started: start,
-            started: start,
             idle_timeout: Duration::from_secs(600),
             greeting_timeout: Duration::from_secs(30),
             wants_progress: false,
         };
+        let info =
+            SessionInfo { number, peer: ([127, 0, 0, 1], 40000).into(), seed, started: start, run: Arc::new(run) };
         let mut d = Driver::new(info, Engine::new(Arc::new(profile), seed, number));
         assert_eq!(d.accept(start), Accept::Connect);
         let mut sim = Sim {
