@@ -34,7 +34,10 @@ use crate::codec::{ClientEvent, Command, Pop3Codec, ServerEvent, Status, Step};
 use crate::control::Control;
 use crate::events::{Event, EventSink, SessionEnd, SessionSnapshot};
 use crate::faults::engine::{jittered, rng_for};
-use crate::faults::{Action, BodyCut, Decision, Engine, Facts, How, LineSoFar, Point, RefuseHow, Side};
+use crate::faults::{
+    Action, BodyCut, BodyLine, Corrupt, Decision, Delay, Disconnect, Engine, Facts, How, LineSoFar, Noise, Point,
+    Refuse, RefuseHow, Reply, Side, Stall, Throttle,
+};
 use crate::session::Tracker;
 
 /// Bytes asked of the kernel per read, growing while reads come back full
@@ -318,6 +321,14 @@ struct Effects {
     rate: Option<u64>,
     /// Added before each response: (ms, jitter ms).
     delay: Option<(u64, u64)>,
+    /// A `truncate` step ran at the body cut being carried out.
+    truncate: bool,
+    /// Where the body delivered so far stands in its line (while cuts are
+    /// planned in it): what a `truncate` must send to end it.
+    body_line: BodyLine,
+    /// A `truncate` ended the body for the client: the server's rest of it
+    /// is read and dropped up to its real end.
+    discard_body: bool,
 }
 
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
@@ -500,7 +511,7 @@ impl Session<'_> {
             for d in &decisions {
                 self.record(d);
                 for a in &d.actions {
-                    if let Action::Refuse { how, text, .. } = a {
+                    if let Action::Refuse(Refuse { how, text }) = a {
                         lock(self.core).tracker.set_refused();
                         return Box::pin(self.refuse(client, *how, text, &d.rule)).await;
                     }
@@ -692,7 +703,7 @@ impl Session<'_> {
             tokio::select! {
                 _ = self.ctx.cut.cancelled() => return,
                 _ = remote.notified() => {
-                    let d = Decision { rule: "manual".into(), point: "manual".into(), actions: vec![Action::Disconnect { side: Side::Both, how: How::Rst, probability: None }] };
+                    let d = Decision { rule: "manual".into(), point: "manual".into(), actions: vec![Action::Disconnect(Disconnect { side: Side::Both, how: How::Rst })] };
                     self.record(&d);
                     let _ = Box::pin(self.act(d, Dir::Down)).await;
                     return;
@@ -759,12 +770,12 @@ impl Session<'_> {
         let mut flow = Flow::Go;
         for a in d.actions {
             match a {
-                Action::Disconnect { side, how, .. } => {
+                Action::Disconnect(Disconnect { side, how }) => {
                     lock(self.core).cut = Some((side, how, format!("fault: {}", d.rule)));
                     self.cut_now();
                     return Flow::Stop;
                 }
-                Action::Stall { ms, jitter_ms, .. } => {
+                Action::Stall(Stall { ms, jitter_ms }) => {
                     let until = {
                         let mut c = lock(self.core);
                         let until = Instant::now() + jittered(&mut c.rng, ms, jitter_ms);
@@ -779,7 +790,7 @@ impl Session<'_> {
                         _ = self.ctx.cut.cancelled() => return Flow::Stop,
                     }
                 }
-                Action::Noise { bytes, toward, .. } => {
+                Action::Noise(Noise { bytes, toward }) => {
                     let to = Dir::toward(toward);
                     {
                         let mut c = lock(self.core);
@@ -789,17 +800,19 @@ impl Session<'_> {
                     }
                     self.injected(to).await;
                 }
-                Action::Corrupt { bytes, .. } => lock(self.core).fx().corrupt[dir as usize] += bytes,
-                Action::Throttle { bps, .. } => lock(self.core).fx().rate = Some((bps / 8).max(1)),
-                Action::Delay { ms, jitter_ms, .. } => lock(self.core).fx().delay = Some((ms, jitter_ms)),
-                Action::Reply { text, .. } => {
+                Action::Corrupt(Corrupt { bytes }) => lock(self.core).fx().corrupt[dir as usize] += bytes,
+                Action::Throttle(Throttle { bps }) => lock(self.core).fx().rate = Some((bps / 8).max(1)),
+                Action::Delay(Delay { ms, jitter_ms }) => lock(self.core).fx().delay = Some((ms, jitter_ms)),
+                Action::Reply(Reply { text }) => {
                     let mut line = text.into_bytes();
                     line.extend_from_slice(b"\r\n");
                     flow = Flow::Reply(line);
                 }
-                Action::Swallow { .. } => flow = Flow::Swallow,
+                Action::Swallow(_) => flow = Flow::Swallow,
                 // Refusals happen at accept, before there is a stream.
-                Action::Refuse { .. } => {}
+                Action::Refuse(_) => {}
+                // Carried out by `body`, once the cut's steps have run.
+                Action::Truncate(_) => lock(self.core).fx().truncate = true,
             }
         }
         flow
@@ -1317,7 +1330,9 @@ impl Session<'_> {
                         let size = if matches!(cmd, Command::Retr(_)) { announced_size(bytes) } else { None };
                         let cuts = c.engine.plan_body(cmd, size, &facts);
                         if !cuts.is_empty() {
-                            c.fx().body_cuts = cuts.into();
+                            let fx = c.fx();
+                            fx.body_cuts = cuts.into();
+                            fx.body_line = BodyLine::Start;
                         } else if let Some(f) = c.fx.as_deref_mut() {
                             f.body_cuts.clear();
                         }
@@ -1370,6 +1385,11 @@ impl Session<'_> {
 
     /// Relays body bytes, stopping at each planned cut to act there.
     async fn body(&self, bytes: &[u8], offset: u64, end: bool, to: &mut WriteHalf<'_>) -> Result<(), End> {
+        if let Some(f) = lock(self.core).fx.as_deref_mut().filter(|f| f.discard_body) {
+            // Truncated: the client has seen this body end already.
+            f.discard_body = !end;
+            return Ok(());
+        }
         let mut done = 0usize;
         loop {
             let cut = {
@@ -1389,12 +1409,18 @@ impl Session<'_> {
                 let part = &bytes[done..upto];
                 self.deliver(Dir::Down, to, part).await?;
                 let ev = ServerEvent::Body { offset: offset + done as u64, end: false };
-                lock(self.core).tracker.on_server(&ev, part);
+                let mut c = lock(self.core);
+                c.tracker.on_server(&ev, part);
+                let fx = c.fx();
+                fx.body_line = fx.body_line.after(part);
                 done = upto;
             }
             self.record(&cut.decision);
             if Box::pin(self.act(cut.decision, Dir::Down)).await == Flow::Stop {
                 return Err(End::Cut);
+            }
+            if lock(self.core).fx.as_deref_mut().is_some_and(|f| std::mem::take(&mut f.truncate)) {
+                return Box::pin(self.truncate(offset + done as u64, end, to)).await;
             }
         }
         let part = &bytes[done..];
@@ -1402,6 +1428,9 @@ impl Session<'_> {
         let finished = {
             let mut c = lock(self.core);
             c.tracker.on_server(&ServerEvent::Body { offset: offset + done as u64, end }, part);
+            if let Some(f) = c.fx.as_deref_mut().filter(|f| !f.body_cuts.is_empty()) {
+                f.body_line = f.body_line.after(part);
+            }
             if end {
                 if let Some(f) = c.fx.as_deref_mut() {
                     f.body_cuts.clear();
@@ -1410,6 +1439,31 @@ impl Session<'_> {
             } else {
                 None
             }
+        };
+        if let Some((seq, cmd)) = finished {
+            self.response_done(seq, &cmd).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the body being relayed for the client at body offset `at`
+    /// (`truncate`): the terminator that closes the line in progress goes
+    /// out, the client has a whole (short) response, and the rest of the
+    /// server's body, up to its real end, is dropped (`discard_body`) so
+    /// the next answer the client reads is the server's next answer.
+    /// `end`: the real end was in the read being relayed.
+    async fn truncate(&self, at: u64, end: bool, to: &mut WriteHalf<'_>) -> Result<(), End> {
+        let line = lock(self.core).fx().body_line;
+        let terminator = line.terminator();
+        self.write(Dir::Down, to, terminator).await?;
+        let finished = {
+            let mut c = lock(self.core);
+            c.tracker.on_server(&ServerEvent::Body { offset: at, end: true }, terminator);
+            let fx = c.fx();
+            // Cuts planned further in are past the end the client saw.
+            fx.body_cuts.clear();
+            fx.discard_body = !end;
+            c.answering.take()
         };
         if let Some((seq, cmd)) = finished {
             self.response_done(seq, &cmd).await?;
