@@ -1,5 +1,5 @@
 //! The session tracker: RFC 1939 state, counters, fingerprints and the
-//! session outcome (SPEC §5). Pure: it is told what was delivered, by the
+//! session outcome (docs/ARCHITECTURE.md, "Outcome mapping"). Pure: it is told what was delivered, by the
 //! relay, after the bytes went out; it never sees a socket or a clock.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,7 +42,7 @@ impl fmt::Display for State {
     }
 }
 
-/// How a session ended (SPEC §5). Exactly one per session.
+/// How a session ended (docs/ARCHITECTURE.md, "Outcome mapping"). Exactly one per session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
@@ -74,7 +74,7 @@ impl Outcome {
         Outcome::CleanQuit,
     ];
 
-    /// The outcome's name as in SPEC §5 (`rolled-back`, …).
+    /// The outcome's name as in docs/EVENTS.md (`rolled-back`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Committed => "committed",
@@ -648,7 +648,7 @@ impl Tracker {
     }
 
     /// Messages at risk of a second download if the session ends now
-    /// without a commit: downloaded or marked (SPEC §5).
+    /// without a commit: downloaded or marked (docs/ARCHITECTURE.md, `at_risk`).
     pub fn at_risk_if_lost(&self) -> usize {
         self.downloaded.union(&self.marked).count()
     }

@@ -1,4 +1,4 @@
-//! The live terminal dashboard (SPEC §6).
+//! The live terminal dashboard.
 //!
 //! Three layers, each usable alone:
 //!
