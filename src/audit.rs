@@ -38,6 +38,7 @@ use crate::control::Control;
 use crate::events::{Event, EventSink, SessionEnd};
 use crate::faults::Profile;
 use crate::relay::{self, ProxyConfig};
+use crate::secret::Secret;
 
 /// The environment variable read for the password when `--pass` is not
 /// given (keeps it out of `ps` and the shell history).
@@ -61,7 +62,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const WIDTHS: [usize; 5] = [18, 40, 40, 12, 7];
 
 /// `popfault audit`
-#[derive(Args)]
+#[derive(Args, Debug)]
 pub struct AuditArgs {
     /// The real server, HOST:PORT (plain POP3). Use a test mailbox.
     #[arg(long, value_name = "HOST:PORT")]
@@ -72,7 +73,7 @@ pub struct AuditArgs {
     /// Its password; only ever sent to the server, never printed or logged.
     /// Default: the POPFAULT_PASS environment variable.
     #[arg(long, value_name = "PASSWORD")]
-    pub pass: Option<String>,
+    pub pass: Option<Secret>,
     /// Also check the QUIT commit and lose QUIT's answer with a message
     /// marked: deletes up to two messages (on a correct server).
     #[arg(long)]
@@ -92,22 +93,6 @@ pub struct AuditArgs {
     pub lock_wait: f64,
 }
 
-/// Shows everything but the password.
-impl fmt::Debug for AuditArgs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuditArgs")
-            .field("server", &self.server)
-            .field("user", &self.user)
-            .field("pass", &self.pass.as_ref().map(|_| "***"))
-            .field("destructive", &self.destructive)
-            .field("json", &self.json)
-            .field("seed", &self.seed)
-            .field("timeout", &self.timeout)
-            .field("lock_wait", &self.lock_wait)
-            .finish()
-    }
-}
-
 fn seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v.is_finite() && v <= 3600.0 => Ok(v),
@@ -116,14 +101,14 @@ fn seconds(s: &str) -> Result<f64, String> {
 }
 
 /// What to audit and how, resolved from [`AuditArgs`].
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct AuditConfig {
     /// The server, `HOST:PORT`, as given.
     pub server: String,
     /// User name.
     pub user: String,
-    /// Password (redacted in `Debug`).
-    pub password: String,
+    /// Password.
+    pub password: Secret,
     /// Whether the scenarios that delete may run.
     pub destructive: bool,
     /// The internal proxy's seed.
@@ -136,29 +121,13 @@ pub struct AuditConfig {
     pub progress: bool,
 }
 
-/// Shows everything but the password.
-impl fmt::Debug for AuditConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuditConfig")
-            .field("server", &self.server)
-            .field("user", &self.user)
-            .field("password", &"***")
-            .field("destructive", &self.destructive)
-            .field("seed", &self.seed)
-            .field("timeout", &self.timeout)
-            .field("lock_wait", &self.lock_wait)
-            .field("progress", &self.progress)
-            .finish()
-    }
-}
-
 impl AuditConfig {
     /// Resolves the command line: the password from `--pass` or
     /// [`PASS_ENV`], the seed drawn when not given.
     pub fn from_args(a: AuditArgs) -> Result<AuditConfig, RunError> {
         let password = match a.pass {
             Some(p) => p,
-            None => std::env::var(PASS_ENV).map_err(|_| {
+            None => std::env::var(PASS_ENV).map(Secret::from).map_err(|_| {
                 RunError::Usage(format!("audit: no password: give --pass or set the {PASS_ENV} environment variable"))
             })?,
         };
@@ -602,7 +571,7 @@ struct Auditor<'a> {
 /// Runs the whole audit. Errors before the first scenario (unresolvable or
 /// unreachable server, refused login) are [`RunError::Usage`].
 pub async fn audit(cfg: &AuditConfig) -> Result<Report, RunError> {
-    for (what, value) in [("--user", &cfg.user), ("the password", &cfg.password)] {
+    for (what, value) in [("--user", cfg.user.as_str()), ("the password", cfg.password.expose())] {
         if value.is_empty() || value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
             return Err(RunError::Usage(format!("audit: {what} is empty or contains CR, LF or NUL")));
         }
@@ -734,7 +703,7 @@ impl Auditor<'_> {
         loop {
             let (mut client, _) =
                 Pop3Client::connect_with_timeout(addr, self.cfg.timeout).await.map_err(OpenError::Connect)?;
-            match client.login(&self.cfg.user, &self.cfg.password).await {
+            match client.login(&self.cfg.user, self.cfg.password.expose()).await {
                 Ok(_) => return Ok(Opened { client, locked, waited: started.elapsed() }),
                 Err(ClientError::Err(text)) if retryable(&text) => {
                     locked += 1;

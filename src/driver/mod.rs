@@ -35,7 +35,9 @@ use rand::rngs::SmallRng;
 use crate::codec::{ClientEvent, Command, Pop3Codec, ServerEvent, Status};
 use crate::events::{Event, SessionEnd};
 use crate::faults::engine::rng_for;
-use crate::faults::{Action, BodyCut, Decision, Engine, Facts, How, Point, RefuseHow, Side};
+use crate::faults::{
+    Action, BodyCut, BodyLine, Decision, Disconnect, Engine, Facts, How, Point, Refuse, RefuseHow, Side,
+};
 use crate::session::Tracker;
 
 /// Latency samples a session sends at once (and the rest when it ends):
@@ -185,6 +187,14 @@ struct Effects {
     paced_until: [Option<Instant>; 2],
     /// Added before each response: (ms, jitter ms).
     delay: Option<(u64, u64)>,
+    /// A `truncate` step ran at the body cut being carried out.
+    truncate: bool,
+    /// Where the body delivered so far stands in its line: what a
+    /// `truncate` must send to end it.
+    body_line: BodyLine,
+    /// A `truncate` ended the body for the client: the server's rest of it
+    /// is read and dropped up to its real end.
+    discard_body: bool,
 }
 
 /// What the tracker learns once a range is written.
@@ -206,6 +216,9 @@ enum Track {
 enum After {
     /// The command was forwarded: progress, then the `forwarded` point.
     Forwarded(Command, u64),
+    /// A `truncate` ended the body for the client; `end`: the server's
+    /// real end was in the same event (nothing more to drop).
+    Truncated { end: bool },
     /// A single-line response was delivered.
     Response(u64, Command),
     /// A multi-line response's last byte was delivered.
@@ -219,8 +232,12 @@ enum Step {
     Wait(Instant),
     /// Write `range` of the input; `done` bytes of it are written.
     Relay { range: Range<usize>, track: Track, done: usize },
-    /// Act on a decision made for this byte position (a body cut).
-    Act(Decision),
+    /// Act on a decision made for body offset `at` of a body event
+    /// (`end`: the body's real end is in that event).
+    Act { decision: Decision, at: u64, end: bool },
+    /// Write the proxy's own `bytes`, which end the body for the client at
+    /// body offset `at` (`truncate`).
+    Terminator { bytes: &'static [u8], at: u64 },
     /// Run what follows the event's delivery.
     After(After),
 }
@@ -243,6 +260,8 @@ enum InFlight {
     Reply(Box<(Command, u64, Vec<u8>)>),
     /// The next `n` bytes of the current `Relay` step.
     Piece(usize),
+    /// A truncate's terminator, ending the body at offset `at`.
+    Terminator(&'static [u8], u64),
 }
 
 /// What to do with a decision's bytes.
@@ -252,6 +271,13 @@ enum Flow {
     Stop,
     Swallow,
     Reply(Vec<u8>),
+}
+
+impl Effects {
+    /// Follows where the body stands in its line, for a `truncate`.
+    fn delivered_body(&mut self, part: &[u8]) {
+        self.body_line = self.body_line.after(part);
+    }
 }
 
 /// One proxied session.
@@ -441,7 +467,7 @@ impl Driver {
         for d in &decisions {
             self.record(d);
             for a in &d.actions {
-                if let Action::Refuse { how, text, .. } = a {
+                if let Action::Refuse(Refuse { how, text }) = a {
                     self.tracker.set_refused();
                     return Accept::Refuse { how: *how, text: text.clone(), rule: d.rule.clone() };
                 }
@@ -502,7 +528,7 @@ impl Driver {
         if self.stopped {
             return;
         }
-        let disconnect = Action::Disconnect { side: Side::Both, how: How::Rst, probability: None };
+        let disconnect = Action::Disconnect(Disconnect { side: Side::Both, how: How::Rst });
         let d = Decision { rule: "manual".into(), point: "manual".into(), actions: vec![disconnect] };
         self.record(&d);
         self.act(d, Dir::Down, now);
@@ -553,6 +579,12 @@ impl Driver {
                 self.tracker.on_server(&ServerEvent::Status { cmd, seq, status, multiline: false }, &reply);
             }
             InFlight::Piece(n) => self.piece_written(dir, input, n, now),
+            InFlight::Terminator(bytes, at) => {
+                self.tracker.on_server(&ServerEvent::Body { offset: at, end: true }, bytes);
+                if let Some(Some(Step::Terminator { .. })) = self.plans[1].as_deref_mut().map(|p| p.steps.front()) {
+                    self.plans[1].as_deref_mut().map(|p| p.steps.pop_front());
+                }
+            }
         }
     }
 
@@ -676,12 +708,20 @@ impl Driver {
                     }
                     plan.steps.pop_front();
                 }
-                Some(Step::Act(_)) => {
-                    let Some(Step::Act(d)) = plan.steps.pop_front() else { continue };
-                    self.record(&d);
-                    if self.act(d, dir, now) == Flow::Stop {
+                Some(Step::Act { .. }) => {
+                    let Some(Step::Act { decision, at, end }) = plan.steps.pop_front() else { continue };
+                    self.record(&decision);
+                    if self.act(decision, dir, now) == Flow::Stop {
                         return Transmit::Stop;
                     }
+                    if self.fx.as_deref_mut().is_some_and(|f| std::mem::take(&mut f.truncate)) {
+                        self.truncate(dir, at, end);
+                    }
+                }
+                Some(Step::Terminator { bytes, at }) => {
+                    let (bytes, at) = (*bytes, *at);
+                    self.in_flight[dir as usize] = Some(InFlight::Terminator(bytes, at));
+                    return Transmit::Own(bytes.to_vec());
                 }
                 Some(Step::After(_)) => {
                     let Some(Step::After(after)) = plan.steps.pop_front() else { continue };
@@ -701,6 +741,21 @@ impl Driver {
                     return self.transmit_piece(dir, input, rest, now);
                 }
             }
+        }
+    }
+
+    /// `truncate` at body offset `at`: the rest of this body event is
+    /// dropped, and the terminator that closes the line in progress goes
+    /// out instead (unshaped, like noise), so the client has a whole,
+    /// short response. What follows of the server's body up to its real
+    /// end is dropped too (`discard_body`), so the next answer the client
+    /// reads is the server's next answer.
+    fn truncate(&mut self, dir: Dir, at: u64, end: bool) {
+        let line = self.fx.as_deref().map_or(BodyLine::Start, |f| f.body_line);
+        if let Some(plan) = self.plans[dir as usize].as_deref_mut() {
+            plan.steps.clear();
+            plan.steps.push_back(Step::Terminator { bytes: line.terminator(), at });
+            plan.steps.push_back(Step::After(After::Truncated { end }));
         }
     }
 
@@ -763,7 +818,10 @@ impl Driver {
             Track::Unframed => self.tracker.on_unframed(dir == Dir::Up, piece.len()),
             Track::Server(ServerEvent::Body { offset, end }) => {
                 let ev = ServerEvent::Body { offset: offset + piece.start as u64, end: *end && whole };
-                self.tracker.on_server(&ev, &line[piece]);
+                self.tracker.on_server(&ev, &line[piece.clone()]);
+                if let Some(fx) = self.fx.as_deref_mut() {
+                    fx.delivered_body(&line[piece]);
+                }
             }
             Track::StatusAndBody(status, split, body) => {
                 let split = *split;
@@ -776,6 +834,9 @@ impl Driver {
                 {
                     let ev = ServerEvent::Body { offset: offset + (from - split) as u64, end: *end && whole };
                     self.tracker.on_server(&ev, &line[from..piece.end]);
+                    if let Some(fx) = self.fx.as_deref_mut() {
+                        fx.delivered_body(&line[from..piece.end]);
+                    }
                 }
             }
             Track::Client(ev) if whole => self.tracker.on_client(ev, line, true),

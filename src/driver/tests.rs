@@ -470,3 +470,29 @@ fn eof_passes_held_bytes_then_the_fin() {
     assert_eq!(s.up(), b"QU", "what was held goes on at EOF");
     assert_eq!(s.ended[0], Some(Transmit::Eof));
 }
+
+#[test]
+fn truncate_ends_the_body_early_and_drops_the_rest() {
+    let truncate = "[[rule]]\nname = \"short\"\nwhen = \"body\"\ncommand = \"RETR\"\noffset = 5\nactions = [{ do = \"truncate\" }]\n";
+    for split in [false, true] {
+        let mut s = Sim::new(profile(truncate));
+        s.login().c(b"RETR 1\r\nNOOP\r\n");
+        let before = s.down().len();
+        let answer = retr_answer(BODY);
+        if split {
+            // The rest of the body comes in a later read: dropped too.
+            s.s(&answer[..30]).s(&answer[30..]);
+        } else {
+            s.s(&answer);
+        }
+        s.s(b"+OK noop\r\n");
+        let status = answer.iter().position(|&b| b == b'\n').unwrap() + 1;
+        let mut want = answer[..status + 5].to_vec();
+        want.extend_from_slice(b"\r\n.\r\n+OK noop\r\n");
+        assert_eq!(&s.down()[before..], &want[..], "split {split}");
+        assert!(!s.d.is_stopped());
+        let end = s.end();
+        assert_eq!(end.downloaded, 1, "the client got a whole (short) message");
+        assert_eq!(end.bytes_down as usize, s.down().len());
+    }
+}
