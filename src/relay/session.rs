@@ -1,262 +1,42 @@
-//! The relay: all of popfault's network I/O. It accepts clients, connects
-//! upstream, and moves bytes both ways through the pure codec, tracker and
-//! fault engine. The engine decides; [`Session::act`] is the one place that
-//! carries decisions out, and [`Session::deliver`] the one place that
-//! writes relayed bytes, so a fault lands at the exact byte.
-//!
-//! One task per session. Its two directions are two futures joined in that
-//! task with a third that runs timers and manual cuts; they share the pure
-//! state under a mutex that is never held across an `.await`. A direction
-//! holds only bytes it has read and not yet written: at most one read's
-//! worth, or one incomplete line (bounded by RFC 2449's limits).
+//! One session's I/O: the shell around its driver. It connects upstream,
+//! runs the two pumps and the timers' wait in one task, does what the
+//! driver says, and closes each side as the driver says.
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::task::{Context, Poll, Wake, Waker};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
+use std::time::Instant;
 
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
-use tokio::net::tcp::ReadHalf;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
+use super::io::{Source, futures_select_all, gated, spare};
+use super::{ProxyConfig, READ_MAX, READ_MIN};
 use crate::control::Control;
-use crate::driver::{Accept, Dir, Driver, RunInfo, SessionInfo, Transmit};
+use crate::driver::{Accept, Dir, Driver, Transmit};
 use crate::events::{Event, EventSink};
-use crate::faults::{Engine, How, RefuseHow};
-
-/// Bytes asked of the kernel per read, growing while reads come back full
-/// (a bulk transfer). The least is enough for a typical answer (a message
-/// of a few KB, a UIDL listing) to come in one read and go out in one
-/// write: with 2 KiB, a 10 KB message took three of each. Idle sessions
-/// hold no buffer whatever the size (see `spare`).
-const READ_MIN: usize = 16 * 1024;
-const READ_MAX: usize = 64 * 1024;
-
-/// How the proxy runs.
-#[derive(Debug, Clone)]
-pub struct ProxyConfig {
-    /// Where clients connect.
-    pub listen: SocketAddr,
-    /// The real server, `host:port`; resolved at each connect.
-    pub upstream: String,
-    /// Give up connecting upstream after this long (outcome `refused`).
-    pub connect_timeout: Duration,
-    /// Cut a session after this long without a byte either way.
-    pub idle_timeout: Duration,
-    /// Give up on an upstream that accepted but has not greeted after this
-    /// long (outcome `refused`).
-    pub greeting_timeout: Duration,
-    /// Most sessions at once; more clients are told `-ERR [SYS/TEMP]` and
-    /// closed.
-    pub max_sessions: usize,
-    /// Connections the kernel queues before they are accepted (capped by
-    /// `net.core.somaxconn`).
-    pub backlog: u32,
-}
-
-/// The default listen backlog. 128 (the old default of `listen`) made
-/// clients of a flood wait for 1 s SYN retransmits; this is Linux's
-/// default cap (`net.core.somaxconn`).
-pub const DEFAULT_BACKLOG: u32 = 4096;
-
-impl ProxyConfig {
-    /// A proxy from `listen` to `upstream` with default timeouts.
-    pub fn new(listen: SocketAddr, upstream: impl Into<String>) -> ProxyConfig {
-        ProxyConfig {
-            listen,
-            upstream: upstream.into(),
-            connect_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(600),
-            greeting_timeout: Duration::from_secs(30),
-            max_sessions: 10_000,
-            backlog: DEFAULT_BACKLOG,
-        }
-    }
-}
-
-/// A running proxy.
-#[derive(Debug)]
-pub struct ProxyHandle {
-    /// The address it listens on (the real port when asked for port 0).
-    pub local_addr: SocketAddr,
-    /// Its live controls.
-    pub control: Arc<Control>,
-    stop: CancellationToken,
-    /// Cancelled to close the listener (a child of `stop`).
-    accepting: CancellationToken,
-    /// True while the listener is open.
-    listening: watch::Receiver<bool>,
-    task: tokio::task::JoinHandle<()>,
-    live: watch::Receiver<usize>,
-}
-
-impl ProxyHandle {
-    /// Stops accepting, cuts live sessions (recording their outcomes) and
-    /// waits for every session to end.
-    pub async fn shutdown(self) {
-        self.stop.cancel();
-        let _ = self.task.await;
-    }
-
-    /// Closes the listener and returns once it is closed: from then on a
-    /// new client is refused. Live sessions go on.
-    pub async fn stop_accepting(&mut self) {
-        self.accepting.cancel();
-        // An error means the accept loop is gone, and its listener with it.
-        let _ = self.listening.wait_for(|open| !*open).await;
-    }
-
-    /// Waits up to `limit` for every live session to end on its own; true
-    /// if none is left.
-    pub async fn wait_idle(&mut self, limit: Duration) -> bool {
-        // An error means the accept loop is gone, and its sessions with it.
-        tokio::time::timeout(limit, self.live.wait_for(|n| *n == 0)).await.is_ok()
-    }
-
-    /// Stops accepting and waits up to `drain` for live sessions to end on
-    /// their own, then cuts the rest.
-    pub async fn drain(mut self, drain: Duration) {
-        self.stop_accepting().await;
-        self.wait_idle(drain).await;
-        self.shutdown().await;
-    }
-
-    /// Sessions in progress.
-    pub fn live_sessions(&self) -> usize {
-        *self.live.borrow()
-    }
-}
-
-/// A listening socket on `addr` with this `backlog` (address reuse as
-/// `TcpListener::bind` has it, so a restart does not wait for TIME_WAIT).
-pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    #[cfg(unix)]
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(backlog)
-}
-
-/// Binds `cfg.listen` and relays every client to `cfg.upstream`, with the
-/// faults of `control`'s profile.
-pub async fn start(cfg: ProxyConfig, control: Arc<Control>, sink: EventSink) -> io::Result<ProxyHandle> {
-    let listener = bind(cfg.listen, cfg.backlog)?;
-    let local_addr = listener.local_addr()?;
-    let stop = CancellationToken::new();
-    let accepting = stop.child_token();
-    let (live_tx, live) = watch::channel(0usize);
-    let (listening_tx, listening) = watch::channel(true);
-    let task = tokio::spawn(accept_loop(
-        listener,
-        Arc::new(cfg),
-        control.clone(),
-        sink,
-        (stop.clone(), accepting.clone()),
-        (live_tx, listening_tx),
-    ));
-    Ok(ProxyHandle { local_addr, control, stop, accepting, listening, task, live })
-}
-
-/// `stop` cuts the sessions, `accepting` only closes the listener; `live`
-/// counts the sessions, `listening` says whether the listener is open.
-async fn accept_loop(
-    listener: TcpListener,
-    cfg: Arc<ProxyConfig>,
-    control: Arc<Control>,
-    sink: EventSink,
-    (stop, accepting): (CancellationToken, CancellationToken),
-    (live, listening): (watch::Sender<usize>, watch::Sender<bool>),
-) {
-    let started = Instant::now();
-    let run = Arc::new(RunInfo {
-        upstream: cfg.upstream.clone(),
-        run_started: started,
-        idle_timeout: cfg.idle_timeout,
-        greeting_timeout: cfg.greeting_timeout,
-        wants_progress: sink.wants_progress(),
-    });
-    let counter = AtomicU64::new(0);
-    let mut sessions = tokio::task::JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            // Closing comes first: no client is accepted once it is asked.
-            biased;
-            _ = accepting.cancelled() => break,
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {
-                live.send_replace(sessions.len());
-                continue;
-            }
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((client, peer)) if sessions.len() >= cfg.max_sessions => {
-                // Over the limit: say so, as a busy POP3 server would, and
-                // close. Not a session: nothing is counted.
-                warn!(%peer, limit = cfg.max_sessions, "too many sessions; turning a client away");
-                tokio::spawn(async move {
-                    let mut client = client;
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(5),
-                        client.write_all(b"-ERR [SYS/TEMP] too many sessions\r\n"),
-                    )
-                    .await;
-                    let _ = client.shutdown().await;
-                });
-            }
-            Ok((client, peer)) => {
-                let number = counter.fetch_add(1, Ordering::Relaxed) + 1;
-                let seed = control.seed();
-                let info = SessionInfo { number, peer, seed, started: Instant::now(), run: run.clone() };
-                let driver = Driver::new(info, Engine::new(control.profile(), seed, number));
-                let ctx = SessionCtx {
-                    cfg: cfg.clone(),
-                    sink: sink.clone(),
-                    shutdown: stop.clone(),
-                    cut: stop.child_token(),
-                    cut_seen: AtomicBool::new(false),
-                    injected: [AtomicBool::new(false), AtomicBool::new(false)],
-                    control: control.clone(),
-                };
-                sessions.spawn(run_session(client, ctx, driver));
-                live.send_replace(sessions.len());
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: back off, go on.
-                warn!(error = %e, "accept failed; retrying");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-    // Closed now, not when the sessions are done: a new client is refused.
-    drop(listener);
-    listening.send_replace(false);
-    while sessions.join_next().await.is_some() {
-        live.send_replace(sessions.len());
-    }
-    live.send_replace(0);
-}
+use crate::faults::{How, RefuseHow};
 
 /// What a session's futures share, apart from its driver.
-struct SessionCtx {
-    cfg: Arc<ProxyConfig>,
-    sink: EventSink,
+pub(super) struct SessionCtx {
+    pub(super) cfg: Arc<ProxyConfig>,
+    pub(super) sink: EventSink,
     /// The proxy is shutting down.
-    shutdown: CancellationToken,
+    pub(super) shutdown: CancellationToken,
     /// This session is being cut (a fault, a manual cut, shutdown): every
     /// wait on it ends.
-    cut: CancellationToken,
+    pub(super) cut: CancellationToken,
     /// `cut` as the directions see it, without the token's lock.
-    cut_seen: AtomicBool,
+    pub(super) cut_seen: AtomicBool,
     /// The driver queued something for a direction (noise, the proxy's
     /// own answer): a one-shot permit taken by that direction's wait.
-    injected: [AtomicBool; 2],
-    control: Arc<Control>,
+    pub(super) injected: [AtomicBool; 2],
+    pub(super) control: Arc<Control>,
 }
 
 fn lock(driver: &Mutex<Driver>) -> MutexGuard<'_, Driver> {
@@ -279,7 +59,7 @@ enum End {
 /// A session's future. Not an `async fn`: those keep their arguments
 /// twice (as arguments and as moved locals), and every idle session
 /// carries this future whole.
-fn run_session(mut client: TcpStream, ctx: SessionCtx, driver: Driver) -> impl Future<Output = ()> + Send {
+pub(super) fn run_session(mut client: TcpStream, ctx: SessionCtx, driver: Driver) -> impl Future<Output = ()> + Send {
     let _ = client.set_nodelay(true);
     let driver = Mutex::new(driver);
     async move {
@@ -716,201 +496,5 @@ impl Session<'_> {
                 Err(End::Cut)
             }
         }
-    }
-}
-
-/// Read buffers of the smallest size, kept per thread for the next read:
-/// a session gives its buffer back each time it goes idle, and a fresh one
-/// each time would take malloc's slow path (it is bigger than malloc's
-/// per-thread cache), thousands of times a second. A few are kept; an idle
-/// session holds none.
-mod spare {
-    use std::cell::RefCell;
-
-    const KEPT: usize = 16;
-
-    thread_local! {
-        static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-    }
-
-    pub(super) fn take() -> Vec<u8> {
-        SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_default()
-    }
-
-    pub(super) fn give(mut buf: Vec<u8>) {
-        if buf.capacity() != super::READ_MIN {
-            return;
-        }
-        buf.clear();
-        SPARE.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.len() < KEPT {
-                s.push(buf);
-            }
-        });
-    }
-}
-
-/// What a pump reads from: the stream type is a parameter of the shell, so
-/// that another transport (TLS) plugs in without touching the driver. A
-/// source reads what it holds without waiting, and says when it may have
-/// more; an idle direction then holds no buffer, only this wait.
-pub(crate) trait Source {
-    /// Reads what is there into `buf`'s spare room; `WouldBlock` when
-    /// nothing is.
-    fn read_draining(&mut self, buf: &mut Vec<u8>) -> io::Result<usize>;
-    /// Ready when a read may find something (or an error).
-    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
-}
-
-impl Source for ReadHalf<'_> {
-    /// A read that leaves room proves the socket drained, so it also clears
-    /// tokio's readiness (as tokio's own `poll_read` does): the next wait
-    /// then sleeps at once rather than costing a `recv` that says EAGAIN.
-    /// The read happens inside `try_io` so that only the readiness it saw
-    /// is cleared, never a newer one.
-    fn read_draining(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        let stream: &TcpStream = self.as_ref();
-        let room = buf.capacity() - buf.len();
-        let mut got = None;
-        let r = stream.try_io(Interest::READABLE, || {
-            let n = stream.try_read_buf(buf)?;
-            got = Some(n);
-            if n > 0 && n < room { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(n) }
-        });
-        match got {
-            Some(n) => Ok(n),
-            None => r,
-        }
-    }
-
-    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let stream: &TcpStream = self.as_ref();
-        stream.poll_read_ready(cx)
-    }
-}
-
-/// Runs `fut`, polling it only when one of its own wakers fired. A
-/// session's futures share one task, and `join!`/`select!` poll each of
-/// them whenever any is woken: nearly every wake-up is for a pump, and the
-/// timers' wait (the cut token, the manual cut, a sleep) takes locks each
-/// time it is polled.
-fn gated<F: Future>(fut: F) -> Gated<F> {
-    let gate = Arc::new(Gate { woken: AtomicBool::new(true), task: OnceLock::new() });
-    Gated { fut, waker: Waker::from(gate.clone()), gate }
-}
-
-pin_project_lite::pin_project! {
-    /// See [`gated`]. A struct, not an `async fn`: that would hold `fut`
-    /// twice in every session's state.
-    struct Gated<F> {
-        #[pin]
-        fut: F,
-        gate: Arc<Gate>,
-        waker: Waker,
-    }
-}
-
-impl<F: Future> Future for Gated<F> {
-    type Output = F::Output;
-
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.project();
-        let task = this.gate.task.get_or_init(|| cx.waker().clone());
-        if !task.will_wake(cx.waker()) {
-            // Polled on behalf of another task: no gate.
-            return this.fut.poll(cx);
-        }
-        // Cleared before polling: a wake-up during the poll is kept.
-        if !this.gate.woken.swap(false, Ordering::AcqRel) {
-            return Poll::Pending;
-        }
-        this.fut.poll(&mut Context::from_waker(this.waker))
-    }
-}
-
-/// The waker of a [`gated`] future: marks it woken, then wakes its task.
-struct Gate {
-    woken: AtomicBool,
-    task: OnceLock<Waker>,
-}
-
-impl Wake for Gate {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        if let Some(task) = self.task.get() {
-            task.wake_by_ref();
-        }
-    }
-}
-
-/// Resolves when the first of `futs` does (a tiny `select_all`, to avoid
-/// a dependency for one use).
-async fn futures_select_all<F: std::future::Future<Output = ()> + Unpin>(futs: &mut [F]) {
-    std::future::poll_fn(|cx| {
-        for f in futs.iter_mut() {
-            if std::pin::Pin::new(f).poll(cx).is_ready() {
-                return std::task::Poll::Ready(());
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
-}
-
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn a_session_future_stays_small() {
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let l = tokio::net::TcpListener::from_std({
-                std_listener.set_nonblocking(true).unwrap();
-                std_listener
-            })
-            .unwrap();
-            let addr = l.local_addr().unwrap();
-            let c = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let (s, peer) = l.accept().await.unwrap();
-            drop(c);
-            let control =
-                std::sync::Arc::new(super::Control::new(std::sync::Arc::new(crate::faults::Profile::passthrough()), 1));
-            let stop = super::CancellationToken::new();
-            let run = super::RunInfo {
-                upstream: "127.0.0.1:1".into(),
-                run_started: std::time::Instant::now(),
-                idle_timeout: std::time::Duration::from_secs(600),
-                greeting_timeout: std::time::Duration::from_secs(30),
-                wants_progress: false,
-            };
-            let info = super::SessionInfo {
-                number: 1,
-                peer,
-                seed: 1,
-                started: std::time::Instant::now(),
-                run: std::sync::Arc::new(run),
-            };
-            let driver = super::Driver::new(info, super::Engine::new(control.profile(), 1, 1));
-            let ctx = super::SessionCtx {
-                cfg: std::sync::Arc::new(super::ProxyConfig::new(addr, "127.0.0.1:1")),
-                sink: super::EventSink::discard(),
-                shutdown: stop.clone(),
-                cut: stop.child_token(),
-                cut_seen: Default::default(),
-                injected: Default::default(),
-                control: control.clone(),
-            };
-            let fut = super::run_session(s, ctx, driver);
-            // Every idle session costs at least this much: keep it small
-            // (rare fault paths and the relaying of a read are boxed; an idle
-            // direction waits on its socket alone). See docs/PERFORMANCE.md.
-            let size = std::mem::size_of_val(&fut);
-            assert!(size <= 2304, "a session's future is {size} bytes");
-        });
     }
 }
