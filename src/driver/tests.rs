@@ -496,3 +496,126 @@ fn truncate_ends_the_body_early_and_drops_the_rest() {
         assert_eq!(end.bytes_down as usize, s.down().len());
     }
 }
+
+// === each built-in profile at the driver level ===
+
+/// A session of `name` that downloads `n` messages and quits, for sessions
+/// 1..=tries: the first (session, Sim) where `pred` holds.
+fn find_session(name: &str, n: u32, tries: u64, pred: impl Fn(&mut Sim) -> bool) -> Option<(u64, Sim)> {
+    (1..=tries).find_map(|number| {
+        let mut s = Sim::numbered(built_in(name), 11, number);
+        s.login();
+        for i in 1..=n {
+            s.c(format!("RETR {i}\r\n").as_bytes()).s(&retr_answer(BODY));
+        }
+        s.c(b"QUIT\r\n").s(b"+OK bye\r\n");
+        if pred(&mut s) { Some((number, s)) } else { None }
+    })
+}
+
+#[test]
+fn passthrough_changes_nothing() {
+    let (_, mut s) = find_session("passthrough", 3, 1, |_| true).expect("a session");
+    assert!(s.fault_points().is_empty());
+    assert_eq!(s.end().outcome, Outcome::CleanQuit);
+}
+
+#[test]
+fn server_down_variants_refuse_at_accept() {
+    let start = Instant::now();
+    for (name, want) in [("server-down", "rst"), ("server-down-err", "err"), ("server-down-hang", "hang")] {
+        let run = RunInfo {
+            upstream: "u:110".into(),
+            run_started: start,
+            idle_timeout: Duration::from_secs(600),
+            greeting_timeout: Duration::from_secs(30),
+            wants_progress: false,
+        };
+        let info =
+            SessionInfo { number: 1, peer: ([127, 0, 0, 1], 1).into(), seed: 1, started: start, run: Arc::new(run) };
+        let mut d = Driver::new(info, Engine::new(Arc::new(built_in(name)), 1, 1));
+        match d.accept(start) {
+            Accept::Refuse { how, .. } => assert_eq!(format!("{how:?}").to_lowercase(), want, "{name}"),
+            other => panic!("{name}: {other:?}"),
+        }
+        let events = d.finish(Some("refused".into()), start);
+        let Some(Event::SessionEnd(end)) = events.last() else { panic!("no end") };
+        assert_eq!(end.outcome, Outcome::Refused, "{name}");
+    }
+}
+
+#[test]
+fn server_flapping_refuses_only_in_its_down_windows() {
+    let start = Instant::now();
+    let accept_at = |ms: u64| {
+        let run = RunInfo {
+            upstream: "u:110".into(),
+            run_started: start,
+            idle_timeout: Duration::from_secs(600),
+            greeting_timeout: Duration::from_secs(30),
+            wants_progress: false,
+        };
+        let now = start + Duration::from_millis(ms);
+        let info =
+            SessionInfo { number: 1, peer: ([127, 0, 0, 1], 1).into(), seed: 1, started: now, run: Arc::new(run) };
+        let mut d = Driver::new(info, Engine::new(Arc::new(built_in("server-flapping")), 1, 1));
+        matches!(d.accept(now), Accept::Refuse { .. })
+    };
+    assert!(accept_at(0) && accept_at(2_999) && accept_at(10_500), "down 3 s of every 10 s");
+    assert!(!accept_at(3_000) && !accept_at(9_999));
+}
+
+#[test]
+fn busy_mailbox_answers_pass_itself() {
+    let mut s = Sim::new(built_in("busy-mailbox"));
+    s.s(b"+OK hi\r\n").c(b"USER u\r\nPASS p\r\n").s(b"+OK\r\n");
+    assert_eq!(s.up(), b"USER u\r\n", "PASS never reaches the server");
+    assert_eq!(s.down(), b"+OK hi\r\n+OK\r\n-ERR [IN-USE] maildrop locked by another session\r\n");
+    assert_eq!(s.end().outcome, Outcome::NoLogin);
+}
+
+#[test]
+fn modem_28k8_paces_and_delays() {
+    let mut s = Sim::new(built_in("modem-28k8"));
+    let t0 = s.now;
+    s.login().c(b"RETR 1\r\n");
+    let body: Vec<u8> = (0..3584).map(|i| b"abcdefghijklmnopqrstuvwxyz\r\n"[i % 28]).collect();
+    s.s(&retr_answer(&body));
+    // 28,800 bit/s = 3,600 bytes a second, plus ~150 ms before each answer.
+    let took = s.now.duration_since(t0).as_secs_f64();
+    assert!(took > 3600.0 / 3600.0 && took < 3.0, "about a second for 3.6 KB and four delays: {took}");
+    assert!(s.writes[1].iter().all(|&n| n <= 180), "slices of ~50 ms at 3,600 B/s");
+    assert_eq!(s.end().downloaded, 1);
+}
+
+#[test]
+fn call_waiting_stalls_then_sends_noise_and_sometimes_drops() {
+    // A session whose tone rang: a stall, 24 noise bytes into a body.
+    let (_, s) = find_session("call-waiting", 3, 200, |s| !s.fault_points().is_empty()).expect("a tone");
+    assert!(s.fault_points().iter().all(|p| p.starts_with("body RETR")), "{:?}", s.fault_points());
+    let (_, mut dropped) =
+        find_session("call-waiting", 3, 400, |s| s.d.is_stopped()).expect("a tone that dropped the line");
+    assert_eq!(dropped.end().outcome, Outcome::RolledBack);
+    let (_, mut noisy) = find_session("call-waiting", 3, 400, |s| !s.fault_points().is_empty() && !s.d.is_stopped())
+        .expect("a tone that did not drop the line");
+    let end = noisy.end();
+    assert_eq!(end.outcome, Outcome::CleanQuit);
+    assert!(end.bytes_down as usize >= noisy.down().len(), "noise counted");
+}
+
+#[test]
+fn flaky_line_mixes_faults_deterministically() {
+    let run = |number| {
+        let mut s = Sim::numbered(built_in("flaky-line"), 5, number);
+        s.login();
+        for i in 1..=5 {
+            s.c(format!("RETR {i}\r\n").as_bytes()).s(&retr_answer(BODY));
+        }
+        s.c(b"QUIT\r\n").s(b"+OK bye\r\n");
+        (s.fault_points(), s.down().to_vec(), s.end().outcome)
+    };
+    let runs: Vec<_> = (1..=60).map(run).collect();
+    assert_eq!(runs, (1..=60).map(run).collect::<Vec<_>>(), "the same seed replays the same faults");
+    assert!(runs.iter().any(|r| !r.0.is_empty()), "some faults fired in 60 sessions");
+    assert!(runs.iter().any(|r| r.0.is_empty()), "some sessions went clean");
+}
