@@ -116,7 +116,7 @@ const QUICK: Sizes = Sizes {
     dashboard_rounds: 1,
 };
 
-const FIGURES: &[&str] = &["bulk", "noop", "pinned", "sessions", "memory", "dashboard"];
+const FIGURES: &[&str] = &["bulk", "noop", "pinned", "sessions", "haproxy", "memory", "dashboard"];
 
 #[derive(Debug, Clone)]
 struct Opts {
@@ -263,6 +263,13 @@ async fn run(opts: &Opts) -> Result<()> {
     }
     if opts.wants("sessions") {
         figure("sessions", sessions_figure(&sizes, mode, bin.as_deref(), &mut table)).await;
+    }
+    if opts.wants("haproxy") {
+        match (&bin, which("haproxy")) {
+            (Some(b), Some(h)) => figure("haproxy", haproxy_figure(&sizes, b, &h, &mut table)).await,
+            (None, _) => table.skip("sessions/s vs haproxy", "no popfault binary: cargo build --release"),
+            (_, None) => table.skip("sessions/s vs haproxy", "haproxy not installed (Debian: apt-get install haproxy)"),
+        }
     }
     if opts.wants("memory") {
         match &bin {
@@ -1331,6 +1338,97 @@ async fn sessions_figure(s: &Sizes, mode: ProxyMode, bin: Option<&Path>, table: 
         format!("{:.2}×", median(&cpu_p) / median(&cpu_d)),
         "",
         None,
+    );
+    Ok(())
+}
+
+// === haproxy ===
+
+/// The path of `name` on `PATH`.
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+}
+
+/// haproxy 2.x in tcp mode in front of `upstream`: a plain relay with no
+/// POP3 in it, the yardstick for popfault's per-session cost.
+struct Haproxy {
+    child: Child,
+    addr: SocketAddr,
+    config: PathBuf,
+}
+
+impl Haproxy {
+    async fn start(bin: &Path, upstream: SocketAddr) -> Result<Haproxy> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let config = temp_path("haproxy.cfg");
+        std::fs::write(
+            &config,
+            format!(
+                "global\n  maxconn 20000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+                 frontend pop3\n  bind 127.0.0.1:{port}\n  default_backend server\nbackend server\n  server s1 {upstream}\n"
+            ),
+        )?;
+        let child = Command::new(bin)
+            .args(["-db", "-f"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting haproxy")?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = Instant::now() + CHILD_TIMEOUT;
+        while TcpStream::connect(addr).await.is_err() {
+            ensure!(Instant::now() < deadline, "haproxy did not listen on {addr} in {CHILD_TIMEOUT:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Haproxy { child, addr, config })
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+/// Sessions per second through the real popfault binary (headless,
+/// passthrough) and through haproxy in tcp mode, interleaved, each in
+/// front of a fresh embedded server: popfault's sessions/s as a multiple
+/// of haproxy's in the same sitting.
+async fn haproxy_figure(s: &Sizes, bin: &Path, haproxy: &Path, table: &mut Table) -> Result<()> {
+    let per_user = s.sessions.div_ceil(s.in_flight) * s.retr_per_session;
+    let cfg = ServerConfig {
+        users: s.in_flight,
+        messages: per_user,
+        size: s.session_message_size,
+        password: PASSWORD.into(),
+    };
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        let server = server::spawn("127.0.0.1:0".parse()?, Maildrop::new(&cfg)).await?;
+        let proxy = Proxy::start(ProxyMode::Child, server.addr, Some(bin)).await?;
+        let p = session_rate(proxy.addr(), &server.maildrop, s).await;
+        proxy.stop().await?;
+        server.shutdown().await;
+        let server = server::spawn("127.0.0.1:0".parse()?, Maildrop::new(&cfg)).await?;
+        let h = Haproxy::start(haproxy, server.addr).await?;
+        let r = session_rate(h.addr, &server.maildrop, s).await;
+        h.stop();
+        server.shutdown().await;
+        let (p, r) = (p?, r?);
+        eprintln!("bench: haproxy round {}: popfault {p:.0}/s, haproxy {r:.0}/s", round + 1);
+        ours.push(p);
+        theirs.push(r);
+    }
+    let ratio = median(&ours) / median(&theirs);
+    table.row(
+        &format!("sessions/s, real binary vs haproxy tcp mode ({} @{})", s.sessions, s.in_flight),
+        spread(&theirs, 0),
+        spread(&ours, 0),
+        format!("{ratio:.2}× haproxy"),
+        "≥ 1.00×",
+        Some(ratio >= 1.0),
     );
     Ok(())
 }
