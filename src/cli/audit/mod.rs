@@ -1,7 +1,7 @@
 //! `popfault audit`: does a real POP3 server keep RFC 1939 when the line
 //! drops at the protocol points that matter?
 //!
-//! The audit drives its own [`Pop3Client`] through an internal proxy
+//! The audit drives its own [`Pop3Client`](crate::client::Pop3Client) through an internal proxy
 //! (started in-process on 127.0.0.1:0, one per scenario, each with a
 //! one-rule fault profile) and cuts the line at a chosen point: after the
 //! greeting, after USER, after PASS, after DELE, inside a RETR body, after
@@ -20,6 +20,10 @@
 //! The password is only ever sent to the server: it is not printed, not
 //! logged (the client logs `PASS ***`, the proxy redacts it) and not in the
 //! report.
+//!
+//! Here: the command line ([`AuditArgs`] → [`AuditConfig`]) and [`run`];
+//! `scenarios` is the table of cut points and what each expects, `runner`
+//! plays them against the server, `report` holds and prints the verdicts.
 
 mod report;
 mod runner;
