@@ -1,5 +1,6 @@
 //! popfault's benchmark: the proxy (profile `passthrough`) against a direct
-//! connection to the embedded server, measured in the same run (SPEC §9).
+//! connection to the embedded server, measured in the same run
+//! (docs/PERFORMANCE.md says what it measures and why).
 //!
 //! ```text
 //! cargo build --release                      # the real binary, for RSS and the dashboard

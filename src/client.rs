@@ -22,6 +22,8 @@ use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::secret::Secret;
+
 /// Default bound on every connect, read and write.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -519,21 +521,10 @@ pub fn apop_digest(timestamp: &str, secret: &str) -> String {
     md5.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Standard base64 with padding (RFC 4648 §4). Small enough that a crate
-/// isn't worth it.
+/// Standard base64 with padding (RFC 4648 §4).
 fn base64_encode(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        let sextet = |shift: u32| char::from(ALPHABET[((n >> shift) & 0x3f) as usize]);
-        out.push(sextet(18));
-        out.push(sextet(12));
-        out.push(if chunk.len() > 1 { sextet(6) } else { '=' });
-        out.push(if chunk.len() > 2 { sextet(0) } else { '=' });
-    }
-    out
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(input)
 }
 
 /// The value of the first `Message-ID:` header (name matched
@@ -696,30 +687,18 @@ pub struct SessionReport {
 }
 
 /// What a workload session does.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct WorkloadConfig {
     /// User name for USER.
     pub user: String,
-    /// Password for PASS (never logged, redacted in `Debug`).
-    pub password: String,
+    /// Password for PASS (never logged).
+    pub password: Secret,
     /// Which workload.
     pub mode: Mode,
     /// Bound on connect and each read and write.
     pub timeout: Duration,
     /// Most messages to RETR in one session; `None` for all.
     pub max_messages: Option<usize>,
-}
-
-impl fmt::Debug for WorkloadConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkloadConfig")
-            .field("user", &self.user)
-            .field("password", &"***")
-            .field("mode", &self.mode)
-            .field("timeout", &self.timeout)
-            .field("max_messages", &self.max_messages)
-            .finish()
-    }
 }
 
 /// Runs one workload session against `addr` and reports what happened.
@@ -786,7 +765,7 @@ async fn work(
     memory: &mut UidMemory,
     report: &mut SessionReport,
 ) -> Result<(), ClientError> {
-    client.login(&cfg.user, &cfg.password).await?;
+    client.login(&cfg.user, cfg.password.expose()).await?;
     report.logged_in = true;
     let limit = cfg.max_messages.unwrap_or(usize::MAX);
     match cfg.mode {

@@ -94,7 +94,7 @@ pub struct SessionEnd {
     pub upstream: String,
     /// User name, if the client gave one.
     pub user: Option<String>,
-    /// The outcome.
+    /// The outcome (docs/ARCHITECTURE.md, "Outcome mapping").
     pub outcome: Outcome,
     /// The RFC 1939 state it ended in.
     pub state: State,

@@ -12,6 +12,7 @@ pub mod events;
 pub mod faults;
 pub mod logging;
 pub mod relay;
+pub mod secret;
 pub mod server;
 pub mod session;
 pub mod stats;

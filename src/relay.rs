@@ -18,15 +18,15 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::net::tcp::ReadHalf;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::control::Control;
-use crate::driver::{Accept, Dir, Driver, SessionInfo, Transmit};
+use crate::driver::{Accept, Dir, Driver, RunInfo, SessionInfo, Transmit};
 use crate::events::{Event, EventSink};
 use crate::faults::{Engine, How, RefuseHow};
 
@@ -174,6 +174,13 @@ async fn accept_loop(
     (live, listening): (watch::Sender<usize>, watch::Sender<bool>),
 ) {
     let started = Instant::now();
+    let run = Arc::new(RunInfo {
+        upstream: cfg.upstream.clone(),
+        run_started: started,
+        idle_timeout: cfg.idle_timeout,
+        greeting_timeout: cfg.greeting_timeout,
+        wants_progress: sink.wants_progress(),
+    });
     let counter = AtomicU64::new(0);
     let mut sessions = tokio::task::JoinSet::new();
     loop {
@@ -205,17 +212,7 @@ async fn accept_loop(
             Ok((client, peer)) => {
                 let number = counter.fetch_add(1, Ordering::Relaxed) + 1;
                 let seed = control.seed();
-                let info = SessionInfo {
-                    number,
-                    peer,
-                    upstream: cfg.upstream.clone(),
-                    seed,
-                    run_started: started,
-                    started: Instant::now(),
-                    idle_timeout: cfg.idle_timeout,
-                    greeting_timeout: cfg.greeting_timeout,
-                    wants_progress: sink.wants_progress(),
-                };
+                let info = SessionInfo { number, peer, seed, started: Instant::now(), run: run.clone() };
                 let driver = Driver::new(info, Engine::new(control.profile(), seed, number));
                 let ctx = SessionCtx {
                     cfg: cfg.clone(),
@@ -564,7 +561,7 @@ impl Session<'_> {
     /// Moves one direction until EOF, reset or a cut, doing what the
     /// driver says. Holds at most one read's worth of bytes, released when
     /// idle so an idle session costs no buffer.
-    async fn pump(&self, dir: Dir, from: &mut ReadHalf<'_>, to: &mut WriteHalf<'_>) -> End {
+    async fn pump<R: Source, W: AsyncWrite + Unpin>(&self, dir: Dir, from: &mut R, to: &mut W) -> End {
         let mut buf: Vec<u8> = Vec::new();
         let mut want = READ_MIN;
         let end = loop {
@@ -627,7 +624,7 @@ impl Session<'_> {
                     }
                     buf.reserve(want);
                     let room = buf.capacity() - buf.len();
-                    match read_draining(from, &mut buf) {
+                    match from.read_draining(&mut buf) {
                         Ok(n) => {
                             lock(self.driver).read(dir, n, Instant::now());
                             want = if n >= room { (want * 2).min(READ_MAX) } else { (want / 2).max(READ_MIN) };
@@ -675,8 +672,7 @@ impl Session<'_> {
     /// every future of a session shares its task, which any of them waking
     /// re-polls whole (`join!`, `select!`), and a cut always wakes the
     /// timers' wait on the cut token. This keeps an idle session small.
-    async fn wait(&self, dir: Dir, from: &ReadHalf<'_>) -> Result<(), End> {
-        let stream: &TcpStream = from.as_ref();
+    async fn wait<R: Source>(&self, dir: Dir, from: &R) -> Result<(), End> {
         std::future::poll_fn(|cx| {
             if self.is_cut() {
                 return Poll::Ready(Err(End::Cut));
@@ -684,7 +680,7 @@ impl Session<'_> {
             if self.ctx.injected[dir as usize].swap(false, Ordering::AcqRel) {
                 return Poll::Ready(Ok(()));
             }
-            match stream.poll_read_ready(cx) {
+            match from.poll_ready(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
                 Poll::Ready(Err(e)) => {
@@ -700,7 +696,7 @@ impl Session<'_> {
     }
 
     /// Writes `bytes` toward `dir`'s destination, unless the session is cut.
-    async fn write(&self, dir: Dir, to: &mut WriteHalf<'_>, bytes: &[u8]) -> Result<(), End> {
+    async fn write<W: AsyncWrite + Unpin>(&self, dir: Dir, to: &mut W, bytes: &[u8]) -> Result<(), End> {
         // Once cut, nothing more goes out. The flag is checked first, and the
         // token only while a write waits: polling the token takes its locks.
         if self.is_cut() {
@@ -755,23 +751,42 @@ mod spare {
     }
 }
 
-/// Reads what `from` holds into `buf`'s spare room. A read that leaves
-/// room proves the socket drained, so it also clears tokio's readiness (as
-/// tokio's own `poll_read` does): the next wait then sleeps at once rather
-/// than costing a `recv` that says EAGAIN. The read happens inside `try_io`
-/// so that only the readiness it saw is cleared, never a newer one.
-fn read_draining(from: &ReadHalf<'_>, buf: &mut Vec<u8>) -> io::Result<usize> {
-    let stream: &TcpStream = from.as_ref();
-    let room = buf.capacity() - buf.len();
-    let mut got = None;
-    let r = stream.try_io(Interest::READABLE, || {
-        let n = stream.try_read_buf(buf)?;
-        got = Some(n);
-        if n > 0 && n < room { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(n) }
-    });
-    match got {
-        Some(n) => Ok(n),
-        None => r,
+/// What a pump reads from: the stream type is a parameter of the shell, so
+/// that another transport (TLS) plugs in without touching the driver. A
+/// source reads what it holds without waiting, and says when it may have
+/// more; an idle direction then holds no buffer, only this wait.
+pub(crate) trait Source {
+    /// Reads what is there into `buf`'s spare room; `WouldBlock` when
+    /// nothing is.
+    fn read_draining(&mut self, buf: &mut Vec<u8>) -> io::Result<usize>;
+    /// Ready when a read may find something (or an error).
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl Source for ReadHalf<'_> {
+    /// A read that leaves room proves the socket drained, so it also clears
+    /// tokio's readiness (as tokio's own `poll_read` does): the next wait
+    /// then sleeps at once rather than costing a `recv` that says EAGAIN.
+    /// The read happens inside `try_io` so that only the readiness it saw
+    /// is cleared, never a newer one.
+    fn read_draining(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        let stream: &TcpStream = self.as_ref();
+        let room = buf.capacity() - buf.len();
+        let mut got = None;
+        let r = stream.try_io(Interest::READABLE, || {
+            let n = stream.try_read_buf(buf)?;
+            got = Some(n);
+            if n > 0 && n < room { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(n) }
+        });
+        match got {
+            Some(n) => Ok(n),
+            None => r,
+        }
+    }
+
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let stream: &TcpStream = self.as_ref();
+        stream.poll_read_ready(cx)
     }
 }
 
@@ -866,16 +881,19 @@ mod size_probe {
             let control =
                 std::sync::Arc::new(super::Control::new(std::sync::Arc::new(crate::faults::Profile::passthrough()), 1));
             let stop = super::CancellationToken::new();
-            let info = super::SessionInfo {
-                number: 1,
-                peer,
+            let run = super::RunInfo {
                 upstream: "127.0.0.1:1".into(),
-                seed: 1,
                 run_started: std::time::Instant::now(),
-                started: std::time::Instant::now(),
                 idle_timeout: std::time::Duration::from_secs(600),
                 greeting_timeout: std::time::Duration::from_secs(30),
                 wants_progress: false,
+            };
+            let info = super::SessionInfo {
+                number: 1,
+                peer,
+                seed: 1,
+                started: std::time::Instant::now(),
+                run: std::sync::Arc::new(run),
             };
             let driver = super::Driver::new(info, super::Engine::new(control.profile(), 1, 1));
             let ctx = super::SessionCtx {

@@ -1,5 +1,5 @@
 //! The session tracker: RFC 1939 state, counters, fingerprints and the
-//! session outcome. Pure: it is told what was delivered, by the
+//! session outcome (docs/ARCHITECTURE.md, "Outcome mapping"). Pure: it is told what was delivered, by the
 //! relay, after the bytes went out; it never sees a socket or a clock.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -48,7 +48,7 @@ impl fmt::Display for State {
     }
 }
 
-/// How a session ended. Exactly one per session.
+/// How a session ended (docs/ARCHITECTURE.md, "Outcome mapping"). Exactly one per session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
@@ -80,7 +80,7 @@ impl Outcome {
         Outcome::CleanQuit,
     ];
 
-    /// The outcome's name (`rolled-back`, …), as in docs/EVENTS.md.
+    /// The outcome's name as in docs/EVENTS.md (`rolled-back`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Committed => "committed",
@@ -723,7 +723,7 @@ impl Tracker {
     }
 
     /// Messages at risk of a second download if the session ends now
-    /// without a commit: downloaded or marked.
+    /// without a commit: downloaded or marked (docs/ARCHITECTURE.md, `at_risk`).
     pub fn at_risk_if_lost(&self) -> usize {
         self.downloaded.union(&self.marked).count()
     }

@@ -132,7 +132,8 @@ const BROKEN: &[Broken] = &[
     b("unknown-top-level", 3, 1, "sumary", "unknown field `sumary`", "`summary`"),
     b("rule-field-typo", 6, 1, "rule[1].comand", "unknown field `comand`", "`command`"),
     b("second-rule-typo", 13, 1, "rule[2].repeet", "unknown field `repeet`", "`repeat`"),
-    b("missing-when", 4, 1, "when", "missing field `when`", "add the field"),
+    // Named under its rule since the field path comes from the parser.
+    b("missing-when", 4, 1, "rule[1].when", "missing field `when`", "add the field"),
     b("missing-actions", 4, 1, "rule[1].actions", "does nothing", "actions = [{ do = \"disconnect\" }]"),
     b("probability-too-big", 7, 15, "rule[1].probability", "1.5 is not a probability", "0.0 to 1.0"),
     b("offset-not-body", 7, 10, "rule[1].offset", "only applies to when = \"body\"", "set when = \"body\""),
@@ -150,6 +151,7 @@ const BROKEN: &[Broken] = &[
     b("command-on-accept", 6, 11, "rule[1].command", "no command to match", "remove `command`"),
     b("sessions-probability", 7, 12, "rule[1].sessions.probability", "not a probability", "0.0 to 1.0"),
     b("stall-jitter", 6, 12, "rule[1].actions[1]", "jitter_ms at most ms", "jitter_ms = 300"),
+    b("truncate-not-body", 7, 12, "rule[1].actions[1]", "only happens inside one", "when = \"body\""),
 ];
 
 /// Mistakes that `src/faults/profile.rs` reports wrongly today: each row is
@@ -484,7 +486,9 @@ fn profiles_md_documents_every_field_trigger_action_and_builtin() {
     add("sessions field", "[[rule]]\nwhen = \"command\"\nsessions = { zzz = 1 }\n");
     add("window field", "[[rule]]\nwhen = \"command\"\nwindow = { zzz = 1 }\n");
     add("state", "[[rule]]\nwhen = \"command\"\nstate = \"zzz\"\n");
-    for action in ["disconnect", "stall", "noise", "corrupt", "throttle", "delay", "reply", "swallow", "refuse"] {
+    for action in
+        ["disconnect", "stall", "noise", "corrupt", "throttle", "delay", "reply", "swallow", "refuse", "truncate"]
+    {
         add(
             &format!("{action} field"),
             &format!("[[rule]]\nwhen = \"command\"\nactions = [{{ do = \"{action}\", zzz = 1 }}]\n"),

@@ -541,10 +541,7 @@ fn pipelined_auth_login_responses_are_sasl() {
             _ => None,
         })
         .collect();
-    assert_eq!(
-        answered,
-        vec![Command::Auth { mechanism: Some("LOGIN".into()), initial_response: false }, Command::Quit]
-    );
+    assert_eq!(answered, vec![Command::Auth { mechanism: Some("LOGIN"), initial_response: false }, Command::Quit]);
     // A mechanism the codec does not know: every line until the final
     // answer is SASL data.
     let t: Vec<(bool, &[u8])> = vec![

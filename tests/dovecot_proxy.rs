@@ -15,7 +15,7 @@ use support::*;
 fn workload(d: &Dovecot) -> WorkloadConfig {
     WorkloadConfig {
         user: d.user.clone(),
-        password: d.password.clone(),
+        password: d.password.clone().into(),
         mode: Mode::DownloadAndDelete,
         timeout: Duration::from_secs(10),
         max_messages: None,

@@ -398,6 +398,117 @@ async fn body_cut_delivers_exactly_n_bytes() {
     }
 }
 
+/// A scripted server for `truncate`: greeting, `RETR 1` answered with
+/// `body` in two writes (split at `split`, a pause between, so the rest
+/// comes in a later read), then `NOOP` answered; returns what it received.
+async fn scripted_then_noop(
+    body: &'static [u8],
+    split: usize,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+    let l = TcpListener::bind(loopback()).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let h = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        s.write_all(b"+OK hi\r\n").await.unwrap();
+        let mut got = vec![0u8; 8];
+        s.read_exact(&mut got).await.unwrap();
+        s.write_all(b"+OK 99 octets\r\n").await.unwrap();
+        s.write_all(&body[..split]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        s.write_all(&body[split..]).await.unwrap();
+        let mut noop = vec![0u8; 6];
+        s.read_exact(&mut noop).await.unwrap();
+        got.extend_from_slice(&noop);
+        s.write_all(b"+OK noop\r\n").await.unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+        got.extend_from_slice(&rest);
+        got
+    });
+    (addr, h)
+}
+
+/// `truncate` at exact offsets: the client gets the body up to the cut and
+/// the terminator that closes the line in progress, nothing of the rest,
+/// and the answer to its next command right after.
+#[tokio::test]
+async fn truncate_ends_the_body_early_and_the_session_goes_on() {
+    let stuffed = BODY.windows(2).position(|w| w == b"..").unwrap();
+    let cr = BODY.iter().position(|&b| b == b'\r').unwrap();
+    let line = BODY.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+    let cases: &[(usize, &[u8])] = &[
+        (0, b".\r\n"),
+        (1, b"\r\n.\r\n"),
+        (cr, b"\r\n.\r\n"),
+        (cr + 1, b"\n.\r\n"),
+        (line, b".\r\n"),
+        (stuffed + 1, b"\r\n"),
+        (stuffed + 2, b"\r\n.\r\n"),
+        (BODY.len() - 4, b"\n.\r\n"),
+        (BODY.len() - 3, b".\r\n"),
+        // Between the real terminator's dot and its CR: completes it.
+        (BODY.len() - 2, b"\r\n"),
+    ];
+    for &(n, terminator) in cases {
+        // The rest of the body in the same read as the cut, or in a later one.
+        for split in [BODY.len(), n + 1] {
+            let p = profile(&format!(
+                "[[rule]]\nwhen = \"body\"\ncommand = \"RETR\"\noffset = {n}\nactions = [{{ do = \"truncate\" }}]\n"
+            ));
+            let (up, server) = scripted_then_noop(BODY, split).await;
+            let (proxy, mut events) = proxy_with(&up.to_string(), p, 1).await;
+            let mut c = TcpStream::connect(proxy.local_addr).await.unwrap();
+            c.write_all(b"RETR 1\r\n").await.unwrap();
+            let want = [&b"+OK hi\r\n+OK 99 octets\r\n"[..], &BODY[..n], terminator].concat();
+            let mut got = vec![0u8; want.len()];
+            tokio::time::timeout(LIMIT, c.read_exact(&mut got)).await.unwrap().unwrap();
+            assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want), "offset {n}, split {split}");
+            // Nothing of the dropped rest follows: the next bytes answer NOOP.
+            c.write_all(b"NOOP\r\n").await.unwrap();
+            let mut next = [0u8; 10];
+            tokio::time::timeout(LIMIT, c.read_exact(&mut next)).await.unwrap().unwrap();
+            assert_eq!(&next, b"+OK noop\r\n", "offset {n}, split {split}");
+            drop(c);
+            assert_eq!(tokio::time::timeout(LIMIT, server).await.unwrap().unwrap(), b"RETR 1\r\nNOOP\r\n");
+            let events = events_until_end(&mut events).await;
+            let faults = faults_of(&events);
+            assert_eq!(faults, [("body-1".into(), "truncate".into(), format!("body RETR #1 @{n}"))]);
+            let end = end_of(&events);
+            assert_eq!(end.bytes_down as usize, want.len() + next.len(), "what the client got, no more");
+            assert_eq!(end.downloaded, 1, "a whole response, as far as the client knows");
+        }
+    }
+}
+
+/// Through the embedded server and client: the first RETR is cut short at
+/// a line, the client takes it for the message, and the session goes on.
+#[tokio::test]
+async fn a_truncated_retr_is_a_shorter_message_and_the_next_command_works() {
+    let p = profile(
+        "[[rule]]\nname = \"short\"\nwhen = \"body\"\ncommand = \"RETR\"\nnth = 1\nfraction = 0.5\nactions = [{ do = \"truncate\" }]\n",
+    );
+    let mut w = World::with(p, 1, 1, 2, SIZE).await;
+    let stored: Vec<Vec<u8>> = w.maildrop().remaining("user1").iter().map(|m| m.content.to_vec()).collect();
+    let (mut c, _) = Pop3Client::connect(w.proxy.local_addr).await.unwrap();
+    c.login("user1", "secret").await.unwrap();
+    let first = tokio::time::timeout(LIMIT, c.retr(1)).await.unwrap().unwrap();
+    assert!(first.len() < stored[0].len(), "{} of {} bytes", first.len(), stored[0].len());
+    // The part before the cut is the message's own; only its last line may be cut short.
+    let whole_lines = first.len() - first.iter().rev().skip(2).position(|&b| b == b'\n').unwrap_or(0) - 2;
+    assert_eq!(first[..whole_lines], stored[0][..whole_lines]);
+    let second = tokio::time::timeout(LIMIT, c.retr(2)).await.unwrap().unwrap();
+    assert_eq!(second, stored[1], "the next RETR is whole: the session is in step");
+    c.quit().await.unwrap();
+    let events = events_until_end(&mut w.events).await;
+    let faults = faults_of(&events);
+    assert_eq!(faults.len(), 1, "{faults:?}");
+    assert_eq!((faults[0].0.as_str(), faults[0].1.as_str()), ("short", "truncate"));
+    assert!(faults[0].2.starts_with("body RETR #"), "{faults:?}");
+    let end = end_of(&events);
+    assert_eq!(end.outcome, Outcome::CleanQuit);
+    assert_eq!(end.downloaded, 2);
+}
+
 /// rst, fin and silent are each observable by the client: a reset, an EOF,
 /// or nothing at all.
 #[tokio::test]

@@ -265,7 +265,9 @@ async fn slowloris_sessions_cost_what_idle_ones_do() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = proxy.status_kib("VmRSS");
     let per = (after.saturating_sub(before)) as f64 / N as f64;
-    eprintln!("FIGURE {N} slowloris sessions (\"NO\" and silence): proxy RSS {before} -> {after} KiB, {per:.2} KiB per session");
+    eprintln!(
+        "FIGURE {N} slowloris sessions (\"NO\" and silence): proxy RSS {before} -> {after} KiB, {per:.2} KiB per session"
+    );
     // Each still completes its command through the proxy.
     for c in clients.iter_mut().step_by(250) {
         c.write_all(b"OP\r\n").await.unwrap();

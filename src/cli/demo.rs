@@ -105,7 +105,7 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, RunError> {
     for i in 1..=a.users {
         let wl = WorkloadConfig {
             user: format!("user{i}"),
-            password: maildrop.password(),
+            password: maildrop.password().into(),
             mode: mode_of(i),
             timeout: Duration::from_secs(10),
             max_messages: None,

@@ -253,7 +253,9 @@ impl Command {
     /// Whether a `+OK` answer to this command is followed by a multi-line
     /// body (RFC 1939 §5–§7, RFC 2449 CAPA). A bare `AUTH` lists mechanisms
     /// multi-line on common servers (Dovecot, Cyrus). Unknown commands are
-    /// never assumed multi-line: a wrong guess would swallow the stream.
+    /// never assumed multi-line: a body assumed where there is none would
+    /// take every later answer for body bytes, while the other mistake
+    /// mis-frames only that one answer.
     pub fn multiline_on_ok(&self) -> bool {
         matches!(
             self,

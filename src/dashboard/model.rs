@@ -43,7 +43,7 @@ const MAX_LATENCY_US: u64 = 3_600_000_000;
 /// How a session ended, as the table and log show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ended {
-    /// The outcome.
+    /// The outcome (docs/ARCHITECTURE.md, "Outcome mapping").
     pub outcome: Outcome,
     /// Messages at risk of a second download.
     pub at_risk: usize,

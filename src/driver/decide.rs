@@ -9,7 +9,7 @@ use super::{After, Dir, Driver, Effects, Flow, LATENCY_BATCH, Sample};
 use crate::codec::Command;
 use crate::events::{Event, SessionSnapshot};
 use crate::faults::engine::jittered;
-use crate::faults::{Action, Decision, Facts, Point, Side};
+use crate::faults::{Action, Corrupt, Decision, Delay, Disconnect, Facts, Noise, Point, Reply, Side, Stall, Throttle};
 
 impl Driver {
     pub(super) fn facts(&self, seq: u64, now: Instant) -> Facts {
@@ -17,7 +17,7 @@ impl Driver {
             state: self.tracker.state(),
             retrieved: self.tracker.downloads(),
             deleted: self.tracker.marked() as u64,
-            run_elapsed: now.saturating_duration_since(self.info.run_started),
+            run_elapsed: now.saturating_duration_since(self.info.run.run_started),
             seq,
         }
     }
@@ -80,33 +80,35 @@ impl Driver {
         let mut flow = Flow::Go;
         for a in d.actions {
             match a {
-                Action::Disconnect { side, how, .. } => {
+                Action::Disconnect(Disconnect { side, how }) => {
                     self.cut = Some((side, how, format!("fault: {}", d.rule)));
                     self.stopped = true;
                     return Flow::Stop;
                 }
-                Action::Stall { ms, jitter_ms, .. } => {
+                Action::Stall(Stall { ms, jitter_ms }) => {
                     let until = now + jittered(&mut self.rng, ms, jitter_ms);
                     let fx = self.fx();
                     fx.hold_until = Some(fx.hold_until.map_or(until, |h| h.max(until)));
                 }
-                Action::Noise { bytes, toward, .. } => {
+                Action::Noise(Noise { bytes, toward }) => {
                     let mut noise = vec![0u8; bytes];
                     self.rng.fill_bytes(&mut noise);
                     self.fx().inject[Dir::toward(toward) as usize].extend_from_slice(&noise);
                     self.wake = true;
                 }
-                Action::Corrupt { bytes, .. } => self.fx().corrupt[dir as usize] += bytes,
-                Action::Throttle { bps, .. } => self.fx().rate = Some((bps / 8).max(1)),
-                Action::Delay { ms, jitter_ms, .. } => self.fx().delay = Some((ms, jitter_ms)),
-                Action::Reply { text, .. } => {
+                Action::Corrupt(Corrupt { bytes }) => self.fx().corrupt[dir as usize] += bytes,
+                Action::Throttle(Throttle { bps }) => self.fx().rate = Some((bps / 8).max(1)),
+                Action::Delay(Delay { ms, jitter_ms }) => self.fx().delay = Some((ms, jitter_ms)),
+                Action::Reply(Reply { text }) => {
                     let mut line = text.into_bytes();
                     line.extend_from_slice(b"\r\n");
                     flow = Flow::Reply(line);
                 }
-                Action::Swallow { .. } => flow = Flow::Swallow,
+                Action::Swallow(_) => flow = Flow::Swallow,
                 // Refusals happen at accept, before there is a stream.
-                Action::Refuse { .. } => {}
+                Action::Refuse(_) => {}
+                // Carried out once the cut's steps have run (`Driver::truncate`).
+                Action::Truncate(_) => self.fx().truncate = true,
             }
         }
         flow
@@ -120,6 +122,16 @@ impl Driver {
                 self.decide_and_act(Point::Forwarded(&cmd), seq, Dir::Up, now)
             }
             After::Response(seq, cmd) => self.response_done(seq, &cmd, now),
+            After::Truncated { end } => {
+                let fx = self.fx();
+                // Cuts planned further in are past the end the client saw.
+                fx.body_cuts.clear();
+                fx.discard_body = !end;
+                match self.answering.take() {
+                    Some((seq, cmd)) => self.response_done(seq, &cmd, now),
+                    None => Flow::Go,
+                }
+            }
             After::BodyEnd => {
                 if let Some(f) = self.fx.as_deref_mut() {
                     f.body_cuts.clear();
@@ -160,7 +172,7 @@ impl Driver {
     }
 
     pub(super) fn progress(&mut self) {
-        if !self.info.wants_progress {
+        if !self.info.run.wants_progress {
             return;
         }
         let t = &self.tracker;

@@ -26,6 +26,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -34,7 +35,9 @@ use rand::rngs::SmallRng;
 use crate::codec::{ClientEvent, Command, Pop3Codec, ServerEvent, Status};
 use crate::events::{Event, SessionEnd};
 use crate::faults::engine::rng_for;
-use crate::faults::{Action, BodyCut, Decision, Engine, Facts, How, Point, RefuseHow, Side};
+use crate::faults::{
+    Action, BodyCut, BodyLine, Decision, Disconnect, Engine, Facts, How, Point, Refuse, RefuseHow, Side,
+};
 use crate::session::Tracker;
 
 /// Latency samples a session sends at once (and the rest when it ends):
@@ -67,6 +70,21 @@ impl Dir {
     }
 }
 
+/// What every session of a run shares (one allocation for all of them).
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    /// The upstream as configured.
+    pub upstream: String,
+    /// When the proxy started (for `window` rules).
+    pub run_started: Instant,
+    /// No byte either way for this long ends a session.
+    pub idle_timeout: Duration,
+    /// No greeting from upstream this long after accept ends a session.
+    pub greeting_timeout: Duration,
+    /// Someone draws live progress: send `Progress` events.
+    pub wants_progress: bool,
+}
+
 /// What a session knows that does not change.
 #[derive(Debug, Clone)]
 pub struct SessionInfo {
@@ -74,20 +92,12 @@ pub struct SessionInfo {
     pub number: u64,
     /// The client's address.
     pub peer: SocketAddr,
-    /// The upstream as configured.
-    pub upstream: String,
     /// The run's seed.
     pub seed: u64,
-    /// When the proxy started (for `window` rules).
-    pub run_started: Instant,
     /// When the client connected.
     pub started: Instant,
-    /// No byte either way for this long ends the session.
-    pub idle_timeout: Duration,
-    /// No greeting from upstream this long after accept ends the session.
-    pub greeting_timeout: Duration,
-    /// Someone draws live progress: send `Progress` events.
-    pub wants_progress: bool,
+    /// What the run's sessions share.
+    pub run: Arc<RunInfo>,
 }
 
 /// What to do next in one direction.
@@ -177,6 +187,14 @@ struct Effects {
     paced_until: [Option<Instant>; 2],
     /// Added before each response: (ms, jitter ms).
     delay: Option<(u64, u64)>,
+    /// A `truncate` step ran at the body cut being carried out.
+    truncate: bool,
+    /// Where the body delivered so far stands in its line: what a
+    /// `truncate` must send to end it.
+    body_line: BodyLine,
+    /// A `truncate` ended the body for the client: the server's rest of it
+    /// is read and dropped up to its real end.
+    discard_body: bool,
 }
 
 /// What the tracker learns once a range is written.
@@ -198,6 +216,9 @@ enum Track {
 enum After {
     /// The command was forwarded: progress, then the `forwarded` point.
     Forwarded(Command, u64),
+    /// A `truncate` ended the body for the client; `end`: the server's
+    /// real end was in the same event (nothing more to drop).
+    Truncated { end: bool },
     /// A single-line response was delivered.
     Response(u64, Command),
     /// A multi-line response's last byte was delivered.
@@ -211,8 +232,12 @@ enum Step {
     Wait(Instant),
     /// Write `range` of the input; `done` bytes of it are written.
     Relay { range: Range<usize>, track: Track, done: usize },
-    /// Act on a decision made for this byte position (a body cut).
-    Act(Decision),
+    /// Act on a decision made for body offset `at` of a body event
+    /// (`end`: the body's real end is in that event).
+    Act { decision: Decision, at: u64, end: bool },
+    /// Write the proxy's own `bytes`, which end the body for the client at
+    /// body offset `at` (`truncate`).
+    Terminator { bytes: &'static [u8], at: u64 },
     /// Run what follows the event's delivery.
     After(After),
 }
@@ -235,6 +260,8 @@ enum InFlight {
     Reply(Box<(Command, u64, Vec<u8>)>),
     /// The next `n` bytes of the current `Relay` step.
     Piece(usize),
+    /// A truncate's terminator, ending the body at offset `at`.
+    Terminator(&'static [u8], u64),
 }
 
 /// What to do with a decision's bytes.
@@ -246,10 +273,16 @@ enum Flow {
     Reply(Vec<u8>),
 }
 
+impl Effects {
+    /// Follows where the body stands in its line, for a `truncate`.
+    fn delivered_body(&mut self, part: &[u8]) {
+        self.body_line = self.body_line.after(part);
+    }
+}
+
 /// One proxied session.
 pub struct Driver {
-    /// Boxed: read rarely, and every idle session carries the driver.
-    info: Box<SessionInfo>,
+    info: SessionInfo,
     codec: Pop3Codec,
     tracker: Tracker,
     engine: Engine,
@@ -299,12 +332,12 @@ impl Driver {
         let start = Event::SessionStart {
             session: info.number,
             client: info.peer,
-            upstream: info.upstream.clone(),
+            upstream: info.run.upstream.clone(),
             profile: engine.profile().name.clone(),
         };
         Driver {
             last_activity: info.started,
-            info: Box::new(info),
+            info,
             codec: Pop3Codec::new(),
             tracker: Tracker::new(),
             engine,
@@ -384,10 +417,10 @@ impl Driver {
     /// When [`handle_timeout`](Driver::handle_timeout) is next due: a timer
     /// rule, the idle timeout, or the greeting timeout.
     pub fn poll_timeout(&self) -> Instant {
-        let idle = self.last_activity + self.info.idle_timeout;
+        let idle = self.last_activity + self.info.run.idle_timeout;
         let mut at = self.timers.front().map_or(idle, |(after, _)| idle.min(self.info.started + *after));
         if !self.codec.greeted() {
-            at = at.min(self.info.started + self.info.greeting_timeout);
+            at = at.min(self.info.started + self.info.run.greeting_timeout);
         }
         at
     }
@@ -404,7 +437,9 @@ impl Driver {
                 format!("{} by {who}", if reset { "reset" } else { "closed" })
             }
             None if self.shutting_down => "cut at shutdown".into(),
-            None if self.no_greeting => format!("no greeting from upstream within {:?}", self.info.greeting_timeout),
+            None if self.no_greeting => {
+                format!("no greeting from upstream within {:?}", self.info.run.greeting_timeout)
+            }
             None if self.idle => "idle timeout".into(),
             None => "closed".into(),
         }
@@ -427,12 +462,12 @@ impl Driver {
         if self.paused {
             return Accept::Connect;
         }
-        let facts = Facts::at_accept(now.saturating_duration_since(self.info.run_started));
+        let facts = Facts::at_accept(now.saturating_duration_since(self.info.run.run_started));
         let decisions = self.engine.decide(&Point::Accept, &facts);
         for d in &decisions {
             self.record(d);
             for a in &d.actions {
-                if let Action::Refuse { how, text, .. } = a {
+                if let Action::Refuse(Refuse { how, text }) = a {
                     self.tracker.set_refused();
                     return Accept::Refuse { how: *how, text: text.clone(), rule: d.rule.clone() };
                 }
@@ -493,7 +528,7 @@ impl Driver {
         if self.stopped {
             return;
         }
-        let disconnect = Action::Disconnect { side: Side::Both, how: How::Rst, probability: None };
+        let disconnect = Action::Disconnect(Disconnect { side: Side::Both, how: How::Rst });
         let d = Decision { rule: "manual".into(), point: "manual".into(), actions: vec![disconnect] };
         self.record(&d);
         self.act(d, Dir::Down, now);
@@ -504,12 +539,12 @@ impl Driver {
         if self.stopped {
             return;
         }
-        if !self.codec.greeted() && self.info.started + self.info.greeting_timeout <= now {
+        if !self.codec.greeted() && self.info.started + self.info.run.greeting_timeout <= now {
             self.no_greeting = true;
             self.stopped = true;
             return;
         }
-        if self.last_activity + self.info.idle_timeout <= now {
+        if self.last_activity + self.info.run.idle_timeout <= now {
             self.idle = true;
             self.stopped = true;
             return;
@@ -544,6 +579,12 @@ impl Driver {
                 self.tracker.on_server(&ServerEvent::Status { cmd, seq, status, multiline: false }, &reply);
             }
             InFlight::Piece(n) => self.piece_written(dir, input, n, now),
+            InFlight::Terminator(bytes, at) => {
+                self.tracker.on_server(&ServerEvent::Body { offset: at, end: true }, bytes);
+                if let Some(Some(Step::Terminator { .. })) = self.plans[1].as_deref_mut().map(|p| p.steps.front()) {
+                    self.plans[1].as_deref_mut().map(|p| p.steps.pop_front());
+                }
+            }
         }
     }
 
@@ -576,7 +617,7 @@ impl Driver {
         let end = SessionEnd {
             session: self.info.number,
             client: self.info.peer,
-            upstream: self.info.upstream.clone(),
+            upstream: self.info.run.upstream.clone(),
             user: t.user().map(str::to_owned),
             outcome: t.outcome(),
             state: t.state(),
@@ -667,12 +708,20 @@ impl Driver {
                     }
                     plan.steps.pop_front();
                 }
-                Some(Step::Act(_)) => {
-                    let Some(Step::Act(d)) = plan.steps.pop_front() else { continue };
-                    self.record(&d);
-                    if self.act(d, dir, now) == Flow::Stop {
+                Some(Step::Act { .. }) => {
+                    let Some(Step::Act { decision, at, end }) = plan.steps.pop_front() else { continue };
+                    self.record(&decision);
+                    if self.act(decision, dir, now) == Flow::Stop {
                         return Transmit::Stop;
                     }
+                    if self.fx.as_deref_mut().is_some_and(|f| std::mem::take(&mut f.truncate)) {
+                        self.truncate(dir, at, end);
+                    }
+                }
+                Some(Step::Terminator { bytes, at }) => {
+                    let (bytes, at) = (*bytes, *at);
+                    self.in_flight[dir as usize] = Some(InFlight::Terminator(bytes, at));
+                    return Transmit::Own(bytes.to_vec());
                 }
                 Some(Step::After(_)) => {
                     let Some(Step::After(after)) = plan.steps.pop_front() else { continue };
@@ -692,6 +741,21 @@ impl Driver {
                     return self.transmit_piece(dir, input, rest, now);
                 }
             }
+        }
+    }
+
+    /// `truncate` at body offset `at`: the rest of this body event is
+    /// dropped, and the terminator that closes the line in progress goes
+    /// out instead (unshaped, like noise), so the client has a whole,
+    /// short response. What follows of the server's body up to its real
+    /// end is dropped too (`discard_body`), so the next answer the client
+    /// reads is the server's next answer.
+    fn truncate(&mut self, dir: Dir, at: u64, end: bool) {
+        let line = self.fx.as_deref().map_or(BodyLine::Start, |f| f.body_line);
+        if let Some(plan) = self.plans[dir as usize].as_deref_mut() {
+            plan.steps.clear();
+            plan.steps.push_back(Step::Terminator { bytes: line.terminator(), at });
+            plan.steps.push_back(Step::After(After::Truncated { end }));
         }
     }
 
@@ -754,7 +818,10 @@ impl Driver {
             Track::Unframed => self.tracker.on_unframed(dir == Dir::Up, piece.len()),
             Track::Server(ServerEvent::Body { offset, end }) => {
                 let ev = ServerEvent::Body { offset: offset + piece.start as u64, end: *end && whole };
-                self.tracker.on_server(&ev, &line[piece]);
+                self.tracker.on_server(&ev, &line[piece.clone()]);
+                if let Some(fx) = self.fx.as_deref_mut() {
+                    fx.delivered_body(&line[piece]);
+                }
             }
             Track::StatusAndBody(status, split, body) => {
                 let split = *split;
@@ -767,6 +834,9 @@ impl Driver {
                 {
                     let ev = ServerEvent::Body { offset: offset + (from - split) as u64, end: *end && whole };
                     self.tracker.on_server(&ev, &line[from..piece.end]);
+                    if let Some(fx) = self.fx.as_deref_mut() {
+                        fx.delivered_body(&line[from..piece.end]);
+                    }
                 }
             }
             Track::Client(ev) if whole => self.tracker.on_client(ev, line, true),

@@ -10,7 +10,7 @@ use crate::codec::framer::{MAX_PENDING, NextServerLine};
 use crate::codec::status::announced_size;
 use crate::codec::{ClientEvent, Command, ServerEvent};
 use crate::faults::engine::jittered;
-use crate::faults::{BodyCut, Facts, LineSoFar, Point};
+use crate::faults::{BodyCut, BodyLine, Facts, LineSoFar, Point};
 
 impl Driver {
     /// Decodes the next event of `dir` in `input` and plans it; `None`
@@ -108,7 +108,9 @@ impl Driver {
                     let size = if matches!(cmd, Command::Retr(_)) { announced_size(&input[..n]) } else { None };
                     let cuts = self.engine.plan_body(&cmd, size, &facts);
                     if !cuts.is_empty() {
-                        self.fx().body_cuts = cuts.into();
+                        let fx = self.fx();
+                        fx.body_cuts = cuts.into();
+                        fx.body_line = BodyLine::Start;
                     } else if let Some(f) = self.fx.as_deref_mut() {
                         f.body_cuts.clear();
                     }
@@ -132,6 +134,11 @@ impl Driver {
             }
             ServerEvent::Body { offset, end } => {
                 let (offset, end) = (*offset, *end);
+                if let Some(f) = self.fx.as_deref_mut().filter(|f| f.discard_body) {
+                    // Truncated: the client has seen this body end already.
+                    f.discard_body = !end;
+                    return Some(plan);
+                }
                 let mut done = 0usize;
                 while let Some(cut) = self.next_cut(offset + n as u64) {
                     // Exactly `cut.at` body bytes reach the client before it acts.
@@ -142,7 +149,8 @@ impl Driver {
                         plan.steps.push_back(Step::Relay { range, track, done: 0 });
                         done = upto;
                     }
-                    plan.steps.push_back(Step::Act(cut.decision));
+                    let at = offset + done as u64;
+                    plan.steps.push_back(Step::Act { decision: cut.decision, at, end });
                 }
                 let track = Track::Server(ServerEvent::Body { offset: offset + done as u64, end });
                 plan.steps.push_back(Step::Relay { range: done..n, track, done: 0 });

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Accept, Dir, Driver, SessionInfo, Transmit};
+use super::{Accept, Dir, Driver, RunInfo, SessionInfo, Transmit};
 use crate::events::{Event, SessionEnd};
 use crate::faults::{Engine, How, Profile, builtin};
 use crate::session::Outcome;
@@ -42,17 +42,15 @@ impl Sim {
 
     fn numbered(profile: Profile, seed: u64, number: u64) -> Sim {
         let start = Instant::now();
-        let info = SessionInfo {
-            number,
-            peer: ([127, 0, 0, 1], 40000).into(),
+        let run = RunInfo {
             upstream: "upstream:110".into(),
-            seed,
             run_started: start,
-            started: start,
             idle_timeout: Duration::from_secs(600),
             greeting_timeout: Duration::from_secs(30),
             wants_progress: false,
         };
+        let info =
+            SessionInfo { number, peer: ([127, 0, 0, 1], 40000).into(), seed, started: start, run: Arc::new(run) };
         let mut d = Driver::new(info, Engine::new(Arc::new(profile), seed, number));
         assert_eq!(d.accept(start), Accept::Connect);
         let mut sim = Sim {
@@ -471,4 +469,30 @@ fn eof_passes_held_bytes_then_the_fin() {
     s.run(Dir::Up);
     assert_eq!(s.up(), b"QU", "what was held goes on at EOF");
     assert_eq!(s.ended[0], Some(Transmit::Eof));
+}
+
+#[test]
+fn truncate_ends_the_body_early_and_drops_the_rest() {
+    let truncate = "[[rule]]\nname = \"short\"\nwhen = \"body\"\ncommand = \"RETR\"\noffset = 5\nactions = [{ do = \"truncate\" }]\n";
+    for split in [false, true] {
+        let mut s = Sim::new(profile(truncate));
+        s.login().c(b"RETR 1\r\nNOOP\r\n");
+        let before = s.down().len();
+        let answer = retr_answer(BODY);
+        if split {
+            // The rest of the body comes in a later read: dropped too.
+            s.s(&answer[..30]).s(&answer[30..]);
+        } else {
+            s.s(&answer);
+        }
+        s.s(b"+OK noop\r\n");
+        let status = answer.iter().position(|&b| b == b'\n').unwrap() + 1;
+        let mut want = answer[..status + 5].to_vec();
+        want.extend_from_slice(b"\r\n.\r\n+OK noop\r\n");
+        assert_eq!(&s.down()[before..], &want[..], "split {split}");
+        assert!(!s.d.is_stopped());
+        let end = s.end();
+        assert_eq!(end.downloaded, 1, "the client got a whole (short) message");
+        assert_eq!(end.bytes_down as usize, s.down().len());
+    }
 }

@@ -12,58 +12,11 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::profile::{Action, Millis, Profile, Rule, When};
+use super::action::Action;
+use super::profile::{Millis, Profile, Rule};
+use super::trigger::{LineSoFar, Point, Trigger};
 use crate::codec::Command;
 use crate::session::State;
-
-/// A protocol point the relay reports.
-#[derive(Debug, Clone, Copy)]
-pub enum Point<'a> {
-    /// A client connected, before the upstream connection.
-    Accept,
-    /// The greeting arrived, before it is forwarded.
-    Greeting,
-    /// A complete command, before it is forwarded.
-    Command(&'a Command),
-    /// The command was forwarded, before any response byte.
-    Forwarded(&'a Command),
-    /// A status line answering `cmd` arrived, before it is forwarded.
-    Status(&'a Command),
-    /// A response to `cmd` was fully delivered.
-    Response(&'a Command),
-}
-
-impl Point<'_> {
-    fn when(&self) -> When {
-        match self {
-            Point::Accept => When::Accept,
-            Point::Greeting => When::Greeting,
-            Point::Command(_) => When::Command,
-            Point::Forwarded(_) => When::Forwarded,
-            Point::Status(_) => When::Status,
-            Point::Response(_) => When::Response,
-        }
-    }
-
-    fn command(&self) -> Option<&Command> {
-        match self {
-            Point::Command(c) | Point::Forwarded(c) | Point::Status(c) | Point::Response(c) => Some(c),
-            Point::Accept | Point::Greeting => None,
-        }
-    }
-}
-
-/// A line that has begun and not ended, as far as it is known: the
-/// relay asks [`Engine::wants_whole_line`] whether to hold it.
-#[derive(Debug, Clone, Copy)]
-pub enum LineSoFar<'a> {
-    /// The first bytes of a client command line (no LF yet).
-    Command(&'a [u8]),
-    /// The server's greeting.
-    Greeting,
-    /// A status line that will answer this command.
-    Status(&'a Command),
-}
 
 /// What the session looks like at the point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,7 +127,7 @@ impl Engine {
 
     /// Rules that fire at `point`, in rule order.
     pub fn decide(&mut self, point: &Point<'_>, facts: &Facts) -> Vec<Decision> {
-        let when = point.when();
+        let when = point.trigger();
         let mut out = Vec::new();
         for i in 0..self.profile.rules.len() {
             let rule = &self.profile.rules[i];
@@ -199,7 +152,7 @@ impl Engine {
         let mut out = Vec::new();
         for i in 0..self.profile.rules.len() {
             let rule = &self.profile.rules[i];
-            if rule.when != When::Body || !self.applies(i, Some(cmd), facts) {
+            if rule.when != Trigger::Body || !self.applies(i, Some(cmd), facts) {
                 continue;
             }
             let at = match (rule.offset, rule.fraction, size) {
@@ -222,7 +175,7 @@ impl Engine {
     pub fn timers(&self) -> Vec<(Duration, usize)> {
         let mut out = Vec::new();
         for (i, rule) in self.profile.rules.iter().enumerate() {
-            if rule.when != When::Timer || !self.selected[i] {
+            if rule.when != Trigger::Timer || !self.selected[i] {
                 continue;
             }
             let ms = match rule.after_ms {
@@ -238,7 +191,7 @@ impl Engine {
 
     /// A timer from [`timers`](Engine::timers) is due: does its rule fire?
     pub fn timer_due(&mut self, rule: usize, after: Duration, facts: &Facts) -> Option<Decision> {
-        if self.profile.rules.get(rule)?.when != When::Timer || !self.applies(rule, None, facts) {
+        if self.profile.rules.get(rule)?.when != Trigger::Timer || !self.applies(rule, None, facts) {
             return None;
         }
         self.roll(rule, format!("timer @{}ms", after.as_millis()))
@@ -255,10 +208,11 @@ impl Engine {
         if self.inert {
             return false;
         }
-        let (when, command_fits): (When, &dyn Fn(&str) -> bool) = match &line {
-            LineSoFar::Command(start) => (When::Command, &|want: &str| keyword_may_be(start, want)),
-            LineSoFar::Greeting => (When::Greeting, &|_: &str| false),
-            LineSoFar::Status(cmd) => (When::Status, &|want: &str| cmd.name() == want),
+        let when = line.trigger();
+        let command_fits: &dyn Fn(&str) -> bool = match &line {
+            LineSoFar::Command(start) => &|want: &str| keyword_may_be(start, want),
+            LineSoFar::Greeting => &|_: &str| false,
+            LineSoFar::Status(cmd) => &|want: &str| cmd.name() == want,
         };
         self.profile.rules.iter().enumerate().any(|(i, rule)| {
             rule.when == when
@@ -314,11 +268,13 @@ impl Engine {
         if rule.probability < 1.0 && !rng.gen_bool(rule.probability.clamp(0.0, 1.0)) {
             return None;
         }
+        // Each step rolls in order; a certain one draws nothing, so adding
+        // `probability = 1` changes no other draw.
         let actions: Vec<Action> = rule
             .actions
             .iter()
-            .filter(|a| a.probability() >= 1.0 || rng.gen_bool(a.probability().clamp(0.0, 1.0)))
-            .cloned()
+            .filter(|s| s.probability >= 1.0 || rng.gen_bool(s.probability.clamp(0.0, 1.0)))
+            .map(|s| s.action.clone())
             .collect();
         self.fired[i] = self.fired[i].saturating_add(1);
         Some(Decision { rule: rule.name.clone(), point, actions })

@@ -5,9 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::action::{Action, Delay, Disconnect, How, Noise, Refuse, RefuseHow, Reply, Side, Step, Throttle, Truncate};
 use super::builtin;
-use super::engine::{BodyCut, Decision, Engine, Facts, LineSoFar, Point};
-use super::profile::{Action, How, Millis, Profile, RefuseHow, Side, When};
+use super::engine::{BodyCut, Decision, Engine, Facts};
+use super::profile::{Millis, Profile};
+use super::trigger::{LineSoFar, Point, Trigger};
 use crate::codec::Command;
 use crate::session::State;
 
@@ -54,10 +56,10 @@ fn fires(e: &mut Engine, point: Point<'_>, f: &Facts) -> bool {
 }
 
 /// A rule at `when` (with whatever `when` needs), firing on every match.
-fn rule_at(when: When) -> String {
+fn rule_at(when: Trigger) -> String {
     let extra = match when {
-        When::Body => "command = \"RETR\"\noffset = 10\n",
-        When::Timer => "after_ms = 1000\n",
+        Trigger::Body => "command = \"RETR\"\noffset = 10\n",
+        Trigger::Timer => "after_ms = 1000\n",
         _ => "",
     };
     format!(
@@ -65,26 +67,26 @@ fn rule_at(when: When) -> String {
     )
 }
 
-const ALL_WHENS: [When; 8] = [
-    When::Accept,
-    When::Greeting,
-    When::Command,
-    When::Forwarded,
-    When::Status,
-    When::Body,
-    When::Response,
-    When::Timer,
+const ALL_WHENS: [Trigger; 8] = [
+    Trigger::Accept,
+    Trigger::Greeting,
+    Trigger::Command,
+    Trigger::Forwarded,
+    Trigger::Status,
+    Trigger::Body,
+    Trigger::Response,
+    Trigger::Timer,
 ];
 
 /// Every point `decide` can be asked about, for `cmd`.
-fn every_point(cmd: &Command) -> Vec<(When, Point<'_>)> {
+fn every_point(cmd: &Command) -> Vec<(Trigger, Point<'_>)> {
     vec![
-        (When::Accept, Point::Accept),
-        (When::Greeting, Point::Greeting),
-        (When::Command, Point::Command(cmd)),
-        (When::Forwarded, Point::Forwarded(cmd)),
-        (When::Status, Point::Status(cmd)),
-        (When::Response, Point::Response(cmd)),
+        (Trigger::Accept, Point::Accept),
+        (Trigger::Greeting, Point::Greeting),
+        (Trigger::Command, Point::Command(cmd)),
+        (Trigger::Forwarded, Point::Forwarded(cmd)),
+        (Trigger::Status, Point::Status(cmd)),
+        (Trigger::Response, Point::Response(cmd)),
     ]
 }
 
@@ -150,13 +152,13 @@ fn each_trigger_point_matches_only_its_point() {
             assert_eq!(fires(&mut e, point, &facts()), at == when, "a `{when}` rule asked at `{at}`");
         }
         let cuts = e.plan_body(&cmd, Some(1000), &facts());
-        assert_eq!(!cuts.is_empty(), when == When::Body, "a `{when}` rule asked for body cuts");
+        assert_eq!(!cuts.is_empty(), when == Trigger::Body, "a `{when}` rule asked for body cuts");
         let timers = e.timers();
-        assert_eq!(!timers.is_empty(), when == When::Timer, "a `{when}` rule asked for timers");
+        assert_eq!(!timers.is_empty(), when == Trigger::Timer, "a `{when}` rule asked for timers");
         // Asking timer_due about a non-timer rule never fires it.
         assert_eq!(
             e.timer_due(0, Duration::from_secs(1), &facts()).is_some(),
-            when == When::Timer,
+            when == Trigger::Timer,
             "timer_due on `{when}`"
         );
     }
@@ -164,7 +166,7 @@ fn each_trigger_point_matches_only_its_point() {
 
 #[test]
 fn timer_due_on_an_unknown_rule_index_is_none() {
-    let mut e = engine(&rule_at(When::Timer), 1, 1);
+    let mut e = engine(&rule_at(Trigger::Timer), 1, 1);
     assert!(e.timer_due(7, Duration::from_secs(1), &facts()).is_none());
 }
 
@@ -182,7 +184,7 @@ fn decision_names_the_rule_and_the_point() {
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].rule, "q");
     assert_eq!(d[0].point, "status QUIT #9");
-    assert_eq!(d[0].actions, vec![Action::Disconnect { side: Side::Client, how: How::Rst, probability: None }]);
+    assert_eq!(d[0].actions, vec![Action::Disconnect(Disconnect { side: Side::Client, how: How::Rst })]);
     let d = e.decide(&Point::Accept, &f);
     assert_eq!((d[0].rule.as_str(), d[0].point.as_str()), ("accept-2", "accept"), "unnamed rules are named when-N");
     let d = e.timer_due(2, Duration::from_millis(1500), &f).expect("timer fires");
@@ -205,7 +207,7 @@ fn rules_fire_in_profile_order_at_one_point() {
 #[test]
 fn command_filter_matches_only_that_command_at_every_command_point() {
     // Lower case in the profile; commands compare upper-cased.
-    for when in [When::Command, When::Forwarded, When::Status, When::Response] {
+    for when in [Trigger::Command, Trigger::Forwarded, Trigger::Status, Trigger::Response] {
         let text = format!(
             "[[rule]]\nwhen = \"{when}\"\ncommand = \"dele\"\nrepeat = true\nactions = [{{ do = \"stall\", ms = 1 }}]\n"
         );
@@ -655,7 +657,7 @@ fn spec_builtins_exist() {
         "modem-28k8",
         "flaky-line",
     ] {
-        assert!(builtin::builtin(name).is_some(), "built-in `{name}` is documented in docs/PROFILES.md");
+        assert!(builtin::builtin(name).is_some(), "docs/PROFILES.md and the README promise built-in `{name}`");
     }
 }
 
@@ -686,10 +688,7 @@ fn lost_carrier_cuts_half_way_through_the_third_retr_in_half_the_sessions() {
                 chosen += 1;
                 let cut = &cuts[2][0];
                 assert_eq!(cut.at, 2000, "fraction 0.5 of 4000 octets");
-                assert_eq!(
-                    cut.decision.actions,
-                    [Action::Disconnect { side: Side::Both, how: How::Rst, probability: None }]
-                );
+                assert_eq!(cut.decision.actions, [Action::Disconnect(Disconnect { side: Side::Both, how: How::Rst })]);
             }
             other => panic!("session {session}: {other:?}"),
         }
@@ -705,7 +704,7 @@ fn lost_carrier_at_quit_drops_the_client_side_at_the_quit_status() {
         assert!(cuts.is_empty());
         assert_eq!(d.len(), 1, "session {session}: fires once, at QUIT's status");
         assert!(d[0].point.starts_with("status QUIT"), "{}", d[0].point);
-        assert_eq!(d[0].actions, [Action::Disconnect { side: Side::Client, how: How::Rst, probability: None }]);
+        assert_eq!(d[0].actions, [Action::Disconnect(Disconnect { side: Side::Client, how: How::Rst })]);
         // Not before QUIT is forwarded, nor at another status.
         for p in [Point::Command(&Command::Quit), Point::Forwarded(&Command::Quit), Point::Status(&retr())] {
             assert!(e.decide(&p, &facts()).is_empty());
@@ -722,7 +721,7 @@ fn busy_mailbox_answers_every_login_in_use() {
         let d = e.decide(&Point::Command(&login), &auth);
         assert_eq!(d.len(), 1, "{login:?}");
         match d[0].actions.as_slice() {
-            [Action::Reply { text, .. }] => assert!(text.starts_with("-ERR [IN-USE]"), "{text}"),
+            [Action::Reply(Reply { text })] => assert!(text.starts_with("-ERR [IN-USE]"), "{text}"),
             other => panic!("{other:?}"),
         }
     }
@@ -738,7 +737,7 @@ fn server_down_variants_refuse_at_accept() {
             let d = e.decide(&Point::Accept, &Facts::at_accept(Duration::from_millis(session * 7919)));
             assert_eq!(d.len(), 1, "{name}");
             match d[0].actions.as_slice() {
-                [Action::Refuse { how: h, text, .. }] => {
+                [Action::Refuse(Refuse { how: h, text })] => {
                     assert_eq!(*h, how, "{name}");
                     assert!(text.starts_with("-ERR"), "{name}: {text}");
                 }
@@ -755,7 +754,7 @@ fn server_flapping_refuses_only_in_its_down_windows() {
         let d = e.decide(&Point::Accept, &Facts::at_accept(Duration::from_millis(ms)));
         assert_eq!(!d.is_empty(), down, "{ms} ms into the run");
         if down {
-            assert!(matches!(d[0].actions.as_slice(), [Action::Refuse { how: RefuseHow::Rst, .. }]));
+            assert!(matches!(d[0].actions.as_slice(), [Action::Refuse(Refuse { how: RefuseHow::Rst, .. })]));
         }
     }
 }
@@ -767,10 +766,7 @@ fn modem_28k8_sets_line_speed_and_latency_at_the_greeting() {
     assert_eq!(d.len(), 1);
     assert_eq!(
         d[0].actions,
-        [
-            Action::Throttle { bps: 28_800, probability: None },
-            Action::Delay { ms: 150, jitter_ms: 50, probability: None }
-        ]
+        [Action::Throttle(Throttle { bps: 28_800 }), Action::Delay(Delay { ms: 150, jitter_ms: 50 })]
     );
     let (rest, cuts, _) = script(&mut builtin_engine("modem-28k8", 1, 1));
     assert_eq!((rest.len(), cuts.len()), (1, 0), "only the greeting");
@@ -788,7 +784,7 @@ fn call_waiting_stalls_then_noise_then_sometimes_drops() {
             let names: Vec<&str> = cut.decision.actions.iter().map(Action::name).collect();
             assert_eq!(names[..2], ["stall", "noise"]);
             assert!(
-                matches!(cut.decision.actions[1], Action::Noise { toward: Side::Client, .. }),
+                matches!(cut.decision.actions[1], Action::Noise(Noise { toward: Side::Client, .. })),
                 "noise toward the client"
             );
             dropped += usize::from(names.len() == 3);
@@ -863,14 +859,17 @@ fn rule_defaults() {
     assert_eq!(
         r.actions,
         [
-            Action::Disconnect { side: Side::Both, how: How::Rst, probability: None },
-            Action::Noise { bytes: 16, toward: Side::Client, probability: None },
+            Step::always(Action::Disconnect(Disconnect { side: Side::Both, how: How::Rst })),
+            Step::always(Action::Noise(Noise { bytes: 16, toward: Side::Client })),
         ]
     );
     let p = profile("[[rule]]\nwhen = \"accept\"\nactions = [{ do = \"refuse\" }]\n");
     assert_eq!(
         p.rules[0].actions,
-        [Action::Refuse { how: RefuseHow::Rst, text: "-ERR [SYS/TEMP] server unavailable".into(), probability: None }]
+        [Step::always(Action::Refuse(Refuse {
+            how: RefuseHow::Rst,
+            text: "-ERR [SYS/TEMP] server unavailable".into()
+        }))]
     );
 }
 
@@ -886,8 +885,8 @@ fn after_ms_is_a_number_or_a_range() {
 
 #[test]
 fn has_accept_rules() {
-    assert!(profile(&rule_at(When::Accept)).has_accept_rules());
-    assert!(!profile(&rule_at(When::Greeting)).has_accept_rules());
+    assert!(profile(&rule_at(Trigger::Accept)).has_accept_rules());
+    assert!(!profile(&rule_at(Trigger::Greeting)).has_accept_rules());
 }
 
 /// (line, column, field) of the error for `text`.
@@ -1061,4 +1060,99 @@ fn command_filters_name_known_keywords_or_other() {
     let mut e = engine(&rule("OTHER"), 1, 1);
     assert!(fires(&mut e, Point::Command(&Command::parse(b"Zq7Kx9Wv3Tp\r\n")), &facts()));
     assert!(!fires(&mut e, Point::Command(&Command::Noop), &facts()));
+}
+
+// === truncate ===
+
+#[test]
+fn truncate_comes_out_as_a_body_cut_at_the_rules_position() {
+    let text = "[[rule]]\nwhen = \"body\"\ncommand = \"RETR\"\nfraction = 0.25\nrepeat = true\nactions = [{ do = \"truncate\" }]\n\
+                [[rule]]\nwhen = \"body\"\ncommand = \"TOP\"\noffset = 0\nactions = [{ do = \"stall\", ms = 5 }, { do = \"truncate\" }]\n";
+    let mut e = engine(text, 1, 1);
+    let cuts = e.plan_body(&retr(), Some(1000), &facts());
+    assert_eq!(cuts.len(), 1);
+    assert_eq!((cuts[0].at, cuts[0].decision.actions.as_slice()), (250, &[Action::Truncate(Truncate {})][..]));
+    assert_eq!(cuts[0].decision.point, "body RETR #1 @250");
+    // With other steps, in order: the relay sends the terminator after them.
+    let cuts = e.plan_body(&Command::Top(1, 0), None, &facts());
+    let names: Vec<&str> = cuts[0].decision.actions.iter().map(Action::name).collect();
+    assert_eq!((cuts[0].at, names.as_slice()), (0, &["stall", "truncate"][..]));
+    // Nowhere else.
+    for (_, point) in every_point(&retr()) {
+        assert!(e.decide(&point, &facts()).is_empty());
+    }
+}
+
+#[test]
+fn truncate_anywhere_but_body_is_a_located_error() {
+    for when in Trigger::ALL.into_iter().filter(|t| *t != Trigger::Body && *t != Trigger::Timer) {
+        let text =
+            format!("[[rule]]\nwhen = \"{when}\"\nactions = [{{ do = \"stall\", ms = 1 }}, {{ do = \"truncate\" }}]\n");
+        let e = Profile::from_toml(&text, "t.toml", "t").expect_err("only at body");
+        assert_eq!((e.line, e.column, e.field.as_str()), (3, 38, "rule[1].actions[2]"), "{when}");
+        assert!(e.message.contains("truncate") && e.fix.contains("when = \"body\""), "{e}");
+    }
+    let e = Profile::from_toml(
+        "[[rule]]\nwhen = \"timer\"\nafter_ms = 5\nactions = [{ do = \"truncate\" }]\n",
+        "t.toml",
+        "t",
+    )
+    .expect_err("not at a timer");
+    assert_eq!(e.field, "rule[1].actions[1]");
+    // No params of its own.
+    let e = Profile::from_toml(
+        "[[rule]]\nwhen = \"body\"\noffset = 1\nactions = [{ do = \"truncate\", then = \"continue\" }]\n",
+        "t.toml",
+        "t",
+    )
+    .expect_err("no params");
+    assert_eq!((e.line, e.column, e.field.as_str()), (4, 31, "rule[1].actions[1].then"));
+    assert!(e.message.contains("expected `probability`"), "{e}");
+}
+
+#[test]
+fn step_errors_point_at_the_key_or_value_at_fault() {
+    let at = |actions: &str| {
+        let text = format!("[[rule]]\nwhen = \"body\"\noffset = 1\nactions = [{actions}]\n");
+        let e = Profile::from_toml(&text, "t.toml", "t").expect_err("invalid");
+        (e.column, e.field, e.fix)
+    };
+    // An unknown field: at the key, with the nearest name.
+    let (col, field, fix) = at("{ do = \"disconnect\", sid = \"client\" }");
+    assert_eq!((col, field.as_str()), (33, "rule[1].actions[1].sid"));
+    assert!(fix.starts_with("did you mean `side`?"), "{fix}");
+    // A bad value: at the value.
+    let (col, field, fix) = at("{ do = \"disconnect\", side = \"left\" }");
+    assert_eq!((col, field.as_str()), (40, "rule[1].actions[1].side"));
+    assert!(fix.contains("`client`"), "{fix}");
+    // A misspelt action: at its name.
+    let (col, field, fix) = at("{ do = \"stal\", ms = 1 }");
+    assert_eq!((col, field.as_str()), (19, "rule[1].actions[1].do"));
+    assert!(fix.starts_with("did you mean `stall`?"), "{fix}");
+    // No action at all: at the step.
+    let (col, field, _) = at("{ ms = 1 }");
+    assert_eq!((col, field.as_str()), (12, "rule[1].actions[1].do"));
+    // A quoted probability: at the value.
+    let (col, field, _) = at("{ do = \"stall\", ms = 1, probability = \"0.5\" }");
+    assert_eq!((col, field.as_str()), (50, "rule[1].actions[1].probability"));
+}
+
+#[test]
+fn rule_errors_are_named_by_the_parsers_path() {
+    // `[rule]` for `[[rule]]`.
+    let e = Profile::from_toml("[rule]\nwhen = \"command\"\n", "t.toml", "t").expect_err("one table");
+    assert_eq!(e.field, "rule");
+    assert!(e.fix.contains("[[rule]]"), "{e}");
+    // A field of a nested table is named under it.
+    let e = Profile::from_toml("[[rule]]\nwhen = \"command\"\nsessions = { percent = 30 }\n", "t.toml", "t")
+        .expect_err("unknown");
+    assert_eq!((e.line, e.column, e.field.as_str()), (3, 14, "rule[1].sessions.percent"));
+    // Rules count from 1, whatever precedes them.
+    let e = Profile::from_toml(
+        "[[rule]]\nwhen = \"command\"\nactions = [{ do = \"swallow\" }]\n[[rule]]\nwhen = \"command\"\nnth = \"3\"\n",
+        "t.toml",
+        "t",
+    )
+    .expect_err("a string");
+    assert_eq!((e.line, e.column, e.field.as_str()), (6, 7, "rule[2].nth"));
 }

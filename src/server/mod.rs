@@ -1,4 +1,5 @@
-//! The embedded RFC 1939 maildrop server.
+//! The embedded RFC 1939 maildrop server: the world `demo` and `serve`
+//! run, and the tests' reference server.
 //!
 //! What `serve`, `demo`, `audit` and the tests talk to: USER/PASS, APOP,
 //! AUTH PLAIN, the TRANSACTION commands, CAPA and pipelining, with strict

@@ -29,13 +29,13 @@ mod report;
 mod runner;
 mod scenarios;
 
-use std::fmt;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
 
 use super::common::{RunError, seed_or_draw};
+use crate::secret::Secret;
 
 pub use report::{Report, ScenarioResult, Verdict};
 pub use runner::audit;
@@ -45,7 +45,7 @@ pub use runner::audit;
 pub const PASS_ENV: &str = "POPFAULT_PASS";
 
 /// `popfault audit`
-#[derive(Args)]
+#[derive(Args, Debug)]
 pub struct AuditArgs {
     /// The real server, HOST:PORT (plain POP3). Use a test mailbox.
     #[arg(long, value_name = "HOST:PORT")]
@@ -56,7 +56,7 @@ pub struct AuditArgs {
     /// Its password; only ever sent to the server, never printed or logged.
     /// Default: the POPFAULT_PASS environment variable.
     #[arg(long, value_name = "PASSWORD")]
-    pub pass: Option<String>,
+    pub pass: Option<Secret>,
     /// Also check the QUIT commit and lose QUIT's answer with a message
     /// marked: deletes up to two messages (on a correct server).
     #[arg(long)]
@@ -76,22 +76,6 @@ pub struct AuditArgs {
     pub lock_wait: f64,
 }
 
-/// Shows everything but the password.
-impl fmt::Debug for AuditArgs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuditArgs")
-            .field("server", &self.server)
-            .field("user", &self.user)
-            .field("pass", &self.pass.as_ref().map(|_| "***"))
-            .field("destructive", &self.destructive)
-            .field("json", &self.json)
-            .field("seed", &self.seed)
-            .field("timeout", &self.timeout)
-            .field("lock_wait", &self.lock_wait)
-            .finish()
-    }
-}
-
 fn seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v.is_finite() && v <= 3600.0 => Ok(v),
@@ -100,14 +84,14 @@ fn seconds(s: &str) -> Result<f64, String> {
 }
 
 /// What to audit and how, resolved from [`AuditArgs`].
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct AuditConfig {
     /// The server, `HOST:PORT`, as given.
     pub server: String,
     /// User name.
     pub user: String,
-    /// Password (redacted in `Debug`).
-    pub password: String,
+    /// Password.
+    pub password: Secret,
     /// Whether the scenarios that delete may run.
     pub destructive: bool,
     /// The internal proxy's seed.
@@ -120,29 +104,13 @@ pub struct AuditConfig {
     pub progress: bool,
 }
 
-/// Shows everything but the password.
-impl fmt::Debug for AuditConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuditConfig")
-            .field("server", &self.server)
-            .field("user", &self.user)
-            .field("password", &"***")
-            .field("destructive", &self.destructive)
-            .field("seed", &self.seed)
-            .field("timeout", &self.timeout)
-            .field("lock_wait", &self.lock_wait)
-            .field("progress", &self.progress)
-            .finish()
-    }
-}
-
 impl AuditConfig {
     /// Resolves the command line: the password from `--pass` or
     /// [`PASS_ENV`], the seed drawn when not given.
     pub fn from_args(a: AuditArgs) -> Result<AuditConfig, RunError> {
         let password = match a.pass {
             Some(p) => p,
-            None => std::env::var(PASS_ENV).map_err(|_| {
+            None => std::env::var(PASS_ENV).map(Secret::from).map_err(|_| {
                 RunError::Usage(format!("audit: no password: give --pass or set the {PASS_ENV} environment variable"))
             })?,
         };

@@ -96,7 +96,7 @@ struct Auditor<'a> {
 /// Runs the whole audit. Errors before the first scenario (unresolvable or
 /// unreachable server, refused login) are [`RunError::Usage`].
 pub async fn audit(cfg: &AuditConfig) -> Result<Report, RunError> {
-    for (what, value) in [("--user", &cfg.user), ("the password", &cfg.password)] {
+    for (what, value) in [("--user", cfg.user.as_str()), ("the password", cfg.password.expose())] {
         if value.is_empty() || value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
             return Err(RunError::Usage(format!("audit: {what} is empty or contains CR, LF or NUL")));
         }
@@ -198,7 +198,7 @@ impl Auditor<'_> {
         loop {
             let (mut client, _) =
                 Pop3Client::connect_with_timeout(addr, self.cfg.timeout).await.map_err(OpenError::Connect)?;
-            match client.login(&self.cfg.user, &self.cfg.password).await {
+            match client.login(&self.cfg.user, self.cfg.password.expose()).await {
                 Ok(_) => return Ok(Opened { client, locked, waited: started.elapsed() }),
                 Err(ClientError::Err(text)) if retryable(&text) => {
                     locked += 1;
