@@ -79,7 +79,9 @@ fn the_dependency_table_is_the_crates_real_one() {
         }
         for dep in &row.tests {
             if !used.tests.contains_key(dep) || used.code.contains_key(dep) {
-                problems.push(format!("row `{name}` lists `{dep}` under tests, which only its tests do not use"));
+                problems.push(format!(
+                    "row `{name}` lists `{dep}` under tests: its tests do not use it, or its code does too"
+                ));
             }
         }
     }
