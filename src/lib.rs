@@ -2,13 +2,11 @@
 #![forbid(unsafe_code)]
 
 pub mod aggregate;
-pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod control;
 pub mod dashboard;
-pub mod demo;
 pub mod driver;
 pub mod events;
 pub mod faults;

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use popfault::audit::{self, AuditConfig, Report, Verdict};
-use popfault::cli::RunError;
+use popfault::cli::audit::{self, AuditConfig, Report, Verdict};
+use popfault::cli::common::RunError;
 use popfault::client::Pop3Client;
 use popfault::server::{self, Maildrop, ServerConfig, ServerHandle};
 use support::dovecot::Dovecot;

@@ -4,17 +4,18 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
+use clap::Args;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
+use super::common::{RunError, Signals, Ui, events_verdict, load_profile, positive_secs, say, seed_or_draw};
 use crate::aggregate::Aggregator;
-use std::sync::Arc;
-
-use crate::cli::{DemoArgs, RunError, Signals, Ui, load_profile, seed_or_draw};
 use crate::client::{self, Mode, SessionReport, UidMemory, WorkloadConfig};
 use crate::control::Control;
 use crate::events::SessionEnd;
@@ -25,6 +26,33 @@ use crate::stats::Summary;
 
 /// Default length of a headless demo.
 const DEFAULT_SECS: f64 = 20.0;
+
+/// `popfault demo`
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// No dashboard: print a summary at the end.
+    #[arg(long)]
+    pub headless: bool,
+    /// Fault profile: a built-in name or a TOML file (default: the demo mix).
+    #[arg(long, default_value = "demo")]
+    pub profile: String,
+    /// Seed for every random choice (drawn and printed when not given).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Run for this many seconds (default: 20 headless).
+    #[arg(long, value_parser = positive_secs)]
+    pub duration: Option<f64>,
+    /// Mailboxes; odd users download-and-delete, even users leave mail on
+    /// the server and track UIDL.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub users: u32,
+    /// Messages in each mailbox at start.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub messages: u32,
+    /// Write every event as a JSON line to this file.
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
+}
 
 /// What one workload saw, from its own records.
 #[derive(Debug, Default, Clone)]
@@ -110,7 +138,7 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, RunError> {
     // gone (SIGHUP).
     use std::fmt::Write;
     let mut out = summary.to_table();
-    let verdict = crate::cli::events_verdict(report.as_ref(), &mut out);
+    let verdict = events_verdict(report.as_ref(), &mut out);
     let _ = writeln!(out, "  what each workload saw (from the clients' own records):");
     for (mode, t) in &tallies {
         let _ = writeln!(
@@ -132,7 +160,7 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, RunError> {
         ok &= c.holds;
         let _ = writeln!(out, "    [{}] {}", if c.holds { "ok" } else { "BROKEN" }, c.text);
     }
-    crate::cli::say(&out);
+    say(&out);
     Ok(if ok { verdict } else { ExitCode::from(1) })
 }
 

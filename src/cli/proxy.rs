@@ -1,0 +1,142 @@
+//! `popfault proxy`: relay clients to a real POP3 server, with the
+//! dashboard or headless, until a signal, `--duration` or q; then the drain,
+//! the shutdown and the summary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::common::{
+    RunError, Signals, Ui, events_verdict, load_profile, positive_secs, say, say_err, seed_or_draw, warn_if_exposed,
+};
+use crate::aggregate::Aggregator;
+use crate::control::Control;
+use crate::relay::{self, ProxyConfig};
+
+/// Options shared by the commands that run the proxy.
+#[derive(Debug, Args)]
+pub struct FaultArgs {
+    /// Fault profile: a built-in name (`popfault profiles`) or a TOML file.
+    #[arg(long, default_value = "passthrough")]
+    pub profile: String,
+    /// Seed for every random choice; the same seed replays the same faults
+    /// for the same sessions. Drawn and printed when not given.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// `popfault proxy`
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Address to listen on (loopback by default: it carries passwords).
+    #[arg(long, default_value = "127.0.0.1:1110")]
+    pub listen: SocketAddr,
+    /// The real server, HOST:PORT.
+    #[arg(long)]
+    pub upstream: String,
+    #[command(flatten)]
+    pub faults: FaultArgs,
+    /// Cut a session after this many seconds without a byte either way.
+    #[arg(long, default_value_t = 600.0, value_parser = positive_secs)]
+    pub idle_timeout: f64,
+    /// Give up on an upstream that accepts but does not greet within this
+    /// many seconds (the session is `refused`).
+    #[arg(long, default_value_t = 30.0, value_parser = positive_secs)]
+    pub greeting_timeout: f64,
+    /// Most sessions at once; more clients get `-ERR [SYS/TEMP] too many
+    /// sessions` and are closed.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_sessions: u32,
+    /// Seconds to wait for the upstream to accept a connection.
+    #[arg(long, default_value_t = 10.0, value_parser = positive_secs)]
+    pub connect_timeout: f64,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long, value_parser = positive_secs)]
+    pub duration: Option<f64>,
+    /// Seconds live sessions get to finish at shutdown before being cut
+    /// (the listener closes at once; a second signal ends the drain).
+    #[arg(long, default_value_t = 5.0, value_parser = non_negative_secs)]
+    pub drain: f64,
+    /// Listen backlog: connections the kernel queues before popfault
+    /// accepts them (capped by net.core.somaxconn).
+    #[arg(long, default_value_t = relay::DEFAULT_BACKLOG, value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    pub backlog: u32,
+    /// No dashboard: log, events and a summary at exit.
+    #[arg(long)]
+    pub headless: bool,
+    /// Write every event as a JSON line to this file (see docs/EVENTS.md).
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
+}
+
+fn non_negative_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() && v < 1e9 => Ok(v),
+        _ => Err(format!("'{s}' is not a number of seconds (0 or more)")),
+    }
+}
+
+/// Resolves `HOST:PORT` now, so a typo is reported at start-up.
+pub async fn check_upstream(upstream: &str) -> Result<(), RunError> {
+    match tokio::net::lookup_host(upstream).await.map(|mut a| a.next()) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(RunError::Usage(format!("upstream {upstream}: no address"))),
+        Err(e) => Err(RunError::Usage(format!("upstream {upstream}: cannot resolve ({e}); expected HOST:PORT"))),
+    }
+}
+
+/// Runs the proxy as the command line asked; the shutdown order is
+/// docs/ARCHITECTURE.md's.
+pub async fn run(a: ProxyArgs) -> Result<ExitCode, RunError> {
+    // First: from here on no ending signal kills the run without a summary.
+    let mut signals = Signals::catch();
+    check_upstream(&a.upstream).await?;
+    warn_if_exposed(a.listen);
+    let profile = load_profile(&a.faults.profile)?;
+    let seed = seed_or_draw(a.faults.seed);
+    let profile_name = profile.name.clone();
+    let control = Arc::new(Control::new(Arc::new(profile), seed));
+    let mut ui = Ui::new(a.headless);
+    let agg = Aggregator::with_model(a.events.as_deref(), ui.model.clone(), false)
+        .map_err(|e| RunError::Usage(e.to_string()))?;
+    let mut cfg = ProxyConfig::new(a.listen, a.upstream.clone());
+    cfg.connect_timeout = Duration::from_secs_f64(a.connect_timeout);
+    cfg.idle_timeout = Duration::from_secs_f64(a.idle_timeout);
+    cfg.greeting_timeout = Duration::from_secs_f64(a.greeting_timeout);
+    cfg.max_sessions = a.max_sessions as usize;
+    cfg.backlog = a.backlog;
+    let mut handle = relay::start(cfg, control.clone(), agg.sink())
+        .await
+        .map_err(|e| RunError::Usage(format!("cannot listen on {}: {e}", a.listen)))?;
+    eprintln!(
+        "popfault: proxy {} → {}, profile {profile_name}, seed {seed} (Ctrl-C to stop)",
+        handle.local_addr, a.upstream
+    );
+    ui.start(control, handle.local_addr.to_string(), a.upstream.clone());
+    let why = ui.wait(a.duration, &mut signals).await;
+    ui.close().await;
+    // Closed before anything else: a client arriving now is refused.
+    handle.stop_accepting().await;
+    say_err(&format!(
+        "popfault: stopping ({why}); listener closed; draining live sessions ({}) for up to {}s \
+         (a second signal ends the drain)",
+        handle.live_sessions(),
+        a.drain
+    ));
+    tokio::select! {
+        _ = handle.wait_idle(Duration::from_secs_f64(a.drain)) => {}
+        again = signals.recv() => say_err(&format!("popfault: {again} again: cutting the live sessions now")),
+    }
+    handle.shutdown().await;
+    let (summary, _, report) =
+        agg.finish_report(seed, &profile_name).await.map_err(|e| RunError::Failed(format!("summarising: {e}")))?;
+    let mut out = summary.to_table();
+    let code = events_verdict(report.as_ref(), &mut out);
+    out.push('\n');
+    say(&out);
+    Ok(code)
+}
