@@ -42,7 +42,7 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode, RunError> {
         users: a.users as usize,
         messages: a.messages as usize,
         size: a.size as usize,
-        password: a.password,
+        password: a.password.into(),
     };
     let maildrop = Maildrop::new(&cfg);
     let listener =

@@ -5,13 +5,14 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::message;
+use crate::secret::Secret;
 
 /// How the embedded server's maildrop is populated.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+/// Its `Debug` shows everything but the password.
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct ServerConfig {
     /// Number of mailboxes, named `user1` … `userN`.
     pub users: usize,
@@ -20,24 +21,12 @@ pub struct ServerConfig {
     /// Approximate size of each generated message, in octets.
     pub size: usize,
     /// The password of every user (USER/PASS, APOP and AUTH PLAIN).
-    pub password: String,
+    pub password: Secret,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { users: 3, messages: 20, size: 2048, password: "secret".to_string() }
-    }
-}
-
-/// Shows everything but the password.
-impl fmt::Debug for ServerConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerConfig")
-            .field("users", &self.users)
-            .field("messages", &self.messages)
-            .field("size", &self.size)
-            .field("password", &"***")
-            .finish()
+        ServerConfig { users: 3, messages: 20, size: 2048, password: "secret".into() }
     }
 }
 
@@ -144,7 +133,7 @@ impl Maildrop {
         let maildrop = Maildrop {
             inner: Arc::new(Mutex::new(Inner {
                 size: cfg.size,
-                password: cfg.password.clone(),
+                password: cfg.password.expose().to_string(),
                 mailboxes,
                 delivered: Vec::new(),
                 ledger: Vec::new(),
