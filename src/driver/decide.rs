@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use rand::RngCore;
 
-use super::{After, Dir, Driver, Effects, Flow, LATENCY_BATCH, Sample};
+use super::{After, Dir, Driver, Effects, Fate, LATENCY_BATCH, Sample};
 use crate::codec::Command;
 use crate::events::{Event, SessionSnapshot};
 use crate::faults::engine::jittered;
@@ -51,22 +51,22 @@ impl Driver {
     }
 
     /// Runs the rules of `point`; the flow of the last that says anything.
-    pub(super) fn decide_and_act(&mut self, point: Point<'_>, seq: u64, dir: Dir, now: Instant) -> Flow {
+    pub(super) fn decide_and_act(&mut self, point: Point<'_>, seq: u64, dir: Dir, now: Instant) -> Fate {
         if self.stopped {
             // Nothing is decided, or recorded, after a cut.
-            return Flow::Stop;
+            return Fate::Stop;
         }
         if self.paused || self.engine.is_inert() {
-            return Flow::Go;
+            return Fate::Go;
         }
         let facts = self.facts(seq, now);
         let decisions = self.engine.decide(&point, &facts);
-        let mut flow = Flow::Go;
+        let mut flow = Fate::Go;
         for d in decisions {
             self.record(&d);
             match self.act(d, dir, now) {
-                Flow::Stop => return Flow::Stop,
-                Flow::Go => {}
+                Fate::Stop => return Fate::Stop,
+                Fate::Go => {}
                 f => flow = f,
             }
         }
@@ -76,14 +76,14 @@ impl Driver {
     /// Carries out a decision's steps, in order. `dir` is the direction of
     /// the bytes that triggered it (`corrupt` acts on those). This is the
     /// one place that interprets an action.
-    pub(super) fn act(&mut self, d: Decision, dir: Dir, now: Instant) -> Flow {
-        let mut flow = Flow::Go;
+    pub(super) fn act(&mut self, d: Decision, dir: Dir, now: Instant) -> Fate {
+        let mut flow = Fate::Go;
         for a in d.actions {
             match a {
                 Action::Disconnect(Disconnect { side, how }) => {
                     self.cut = Some((side, how, format!("fault: {}", d.rule)));
                     self.stopped = true;
-                    return Flow::Stop;
+                    return Fate::Stop;
                 }
                 Action::Stall(Stall { ms, jitter_ms }) => {
                     let until = now + jittered(&mut self.rng, ms, jitter_ms);
@@ -102,9 +102,9 @@ impl Driver {
                 Action::Reply(Reply { text }) => {
                     let mut line = text.into_bytes();
                     line.extend_from_slice(b"\r\n");
-                    flow = Flow::Reply(line);
+                    flow = Fate::Reply(line);
                 }
-                Action::Swallow(_) => flow = Flow::Swallow,
+                Action::Swallow(_) => flow = Fate::Swallow,
                 // Refusals happen at accept, before there is a stream.
                 Action::Refuse(_) => {}
                 // Carried out once the cut's steps have run (`Driver::truncate`).
@@ -115,7 +115,7 @@ impl Driver {
     }
 
     /// What follows an event's delivery.
-    pub(super) fn after(&mut self, after: After, now: Instant) -> Flow {
+    pub(super) fn after(&mut self, after: After, now: Instant) -> Fate {
         match after {
             After::Forwarded(cmd, seq) => {
                 self.progress();
@@ -129,7 +129,7 @@ impl Driver {
                 fx.discard_body = !end;
                 match self.answering.take() {
                     Some((seq, cmd)) => self.response_done(seq, &cmd, now),
-                    None => Flow::Go,
+                    None => Fate::Go,
                 }
             }
             After::BodyEnd => {
@@ -138,14 +138,14 @@ impl Driver {
                 }
                 match self.answering.take() {
                     Some((seq, cmd)) => self.response_done(seq, &cmd, now),
-                    None => Flow::Go,
+                    None => Fate::Go,
                 }
             }
         }
     }
 
     /// A response was delivered in full: latency, then `response` faults.
-    pub(super) fn response_done(&mut self, seq: u64, cmd: &Command, now: Instant) -> Flow {
+    pub(super) fn response_done(&mut self, seq: u64, cmd: &Command, now: Instant) -> Fate {
         if let Some(micros) = self.answered(seq, now) {
             self.latencies.push(Sample::new(seq, cmd.name(), micros));
         }

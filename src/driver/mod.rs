@@ -266,7 +266,7 @@ enum InFlight {
 
 /// What to do with a decision's bytes.
 #[derive(Debug, PartialEq, Eq)]
-enum Flow {
+enum Fate {
     Go,
     Stop,
     Swallow,
@@ -474,7 +474,7 @@ impl Driver {
             }
         }
         for d in decisions {
-            if self.act(d, Dir::Up, now) == Flow::Stop {
+            if self.act(d, Dir::Up, now) == Fate::Stop {
                 self.tracker.set_refused();
                 return Accept::Cut;
             }
@@ -560,7 +560,7 @@ impl Driver {
             let facts = self.facts(0, now);
             if let Some(d) = self.engine.timer_due(rule, after, &facts) {
                 self.record(&d);
-                if self.act(d, Dir::Down, now) == Flow::Stop {
+                if self.act(d, Dir::Down, now) == Fate::Stop {
                     return;
                 }
             }
@@ -711,7 +711,7 @@ impl Driver {
                 Some(Step::Act { .. }) => {
                     let Some(Step::Act { decision, at, end }) = plan.steps.pop_front() else { continue };
                     self.record(&decision);
-                    if self.act(decision, dir, now) == Flow::Stop {
+                    if self.act(decision, dir, now) == Fate::Stop {
                         return Transmit::Stop;
                     }
                     if self.fx.as_deref_mut().is_some_and(|f| std::mem::take(&mut f.truncate)) {
@@ -725,7 +725,7 @@ impl Driver {
                 }
                 Some(Step::After(_)) => {
                     let Some(Step::After(after)) = plan.steps.pop_front() else { continue };
-                    if self.after(after, now) == Flow::Stop {
+                    if self.after(after, now) == Fate::Stop {
                         return Transmit::Stop;
                     }
                 }

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::{After, Dir, Driver, Flow, Plan, Step, Track};
+use super::{After, Dir, Driver, Fate, Plan, Step, Track};
 use crate::codec::framer::{MAX_PENDING, NextServerLine};
 use crate::codec::status::announced_size;
 use crate::codec::{ClientEvent, Command, ServerEvent};
@@ -39,14 +39,14 @@ impl Driver {
         if !*overlong && !started {
             let next = self.codec.next_seq();
             match self.decide_and_act(Point::Command(cmd), next, Dir::Up, now) {
-                Flow::Stop => return None,
-                Flow::Go => {}
-                Flow::Swallow => {
+                Fate::Stop => return None,
+                Fate::Go => {}
+                Fate::Swallow => {
                     self.tracker.on_client(&ev, &input[..n], false);
                     self.progress();
                     return Some(plan);
                 }
-                Flow::Reply(line) => {
+                Fate::Reply(line) => {
                     if self.codec.replied(cmd).is_some() {
                         self.fx().replies.push_back(line);
                     }
@@ -80,14 +80,14 @@ impl Driver {
         let mut plan = Box::new(Plan { consumed: n, steps: VecDeque::new() });
         match &ev {
             ServerEvent::Greeting(_) => {
-                if self.decide_and_act(Point::Greeting, 0, Dir::Down, now) == Flow::Stop {
+                if self.decide_and_act(Point::Greeting, 0, Dir::Down, now) == Fate::Stop {
                     return None;
                 }
                 plan.steps.push_back(Step::Relay { range: 0..n, track: Track::Server(ev), done: 0 });
             }
             ServerEvent::Status { cmd, seq, multiline, .. } => {
                 let (cmd, seq, multiline) = (cmd.clone(), *seq, *multiline);
-                if self.decide_and_act(Point::Status(&cmd), seq, Dir::Down, now) == Flow::Stop {
+                if self.decide_and_act(Point::Status(&cmd), seq, Dir::Down, now) == Fate::Stop {
                     return None;
                 }
                 // A line passed on in parts was delayed before its start.

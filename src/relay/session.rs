@@ -65,7 +65,7 @@ pub(super) fn run_session(mut client: TcpStream, ctx: SessionCtx, driver: Driver
     async move {
         let number = lock(&driver).number();
         let remote = ctx.control.register(number);
-        let s = Session { ctx: &ctx, driver: &driver };
+        let s = Shell { ctx: &ctx, driver: &driver };
         let ended_by = s.run(&mut client, &remote).await;
         ctx.control.unregister(number);
         let events = driver.into_inner().unwrap_or_else(|p| p.into_inner()).finish(ended_by, Instant::now());
@@ -80,12 +80,12 @@ pub(super) fn run_session(mut client: TcpStream, ctx: SessionCtx, driver: Driver
 
 /// One session's I/O: the thin shell around its [`Driver`].
 #[derive(Clone, Copy)]
-struct Session<'a> {
+struct Shell<'a> {
     ctx: &'a SessionCtx,
     driver: &'a Mutex<Driver>,
 }
 
-impl Session<'_> {
+impl Shell<'_> {
     /// Cuts the session: every wait on it ends.
     fn cut_now(&self) {
         self.ctx.cut_seen.store(true, Ordering::Release);

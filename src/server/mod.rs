@@ -28,7 +28,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{Instrument, debug, warn};
 
 use framer::{Frame, LineFramer};
-use session::{Flow, Session};
+use session::{Next, ServerSession};
 
 pub use store::{LedgerEntry, Maildrop, ServerConfig, StoredMessage};
 
@@ -134,7 +134,7 @@ async fn serve_counting(
 /// Runs one client connection to its end and logs how it ended.
 async fn connection(stream: TcpStream, maildrop: Maildrop, number: u64) {
     let _ = stream.set_nodelay(true);
-    let mut session = Session::new(maildrop, number, timestamp());
+    let mut session = ServerSession::new(maildrop, number, timestamp());
     match drive(stream, &mut session).await {
         Ok(end) => debug!(user = session.user(), ?end, "session ended"),
         Err(e) => debug!(user = session.user(), error = %e, "session ended by I/O error"),
@@ -154,7 +154,7 @@ enum End {
 /// one buffer and are written when the input buffer holds no further
 /// complete line: one write per pipelined batch, and no answer waits on
 /// input that has not arrived.
-async fn drive(mut stream: TcpStream, session: &mut Session) -> std::io::Result<End> {
+async fn drive(mut stream: TcpStream, session: &mut ServerSession) -> std::io::Result<End> {
     let mut out = Vec::with_capacity(READ_CHUNK);
     session.greeting(&mut out);
     let mut framer = LineFramer::default();
@@ -165,7 +165,7 @@ async fn drive(mut stream: TcpStream, session: &mut Session) -> std::io::Result<
                 Frame::Line(line) => session.handle_line(&line, &mut out),
                 Frame::TooLong => session.line_too_long(&mut out),
             };
-            if flow == Flow::Close {
+            if flow == Next::Close {
                 stream.write_all(&out).await?;
                 // The session is over either way; a peer that already left is not an error.
                 let _ = stream.shutdown().await;

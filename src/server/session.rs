@@ -27,14 +27,14 @@ const KEYWORDS: &[&str] = &[
 
 /// What the connection should do after a line has been handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Flow {
+pub(crate) enum Next {
     /// Keep reading.
     Continue,
     /// Write what is pending, then close the connection.
     Close,
 }
 
-enum State {
+enum Phase {
     /// Not logged in; `user` is the name from a USER awaiting its PASS.
     Authorization {
         user: Option<String>,
@@ -74,19 +74,19 @@ impl Transaction {
 }
 
 /// One client's POP3 session against a [`Maildrop`].
-pub(crate) struct Session {
+pub(crate) struct ServerSession {
     maildrop: Maildrop,
     number: u64,
     /// The APOP timestamp from the greeting, angle brackets included.
     timestamp: String,
-    state: State,
+    state: Phase,
 }
 
-impl Session {
+impl ServerSession {
     /// A session numbered `number` whose greeting carries `timestamp`
     /// (`<...@...>`, RFC 1939 §7 APOP).
-    pub(crate) fn new(maildrop: Maildrop, number: u64, timestamp: String) -> Session {
-        Session { maildrop, number, timestamp, state: State::Authorization { user: None } }
+    pub(crate) fn new(maildrop: Maildrop, number: u64, timestamp: String) -> ServerSession {
+        ServerSession { maildrop, number, timestamp, state: Phase::Authorization { user: None } }
     }
 
     /// Appends the greeting.
@@ -97,7 +97,7 @@ impl Session {
     /// The longest line acceptable in the current state, LF included.
     pub(crate) fn max_line(&self) -> usize {
         match self.state {
-            State::SaslPlain => MAX_SASL_LINE,
+            Phase::SaslPlain => MAX_SASL_LINE,
             _ => MAX_COMMAND_LINE,
         }
     }
@@ -105,46 +105,46 @@ impl Session {
     /// The user whose mailbox this session holds, once logged in.
     pub(crate) fn user(&self) -> Option<&str> {
         match &self.state {
-            State::Transaction(tx) => Some(tx.lock.user()),
+            Phase::Transaction(tx) => Some(tx.lock.user()),
             _ => None,
         }
     }
 
-    /// Answers a line that exceeded [`Session::max_line`].
-    pub(crate) fn line_too_long(&mut self, out: &mut Vec<u8>) -> Flow {
+    /// Answers a line that exceeded [`ServerSession::max_line`].
+    pub(crate) fn line_too_long(&mut self, out: &mut Vec<u8>) -> Next {
         match self.state {
-            State::Closed => return Flow::Close,
+            Phase::Closed => return Next::Close,
             // An unusable SASL response ends the exchange, as a bad one would.
-            State::SaslPlain => self.state = State::Authorization { user: None },
+            Phase::SaslPlain => self.state = Phase::Authorization { user: None },
             _ => {}
         }
         err(out, "line too long");
-        Flow::Continue
+        Next::Continue
     }
 
     /// Handles one complete input line (with or without its CRLF),
     /// appending the response to `out`.
-    pub(crate) fn handle_line(&mut self, line: &[u8], out: &mut Vec<u8>) -> Flow {
+    pub(crate) fn handle_line(&mut self, line: &[u8], out: &mut Vec<u8>) -> Next {
         let line = trim_eol(line);
         match &self.state {
-            State::Closed => Flow::Close,
-            State::SaslPlain => {
+            Phase::Closed => Next::Close,
+            Phase::SaslPlain => {
                 // The line is a credential: never parse it as a command, never log it.
                 debug!(session = self.number, "SASL response");
-                self.state = State::Authorization { user: None };
+                self.state = Phase::Authorization { user: None };
                 if line == b"*" {
                     err(out, "authentication cancelled");
-                    return Flow::Continue;
+                    return Next::Continue;
                 }
                 self.plain(line, out);
-                Flow::Continue
+                Next::Continue
             }
-            State::Authorization { .. } => {
+            Phase::Authorization { .. } => {
                 let cmd = Command::parse(line);
                 debug!(session = self.number, %cmd, "command");
                 self.authorization(cmd, line, out)
             }
-            State::Transaction(_) => {
+            Phase::Transaction(_) => {
                 let cmd = Command::parse(line);
                 debug!(session = self.number, %cmd, "command");
                 self.transaction(cmd, out)
@@ -154,13 +154,13 @@ impl Session {
 
     // === AUTHORIZATION ===
 
-    fn authorization(&mut self, cmd: Command, line: &[u8], out: &mut Vec<u8>) -> Flow {
+    fn authorization(&mut self, cmd: Command, line: &[u8], out: &mut Vec<u8>) -> Next {
         match cmd {
             Command::Capa => capa(out),
             Command::Quit => {
-                self.state = State::Closed;
+                self.state = Phase::Closed;
                 ok(out, "popfault signing off");
-                return Flow::Close;
+                return Next::Close;
             }
             Command::User(_) => {
                 // Same answer for every name, so USER does not reveal which users exist.
@@ -168,11 +168,11 @@ impl Session {
                 // names it can show, and this server limits none.
                 ok(out, "send PASS");
                 let name = String::from_utf8_lossy(split_keyword(line).1).into_owned();
-                self.state = State::Authorization { user: Some(name) };
+                self.state = Phase::Authorization { user: Some(name) };
             }
             Command::Pass => {
                 let user = match &mut self.state {
-                    State::Authorization { user } => user.take(),
+                    Phase::Authorization { user } => user.take(),
                     _ => None,
                 };
                 match user {
@@ -200,7 +200,7 @@ impl Session {
                     }
                 } else {
                     out.extend_from_slice(b"+ \r\n");
-                    self.state = State::SaslPlain;
+                    self.state = Phase::SaslPlain;
                 }
             }
             Command::Auth { .. } => err(out, "unsupported SASL mechanism"),
@@ -215,7 +215,7 @@ impl Session {
             | Command::Top(..)
             | Command::Uidl(_) => err(out, "not logged in"),
         }
-        Flow::Continue
+        Next::Continue
     }
 
     /// `APOP name digest`: digest is the MD5 of timestamp + password, in hex.
@@ -252,7 +252,7 @@ impl Session {
 
     /// Enters TRANSACTION if the credentials were valid and the mailbox is free.
     fn login(&mut self, user: &str, credentials_valid: bool, out: &mut Vec<u8>) {
-        self.state = State::Authorization { user: None };
+        self.state = Phase::Authorization { user: None };
         if !credentials_valid {
             // Logged as the proxy shows it: a name from the wire may hold anything.
             let shown = UserName::from(user);
@@ -266,7 +266,7 @@ impl Session {
                 let (n, octets) = tx.stat();
                 ok(out, &format!("{user}'s maildrop has {n} messages ({octets} octets)"));
                 debug!(session = self.number, user, messages = n, "logged in");
-                self.state = State::Transaction(tx);
+                self.state = Phase::Transaction(tx);
             }
             Err(OpenError::Locked) => {
                 debug!(session = self.number, user, "login refused: in use");
@@ -279,9 +279,9 @@ impl Session {
 
     // === TRANSACTION ===
 
-    fn transaction(&mut self, cmd: Command, out: &mut Vec<u8>) -> Flow {
-        let State::Transaction(tx) = &mut self.state else {
-            return Flow::Close;
+    fn transaction(&mut self, cmd: Command, out: &mut Vec<u8>) -> Next {
+        let Phase::Transaction(tx) = &mut self.state else {
+            return Next::Close;
         };
         match cmd {
             Command::Stat => {
@@ -344,22 +344,22 @@ impl Session {
             Command::Stls => err(out, "STLS not available"),
             Command::Unknown(keyword) => unknown(keyword, out),
         }
-        Flow::Continue
+        Next::Continue
     }
 
     /// The UPDATE state (RFC 1939 §6): expunge first, then answer `+OK`, so
     /// a `+OK` on the wire always means the deletions are durable.
-    fn update(&mut self, out: &mut Vec<u8>) -> Flow {
+    fn update(&mut self, out: &mut Vec<u8>) -> Next {
         // Taking the state drops the Transaction, and its lock, when this returns.
-        let State::Transaction(tx) = std::mem::replace(&mut self.state, State::Closed) else {
-            return Flow::Close;
+        let Phase::Transaction(tx) = std::mem::replace(&mut self.state, Phase::Closed) else {
+            return Next::Close;
         };
         let marked: Vec<&str> =
             tx.messages.iter().zip(&tx.deleted).filter(|(_, d)| **d).map(|(m, _)| m.uid.as_str()).collect();
         let left = tx.lock.expunge(&marked, self.number);
         debug!(session = self.number, user = tx.lock.user(), expunged = marked.len(), left, "update");
         ok(out, &format!("popfault signing off ({left} messages left)"));
-        Flow::Close
+        Next::Close
     }
 }
 
@@ -433,7 +433,7 @@ mod tests {
     }
 
     /// Feeds lines and returns everything the session answered, as text.
-    fn run(session: &mut Session, lines: &[&str]) -> String {
+    fn run(session: &mut ServerSession, lines: &[&str]) -> String {
         let mut out = Vec::new();
         for l in lines {
             session.handle_line(format!("{l}\r\n").as_bytes(), &mut out);
@@ -441,8 +441,8 @@ mod tests {
         String::from_utf8_lossy(&out).into_owned()
     }
 
-    fn logged_in(m: &Maildrop, number: u64) -> Session {
-        let mut s = Session::new(m.clone(), number, TS.into());
+    fn logged_in(m: &Maildrop, number: u64) -> ServerSession {
+        let mut s = ServerSession::new(m.clone(), number, TS.into());
         assert!(
             run(&mut s, &["USER user1", "PASS pw"]).ends_with("+OK user1's maildrop has 3 messages (2100 octets)\r\n")
         );
@@ -452,14 +452,14 @@ mod tests {
     #[test]
     fn greeting_carries_the_timestamp() {
         let mut out = Vec::new();
-        Session::new(maildrop(), 1, TS.into()).greeting(&mut out);
+        ServerSession::new(maildrop(), 1, TS.into()).greeting(&mut out);
         assert_eq!(out, b"+OK popfault maildrop ready <1.2.3@popfault>\r\n");
     }
 
     #[test]
     fn user_pass_rules() {
         let m = maildrop();
-        let mut s = Session::new(m.clone(), 1, TS.into());
+        let mut s = ServerSession::new(m.clone(), 1, TS.into());
         assert_eq!(run(&mut s, &["PASS pw"]), "-ERR USER first\r\n");
         assert_eq!(run(&mut s, &["USER user1", "PASS nope"]), "+OK send PASS\r\n-ERR [AUTH] invalid credentials\r\n");
         assert_eq!(run(&mut s, &["USER nobody", "PASS pw"]), "+OK send PASS\r\n-ERR [AUTH] invalid credentials\r\n");
@@ -474,7 +474,7 @@ mod tests {
     fn password_may_contain_spaces() {
         let m = maildrop();
         m.set_password("a b ");
-        let mut s = Session::new(m, 1, TS.into());
+        let mut s = ServerSession::new(m, 1, TS.into());
         assert!(
             run(&mut s, &["USER user2", "PASS a b "])
                 .ends_with("+OK user2's maildrop has 3 messages (2100 octets)\r\n")
@@ -485,7 +485,7 @@ mod tests {
     fn apop_digest() {
         let m = maildrop();
         let good = hex(&Md5::digest(format!("{TS}pw").as_bytes()));
-        let mut s = Session::new(m.clone(), 1, TS.into());
+        let mut s = ServerSession::new(m.clone(), 1, TS.into());
         assert_eq!(
             run(&mut s, &["APOP user1 0123456789abcdef0123456789abcdef"]),
             "-ERR [AUTH] invalid credentials\r\n"
@@ -497,7 +497,7 @@ mod tests {
     #[test]
     fn auth_plain_flows() {
         let m = maildrop();
-        let mut s = Session::new(m.clone(), 1, TS.into());
+        let mut s = ServerSession::new(m.clone(), 1, TS.into());
         // "\0user1\0pw", "\0user1\0no", "user2\0user1\0pw"
         assert_eq!(run(&mut s, &["AUTH"]), "+OK SASL mechanisms follow\r\nPLAIN\r\n.\r\n");
         assert_eq!(run(&mut s, &["AUTH CRAM-MD5"]), "-ERR unsupported SASL mechanism\r\n");
@@ -510,7 +510,7 @@ mod tests {
         assert_eq!(run(&mut s, &["AUTH PLAIN"]), "+ \r\n");
         assert_eq!(s.max_line(), MAX_SASL_LINE);
         assert!(run(&mut s, &["AHVzZXIxAHB3"]).starts_with("+OK user1's"));
-        let mut s2 = Session::new(m, 2, TS.into());
+        let mut s2 = ServerSession::new(m, 2, TS.into());
         assert_eq!(run(&mut s2, &["AUTH PLAIN AHVzZXIxAHB3"]), "-ERR [IN-USE] maildrop locked\r\n");
     }
 
@@ -557,14 +557,14 @@ mod tests {
         s.handle_line(b"DELE 1\r\n", &mut out);
         s.handle_line(b"DELE 3\r\n", &mut out);
         assert!(m.ledger().is_empty(), "nothing expunged before QUIT");
-        assert_eq!(s.handle_line(b"QUIT\r\n", &mut out), Flow::Close);
+        assert_eq!(s.handle_line(b"QUIT\r\n", &mut out), Next::Close);
         assert!(String::from_utf8_lossy(&out).ends_with("+OK popfault signing off (1 messages left)\r\n"));
         assert_eq!(
             m.ledger().iter().map(|e| (e.uid.as_str(), e.session)).collect::<Vec<_>>(),
             [("user1-000001", 7), ("user1-000003", 7)]
         );
         assert!(!m.is_locked("user1"), "lock released at UPDATE");
-        assert_eq!(s.handle_line(b"NOOP\r\n", &mut out), Flow::Close);
+        assert_eq!(s.handle_line(b"NOOP\r\n", &mut out), Next::Close);
     }
 
     #[test]
@@ -592,9 +592,9 @@ mod tests {
     #[test]
     fn too_long_lines_and_capa() {
         let m = maildrop();
-        let mut s = Session::new(m, 1, TS.into());
+        let mut s = ServerSession::new(m, 1, TS.into());
         let mut out = Vec::new();
-        assert_eq!(s.line_too_long(&mut out), Flow::Continue);
+        assert_eq!(s.line_too_long(&mut out), Next::Continue);
         assert_eq!(out, b"-ERR line too long\r\n");
         run(&mut s, &["AUTH PLAIN"]);
         out.clear();
@@ -625,7 +625,7 @@ mod tests {
         ];
         let mut out = Vec::new();
         for i in inputs {
-            assert_eq!(s.handle_line(i, &mut out), Flow::Continue);
+            assert_eq!(s.handle_line(i, &mut out), Next::Continue);
         }
     }
 }
