@@ -1364,22 +1364,27 @@ impl Haproxy {
         std::fs::write(
             &config,
             format!(
-                "global\n  maxconn 20000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+                "global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
                  frontend pop3\n  bind 127.0.0.1:{port}\n  default_backend server\nbackend server\n  server s1 {upstream}\n"
             ),
         )?;
-        let child = Command::new(bin)
+        let errors = temp_path("haproxy.err");
+        let mut child = Command::new(bin)
             .args(["-db", "-f"])
             .arg(&config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&errors)?)
             .spawn()
             .context("starting haproxy")?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let deadline = Instant::now() + CHILD_TIMEOUT;
         while TcpStream::connect(addr).await.is_err() {
-            ensure!(Instant::now() < deadline, "haproxy did not listen on {addr} in {CHILD_TIMEOUT:?}");
+            let said = || std::fs::read_to_string(&errors).unwrap_or_default();
+            if let Some(status) = child.try_wait()? {
+                bail!("haproxy exited ({status}): {}", said().trim());
+            }
+            ensure!(Instant::now() < deadline, "haproxy did not listen on {addr} in {CHILD_TIMEOUT:?}: {}", said().trim());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(Haproxy { child, addr, config })
