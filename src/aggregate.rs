@@ -28,7 +28,7 @@ use crate::events::{Event, EventSink};
 use crate::stats::{Folded, Stats, Summary};
 
 /// Events read from the channel at a time.
-const BATCH: usize = 256;
+pub const BATCH: usize = 256;
 
 /// Batches of lines (up to [`BATCH`] events each) waiting for the events file's
 /// writer; more are dropped and counted.
