@@ -1,6 +1,8 @@
-//! The aggregator: the one reader of the event stream. It folds events into
-//! [`Stats`], feeds the dashboard's model, hands the JSON lines of the
-//! events file to its writer, and keeps the latest totals for whoever asks.
+//! The aggregator: the one reader of the event stream. It folds each event
+//! into [`Stats`] (the one place that counts), shows it on the dashboard's
+//! model with the fold's answer, hands the JSON lines of the events file to
+//! its writer, and hands the dashboard the fold's totals at most once a
+//! frame.
 //!
 //! The events file is written by a thread of its own, off the runtime, fed
 //! by a bounded queue: a sink that is slow, full or stalled (a disk that
@@ -21,11 +23,14 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::dashboard::SharedModel;
+use crate::dashboard::{FRAME, SharedModel};
 use crate::events::{Event, EventSink};
-use crate::stats::{Stats, Summary};
+use crate::stats::{Folded, Stats, Summary};
 
-/// Batches of lines (up to 256 events each) waiting for the events file's
+/// Events read from the channel at a time.
+pub const BATCH: usize = 256;
+
+/// Batches of lines (up to [`BATCH`] events each) waiting for the events file's
 /// writer; more are dropped and counted.
 pub const FILE_QUEUE: usize = 64;
 
@@ -180,31 +185,92 @@ async fn run(
     model: Option<(SharedModel, Instant)>,
     mut stats: Stats,
 ) -> Stats {
-    let mut batch = Vec::with_capacity(256);
-    while rx.recv_many(&mut batch, 256).await > 0 {
-        for ev in batch.iter_mut() {
-            // The fold fills in duplicates before anyone else sees the end.
-            stats.apply(ev);
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut answers: Vec<Folded> = Vec::with_capacity(BATCH);
+    let mut totals = TotalsPace::new();
+    loop {
+        let received = match (&model, totals.due()) {
+            // Totals the screen has not seen yet: hand them over when due
+            // even if no other event comes.
+            (Some((m, _)), Some(due)) => tokio::select! {
+                n = rx.recv_many(&mut batch, BATCH) => n,
+                () = tokio::time::sleep_until(due) => {
+                    totals.publish(m, &stats);
+                    continue;
+                }
+            },
+            _ => rx.recv_many(&mut batch, BATCH).await,
+        };
+        if received == 0 {
+            break;
         }
+        // The fold answers; nobody writes its answer into an event.
+        answers.clear();
+        answers.extend(batch.iter().map(|ev| stats.apply(ev)));
         if let Some((m, started)) = &model {
-            crate::dashboard::feed(m, batch.iter(), started.elapsed());
+            crate::dashboard::feed(m, batch.iter().zip(answers.iter().copied()), started.elapsed());
+            if batch.iter().any(|ev| !matches!(ev, Event::SessionStart { .. } | Event::Progress(_))) {
+                totals.changed();
+            }
+            if totals.due().is_some_and(|due| due <= tokio::time::Instant::now()) {
+                totals.publish(m, &stats);
+            }
         }
         if let Some(q) = &file {
             let mut lines = Vec::new();
             let mut count = 0;
             // Progress and per-command latency feed the dashboard and the
             // histograms; the file keeps sessions and faults.
-            for ev in batch.iter().filter(|ev| !matches!(ev, Event::Progress(_) | Event::Latency { .. })) {
-                if serde_json::to_writer(&mut lines, ev).is_ok() {
-                    lines.push(b'\n');
-                    count += 1;
+            for (ev, folded) in batch.iter().zip(&answers) {
+                if matches!(ev, Event::Progress(_) | Event::Latency { .. }) {
+                    continue;
+                }
+                let mark = lines.len();
+                match ev.write_line(folded.duplicates, &mut lines) {
+                    Ok(()) => count += 1,
+                    // Never half a line.
+                    Err(_) => lines.truncate(mark),
                 }
             }
             q.send(lines, count);
         }
         batch.clear();
     }
+    if let Some((m, _)) = &model {
+        totals.publish(m, &stats);
+    }
     stats
+}
+
+/// When the dashboard next gets the fold's totals: working out percentiles
+/// walks every histogram, so at most once a [`FRAME`], and only after a
+/// change.
+struct TotalsPace {
+    /// Something was folded that the dashboard's totals do not show yet.
+    changed: bool,
+    /// Not before this.
+    next: tokio::time::Instant,
+}
+
+impl TotalsPace {
+    fn new() -> TotalsPace {
+        TotalsPace { changed: false, next: tokio::time::Instant::now() }
+    }
+
+    fn changed(&mut self) {
+        self.changed = true;
+    }
+
+    /// When to hand totals over, if there is anything new.
+    fn due(&self) -> Option<tokio::time::Instant> {
+        self.changed.then_some(self.next)
+    }
+
+    fn publish(&mut self, model: &SharedModel, stats: &Stats) {
+        crate::dashboard::publish(model, Arc::new(stats.totals()));
+        self.changed = false;
+        self.next = tokio::time::Instant::now() + FRAME;
+    }
 }
 
 /// A batch of event lines for the writer.
@@ -489,4 +555,157 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// A line on stderr; a closed stderr is no reason to stop.
 fn eprintln_lossy(line: &str) {
     let _ = writeln!(io::stderr(), "{line}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dashboard::shared_model;
+    use crate::events::SessionEnd;
+    use crate::session::{Fingerprint, MessageKey, Outcome, State};
+
+    fn end(session: u64, outcome: Outcome, ids: &[&str]) -> Event {
+        Event::SessionEnd(Box::new(SessionEnd {
+            session,
+            client: ([127, 0, 0, 1], 4000).into(),
+            upstream: "up:110".into(),
+            user: Some("u".into()),
+            outcome,
+            state: State::Transaction,
+            downloaded: ids.len() as u64,
+            marked: 1,
+            at_risk: session as usize % 3,
+            duplicates: 0,
+            bytes_up: 10 * session,
+            bytes_down: 100 * session,
+            duration_ms: 7 * session,
+            faults: Vec::new(),
+            encrypted: false,
+            violations: 0,
+            profile: "p".into(),
+            fingerprints: ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| Fingerprint {
+                    number: i as u32 + 1,
+                    uid: None,
+                    key: MessageKey::message_id(id.as_bytes()),
+                })
+                .collect::<Vec<_>>()
+                .into(),
+            ended_by: "closed by client".into(),
+        }))
+    }
+
+    /// Sessions 1..=6: faults, latencies, progress, and messages that come
+    /// back in later sessions (duplicates: 0, 1, 2, 1, 0, 3).
+    fn events() -> Vec<Event> {
+        let ids: [&[&str]; 6] =
+            [&["<a>", "<b>"], &["<a>"], &["<a>", "<b>", "<c>"], &["<c>", "<d>"], &[], &["<a>", "<d>", "<d>"]];
+        let outcomes =
+            [Outcome::RolledBack, Outcome::Committed, Outcome::InDoubt, Outcome::Committed, Outcome::Refused];
+        let mut evs = Vec::new();
+        for (i, ids) in ids.iter().enumerate() {
+            let n = i as u64 + 1;
+            evs.push(Event::SessionStart {
+                session: n,
+                client: ([127, 0, 0, 1], 4000).into(),
+                upstream: "up:110".into(),
+                profile: "p".into(),
+            });
+            evs.push(Event::Latency { session: n, seq: 1, command: "RETR".into(), micros: 100 * n });
+            evs.push(Event::Latency { session: n, seq: 2, command: ["QUIT", "DELE"][i % 2].into(), micros: 9 * n });
+            if n % 2 == 0 {
+                evs.push(Event::Fault {
+                    session: n,
+                    rule: format!("r{}", n % 4),
+                    action: "stall".into(),
+                    point: "x".into(),
+                });
+            }
+            evs.push(end(n, outcomes[i % outcomes.len()], ids));
+        }
+        evs
+    }
+
+    #[tokio::test]
+    async fn the_dashboard_shows_the_summarys_numbers() {
+        let path = std::env::temp_dir().join(format!("popfault-fold-{}.jsonl", std::process::id()));
+        let model = shared_model();
+        let agg = Aggregator::with_model(Some(&path), Some((model.clone(), Instant::now())), false).expect("start");
+        let sink = agg.sink();
+        for ev in events() {
+            sink.emit(ev);
+        }
+        drop(sink);
+        let summary = agg.finish(1, "p", None).await.expect("finish");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let _ = std::fs::remove_file(&path);
+
+        let m = model.lock().expect("model").clone();
+        assert_eq!(summary.duplicates, 7);
+        assert_eq!(m.ended_total(), summary.sessions);
+        for o in Outcome::ALL {
+            assert_eq!(m.outcome_count(o), summary.outcomes[o.as_str()], "{o:?}");
+        }
+        assert_eq!(
+            (m.at_risk(), m.duplicates(), m.downloaded()),
+            (summary.at_risk, summary.duplicates, summary.downloaded)
+        );
+        assert_eq!(m.faults_fired(), summary.faults_fired.values().sum::<u64>());
+        let latency: Vec<(String, _)> = m.latency_percentiles().into_iter().map(|(k, p)| (k.to_string(), p)).collect();
+        assert_eq!(latency, summary.latency_us.into_iter().collect::<Vec<_>>());
+        // Per session: the row, the log and the file's line carry the same
+        // answer of the fold.
+        let rows: Vec<(u64, u64)> =
+            m.rows().map(|r| (r.session, r.end.as_ref().map_or(99, |e| e.duplicates))).collect();
+        assert_eq!(rows, [(6, 3), (5, 0), (4, 1), (3, 2), (2, 1), (1, 0)]);
+        let logged: u64 = m
+            .log()
+            .map(|l| match l.kind {
+                crate::dashboard::LogKind::End { duplicates, .. } => duplicates,
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(logged, summary.duplicates);
+        let mut in_file: Vec<(u64, u64)> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["event"] == "session_end")
+            .map(|v| (v["session"].as_u64().unwrap_or(0), v["duplicates"].as_u64().unwrap_or(99)))
+            .collect();
+        in_file.sort_by(|a, b| b.cmp(a));
+        assert_eq!(in_file, rows);
+    }
+
+    #[tokio::test]
+    async fn totals_reach_the_dashboard_without_waiting_for_more_events() {
+        let model = shared_model();
+        let agg = Aggregator::with_model(None, Some((model.clone(), Instant::now())), false).expect("start");
+        let sink = agg.sink();
+        let ended = || model.lock().expect("model").ended_total();
+        let wait_for = |n: u64| async move {
+            let deadline = Instant::now() + 20 * FRAME;
+            while ended() < n {
+                assert!(Instant::now() < deadline, "totals never reached the dashboard");
+                tokio::time::sleep(FRAME / 10).await;
+            }
+        };
+        let mut evs = events();
+        let rest = evs.split_off(evs.len() / 2);
+        // The first batch's totals go out at once...
+        for ev in evs {
+            sink.emit(ev);
+        }
+        wait_for(3).await;
+        // ...so the next batch's wait for the next frame; no event follows,
+        // and the run goes on: they still come.
+        for ev in rest {
+            sink.emit(ev);
+        }
+        wait_for(6).await;
+        assert_eq!(model.lock().expect("model").duplicates(), 7);
+        drop(sink);
+        let _ = agg.finish(1, "p", None).await;
+    }
 }

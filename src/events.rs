@@ -62,6 +62,98 @@ pub enum Event {
     SessionEnd(Box<SessionEnd>),
 }
 
+impl Event {
+    /// Appends this event's line of the events file (docs/EVENTS.md),
+    /// newline included. A session's end is written with `duplicates`, the
+    /// run's count for it (the fold's answer), whatever its own field says.
+    pub fn write_line(&self, duplicates: u64, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        match self {
+            Event::SessionEnd(end) => serde_json::to_writer(&mut *out, &EndLine::new(end, duplicates))?,
+            other => serde_json::to_writer(&mut *out, other)?,
+        }
+        out.push(b'\n');
+        Ok(())
+    }
+}
+
+/// A `session_end` line: the event's fields in the event's order, borrowed,
+/// with the run's `duplicates` in place of the event's (no copy of the end,
+/// and the event is not touched).
+#[derive(Serialize)]
+struct EndLine<'a> {
+    event: &'static str,
+    session: u64,
+    client: SocketAddr,
+    upstream: &'a str,
+    user: Option<&'a str>,
+    outcome: Outcome,
+    state: State,
+    downloaded: u64,
+    marked: usize,
+    at_risk: usize,
+    duplicates: u64,
+    bytes_up: u64,
+    bytes_down: u64,
+    duration_ms: u64,
+    faults: &'a [String],
+    encrypted: bool,
+    violations: u64,
+    profile: &'a str,
+    #[serde(flatten)]
+    fingerprints: &'a Fingerprints,
+    ended_by: &'a str,
+}
+
+impl<'a> EndLine<'a> {
+    fn new(end: &'a SessionEnd, duplicates: u64) -> EndLine<'a> {
+        // Every field named, no `..`: a field added to `SessionEnd` does not
+        // compile until it is added here too.
+        let SessionEnd {
+            session,
+            client,
+            upstream,
+            user,
+            outcome,
+            state,
+            downloaded,
+            marked,
+            at_risk,
+            duplicates: _,
+            bytes_up,
+            bytes_down,
+            duration_ms,
+            faults,
+            encrypted,
+            violations,
+            profile,
+            fingerprints,
+            ended_by,
+        } = end;
+        EndLine {
+            event: "session_end",
+            session: *session,
+            client: *client,
+            upstream,
+            user: user.as_deref(),
+            outcome: *outcome,
+            state: *state,
+            downloaded: *downloaded,
+            marked: *marked,
+            at_risk: *at_risk,
+            duplicates,
+            bytes_up: *bytes_up,
+            bytes_down: *bytes_down,
+            duration_ms: *duration_ms,
+            faults,
+            encrypted: *encrypted,
+            violations: *violations,
+            profile,
+            fingerprints,
+            ended_by,
+        }
+    }
+}
+
 /// A session's state at a moment, for the dashboard.
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionSnapshot {
@@ -104,8 +196,10 @@ pub struct SessionEnd {
     pub marked: usize,
     /// Messages at risk of a second download.
     pub at_risk: usize,
-    /// Downloads in this session of messages downloaded before (filled in
-    /// by the aggregator, which sees across sessions).
+    /// Downloads in this session of messages downloaded before. Only the
+    /// fold sees across sessions: a session sends 0, and the run's count is
+    /// the fold's answer (`stats::Stats::apply`), which the events file
+    /// writes here ([`Event::write_line`]).
     pub duplicates: u64,
     /// Bytes client → server.
     pub bytes_up: u64,
@@ -186,3 +280,46 @@ impl EventSink {
 
 /// Fault counts by rule name, ordered for stable output.
 pub type FaultCounts = BTreeMap<String, u64>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::{Fingerprint, MessageKey};
+
+    #[test]
+    fn an_end_line_is_the_event_with_the_runs_duplicates() {
+        let key = MessageKey::message_id(b"<a@x>");
+        let mut end = SessionEnd {
+            session: 7,
+            client: ([127, 0, 0, 1], 1).into(),
+            upstream: "up:110".into(),
+            user: Some("u".into()),
+            outcome: Outcome::Committed,
+            state: State::Update,
+            downloaded: 1,
+            marked: 1,
+            at_risk: 0,
+            duplicates: 0,
+            bytes_up: 2,
+            bytes_down: 3,
+            duration_ms: 4,
+            faults: vec!["r".into()],
+            encrypted: false,
+            violations: 5,
+            profile: "p".into(),
+            fingerprints: vec![Fingerprint { number: 1, uid: None, key }].into(),
+            ended_by: "closed by client".into(),
+        };
+        let mut line = Vec::new();
+        let ev = Event::SessionEnd(Box::new(end.clone()));
+        ev.write_line(3, &mut line).unwrap_or_default();
+        // Byte for byte what the event says once its field holds the count:
+        // same fields, same order.
+        end.duplicates = 3;
+        let mut want = serde_json::to_vec(&Event::SessionEnd(Box::new(end))).unwrap_or_default();
+        want.push(b'\n');
+        assert_eq!(String::from_utf8_lossy(&line), String::from_utf8_lossy(&want));
+        let Event::SessionEnd(sent) = ev else { unreachable!() };
+        assert_eq!(sent.duplicates, 0, "the event is untouched");
+    }
+}

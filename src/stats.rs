@@ -1,7 +1,10 @@
 //! The statistics fold: events in, totals out. Pure: no I/O, no clock.
 //!
+//! This is the one place that counts: the summary, the events file's
+//! `session_end` lines and the dashboard all read their numbers from it.
 //! It also turns each ended session's fingerprints into duplicate counts,
-//! because only the fold sees across sessions.
+//! because only the fold sees across sessions; the count is its answer
+//! ([`Folded`]), never written into the event it was given.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashSet};
@@ -26,11 +29,20 @@ pub const MAX_REMEMBERED_MESSAGES: usize = 1_000_000;
 /// Highest latency recorded, in microseconds (an hour); longer is clamped.
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 
+/// What folding one event found that the event itself cannot carry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Folded {
+    /// For a session's end: its downloads of messages downloaded before
+    /// (earlier in the run or earlier in the session). 0 for other events.
+    pub duplicates: u64,
+}
+
 /// Running totals over a run.
 #[derive(Debug, Clone)]
 pub struct Stats {
     sessions: u64,
-    outcomes: BTreeMap<Outcome, u64>,
+    /// In [`Outcome::ALL`] order.
+    outcomes: [u64; Outcome::ALL.len()],
     at_risk: u64,
     duplicates: u64,
     downloaded: u64,
@@ -64,7 +76,7 @@ impl Stats {
     pub fn new() -> Stats {
         Stats {
             sessions: 0,
-            outcomes: BTreeMap::new(),
+            outcomes: [0; Outcome::ALL.len()],
             at_risk: 0,
             duplicates: 0,
             downloaded: 0,
@@ -92,22 +104,33 @@ impl Stats {
         self.ends.as_deref().unwrap_or(&[])
     }
 
-    /// Folds one event in. A `SessionEnd` gets its `duplicates` filled in.
-    pub fn apply(&mut self, event: &mut Event) {
+    /// Folds one event in and says what it found; the event is left as
+    /// it was sent (a `SessionEnd`'s own `duplicates` is not read).
+    pub fn apply(&mut self, event: &Event) -> Folded {
         match event {
-            Event::SessionStart { .. } | Event::Progress(_) => {}
-            Event::Fault { rule, .. } => *self.faults.entry(rule.clone()).or_default() += 1,
+            Event::SessionStart { .. } | Event::Progress(_) => Folded::default(),
+            Event::Fault { rule, .. } => {
+                // `get_mut` first: a rule that fired before costs no allocation.
+                match self.faults.get_mut(rule) {
+                    Some(n) => *n += 1,
+                    None => {
+                        self.faults.insert(rule.clone(), 1);
+                    }
+                }
+                Folded::default()
+            }
             Event::Latency { command, micros, .. } => {
                 // Only a known keyword is a key (anything else is OTHER),
                 // so the map is bounded and holds no client text.
                 let h = self.latency.entry(command::label(command)).or_insert_with(histogram);
                 let _ = h.record((*micros).clamp(1, MAX_LATENCY_US));
+                Folded::default()
             }
-            Event::SessionEnd(end) => self.session_end(end),
+            Event::SessionEnd(end) => Folded { duplicates: self.session_end(end) },
         }
     }
 
-    fn session_end(&mut self, end: &mut SessionEnd) {
+    fn session_end(&mut self, end: &SessionEnd) -> u64 {
         let mut dups = 0;
         self.fingerprints_dropped += end.fingerprints.dropped;
         for f in end.fingerprints.iter() {
@@ -124,9 +147,8 @@ impl Stats {
                 self.forgotten += 1;
             }
         }
-        end.duplicates = dups;
         self.sessions += 1;
-        *self.outcomes.entry(end.outcome).or_default() += 1;
+        self.outcomes[outcome_index(end.outcome)] += 1;
         self.at_risk += end.at_risk as u64;
         self.duplicates += dups;
         self.downloaded += end.downloaded;
@@ -134,8 +156,10 @@ impl Stats {
         self.bytes_down += end.bytes_down;
         let _ = self.durations.record(end.duration_ms.saturating_mul(1000).clamp(1, MAX_LATENCY_US));
         if let Some(ends) = &mut self.ends {
-            ends.push(end.clone());
+            // The kept copy is the fold's own record: it carries the answer.
+            ends.push(SessionEnd { duplicates: dups, ..end.clone() });
         }
+        dups
     }
 
     /// Sessions ended so far.
@@ -145,7 +169,7 @@ impl Stats {
 
     /// Sessions that ended with `outcome`.
     pub fn outcome(&self, outcome: Outcome) -> u64 {
-        self.outcomes.get(&outcome).copied().unwrap_or(0)
+        self.outcomes[outcome_index(outcome)]
     }
 
     /// Messages at risk of a second download, all sessions.
@@ -158,14 +182,80 @@ impl Stats {
         self.duplicates
     }
 
+    /// Everything counted so far, with percentiles worked out: what the
+    /// summary and the dashboard show. Costs a walk of each histogram, so
+    /// a live reader asks at most once a frame.
+    pub fn totals(&self) -> Totals {
+        let ms = Percentiles::of(&self.durations);
+        Totals {
+            sessions: self.sessions,
+            outcomes: self.outcomes,
+            at_risk: self.at_risk,
+            duplicates: self.duplicates,
+            downloaded: self.downloaded,
+            bytes_up: self.bytes_up,
+            bytes_down: self.bytes_down,
+            faults_fired: self.faults.clone(),
+            latency_us: self.latency.iter().map(|(k, h)| (*k, Percentiles::of(h))).collect(),
+            session_ms: Percentiles { p50: ms.p50 / 1000, p99: ms.p99 / 1000, max: ms.max / 1000, count: ms.count },
+            fingerprints_dropped: self.fingerprints_dropped,
+            fingerprints_forgotten: self.forgotten,
+        }
+    }
+
     /// The summary as written to the events file and printed.
     pub fn summary(&self, seed: u64, profile: &str, dropped_events: u64) -> Summary {
-        let pct = |h: &Histogram<u64>| Percentiles {
-            p50: h.value_at_quantile(0.5),
-            p99: h.value_at_quantile(0.99),
-            max: h.max(),
-            count: h.len(),
-        };
+        self.totals().summary(seed, profile, dropped_events)
+    }
+}
+
+fn outcome_index(o: Outcome) -> usize {
+    Outcome::ALL.iter().position(|x| *x == o).unwrap_or(0)
+}
+
+/// A run's totals at one moment ([`Stats::totals`]): small, and cheap to
+/// share with a reader that draws them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Sessions ended.
+    pub sessions: u64,
+    /// Sessions per outcome, in [`Outcome::ALL`] order.
+    pub outcomes: [u64; Outcome::ALL.len()],
+    /// Messages at risk of a second download.
+    pub at_risk: u64,
+    /// Duplicate downloads observed.
+    pub duplicates: u64,
+    /// Complete downloads in ended sessions.
+    pub downloaded: u64,
+    /// Bytes client → server, ended sessions.
+    pub bytes_up: u64,
+    /// Bytes server → client, ended sessions.
+    pub bytes_down: u64,
+    /// Times each fault rule fired.
+    pub faults_fired: FaultCounts,
+    /// Per-command latency in microseconds, by command label.
+    pub latency_us: BTreeMap<&'static str, Percentiles>,
+    /// Session durations in milliseconds.
+    pub session_ms: Percentiles,
+    /// See [`Summary::fingerprints_dropped`].
+    pub fingerprints_dropped: u64,
+    /// See [`Summary::fingerprints_forgotten`].
+    pub fingerprints_forgotten: u64,
+}
+
+impl Totals {
+    /// Sessions that ended with `outcome`.
+    pub fn outcome(&self, outcome: Outcome) -> u64 {
+        self.outcomes[outcome_index(outcome)]
+    }
+
+    /// Faults fired, all rules.
+    pub fn faults(&self) -> u64 {
+        self.faults_fired.values().sum()
+    }
+
+    /// These totals as the run's summary.
+    pub fn summary(self, seed: u64, profile: &str, dropped_events: u64) -> Summary {
         Summary {
             sessions: self.sessions,
             outcomes: Outcome::ALL.iter().map(|o| (o.as_str().to_string(), self.outcome(*o))).collect(),
@@ -174,15 +264,12 @@ impl Stats {
             downloaded: self.downloaded,
             bytes_up: self.bytes_up,
             bytes_down: self.bytes_down,
-            faults_fired: self.faults.clone(),
-            latency_us: self.latency.iter().map(|(k, h)| (k.to_string(), pct(h))).collect(),
-            session_ms: {
-                let p = pct(&self.durations);
-                Percentiles { p50: p.p50 / 1000, p99: p.p99 / 1000, max: p.max / 1000, count: p.count }
-            },
+            faults_fired: self.faults_fired,
+            latency_us: self.latency_us.into_iter().map(|(k, p)| (k.to_string(), p)).collect(),
+            session_ms: self.session_ms,
             dropped_events,
             fingerprints_dropped: self.fingerprints_dropped,
-            fingerprints_forgotten: self.forgotten,
+            fingerprints_forgotten: self.fingerprints_forgotten,
             seed,
             profile: profile.to_string(),
         }
@@ -190,7 +277,7 @@ impl Stats {
 }
 
 /// p50 / p99 / max of a histogram.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Percentiles {
     /// Median.
     pub p50: u64,
@@ -200,6 +287,13 @@ pub struct Percentiles {
     pub max: u64,
     /// Values recorded.
     pub count: u64,
+}
+
+impl Percentiles {
+    /// Of one histogram.
+    pub fn of(h: &Histogram<u64>) -> Percentiles {
+        Percentiles { p50: h.value_at_quantile(0.5), p99: h.value_at_quantile(0.99), max: h.max(), count: h.len() }
+    }
 }
 
 /// The end-of-run summary (the events file's last line, `"event":"summary"`).
@@ -322,7 +416,7 @@ mod tests {
     fn latency_keys_are_known_keywords_or_other() {
         let mut stats = Stats::new();
         for command in ["RETR", "Zq7Kx9Wv3Tp", "\x1b[2J", "retr", "OTHER"] {
-            stats.apply(&mut Event::Latency { session: 1, seq: 1, command: command.into(), micros: 5 });
+            stats.apply(&Event::Latency { session: 1, seq: 1, command: command.into(), micros: 5 });
         }
         let s = stats.summary(1, "p", 0);
         let keys: Vec<&str> = s.latency_us.keys().map(String::as_str).collect();
@@ -333,7 +427,7 @@ mod tests {
     #[test]
     fn the_table_escapes_names() {
         let mut stats = Stats::new();
-        stats.apply(&mut Event::Fault {
+        stats.apply(&Event::Fault {
             session: 1,
             rule: "r\x1b[2J\u{9b}".into(),
             action: "stall".into(),
@@ -351,16 +445,54 @@ mod tests {
         for n in 0..MAX_FINGERPRINTS as u32 + 3 {
             list.push(Fingerprint { number: n, uid: None, key: MessageKey::message_id(format!("<{n}@x>").as_bytes()) });
         }
-        stats.apply(&mut end(list.clone()));
-        let mut again = end(list);
-        stats.apply(&mut again);
+        stats.apply(&end(list.clone()));
+        let again = end(list);
+        assert_eq!(stats.apply(&again).duplicates, MAX_FINGERPRINTS as u64);
         let Event::SessionEnd(e) = again else { unreachable!() };
-        assert_eq!(e.duplicates, MAX_FINGERPRINTS as u64);
         let s = stats.summary(1, "p", 0);
         assert_eq!((s.fingerprints_dropped, s.fingerprints_forgotten), (6, 0));
         assert!(s.to_table().contains("NOTE: 6 downloads"), "{}", s.to_table());
         let json = serde_json::to_value(&*e).unwrap_or_default();
         assert_eq!(json["fingerprints_dropped"], 3);
         assert!(json.get("fingerprints").is_none());
+    }
+
+    #[test]
+    fn the_fold_answers_and_leaves_its_event_alone() {
+        let key = |id: &str| Fingerprint { number: 1, uid: None, key: MessageKey::message_id(id.as_bytes()) };
+        let first = end(vec![key("<a@x>"), key("<b@x>")].into());
+        // Twice <a@x>, once <b@x> seen before; the field says otherwise
+        // and is not read.
+        let second = match end(vec![key("<a@x>"), key("<b@x>"), key("<a@x>")].into()) {
+            Event::SessionEnd(mut e) => {
+                e.duplicates = 99;
+                Event::SessionEnd(e)
+            }
+            _ => unreachable!(),
+        };
+        let before = serde_json::to_string(&second).unwrap_or_default();
+        let mut stats = Stats::keeping_ends();
+        assert_eq!(stats.apply(&first), Folded { duplicates: 0 });
+        assert_eq!(stats.apply(&second), Folded { duplicates: 3 });
+        assert_eq!(serde_json::to_string(&second).unwrap_or_default(), before, "the event is unchanged");
+        assert_eq!(stats.duplicates(), 3);
+        // The fold's own records carry its answers.
+        let kept: Vec<u64> = stats.ends().iter().map(|e| e.duplicates).collect();
+        assert_eq!(kept, [0, 3]);
+        let fault = Event::Fault { session: 1, rule: "r".into(), action: "stall".into(), point: "x".into() };
+        assert_eq!(stats.apply(&fault), Folded::default());
+    }
+
+    #[test]
+    fn the_summary_is_the_totals() {
+        let mut stats = Stats::new();
+        stats.apply(&end(Fingerprints::default()));
+        stats.apply(&Event::Latency { session: 1, seq: 1, command: "RETR".into(), micros: 1234 });
+        stats.apply(&Event::Fault { session: 1, rule: "r".into(), action: "stall".into(), point: "x".into() });
+        let (t, s) = (stats.totals(), stats.summary(1, "p", 0));
+        assert_eq!((t.sessions, t.outcome(Outcome::Committed), t.faults()), (1, 1, 1));
+        assert_eq!(s.outcomes["committed"], t.outcome(Outcome::Committed));
+        assert_eq!(s.latency_us["RETR"], t.latency_us["RETR"]);
+        assert_eq!((s.session_ms, s.faults_fired), (t.session_ms, t.faults_fired));
     }
 }

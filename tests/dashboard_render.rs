@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use popfault::dashboard::*;
 use popfault::events::{Event, SessionEnd, SessionSnapshot};
-use popfault::session::{Outcome, State};
+use popfault::session::{Fingerprint, MessageKey, Outcome, State};
+use popfault::stats::Stats;
 use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
@@ -56,6 +57,8 @@ struct End {
     dl: u64,
     mk: usize,
     at_risk: usize,
+    /// Downloads of a message seen before: the fold finds them in the
+    /// fingerprints (the message downloaded `dup` + 1 times).
     dup: u64,
     faults: &'static [&'static str],
     ended_by: &'static str,
@@ -72,7 +75,8 @@ fn end(e: End) -> Event {
         downloaded: e.dl,
         marked: e.mk,
         at_risk: e.at_risk,
-        duplicates: e.dup,
+        // Not read: the count is the fold's answer.
+        duplicates: 0,
         bytes_up: 60 * e.dl + 30,
         bytes_down: 2100 * e.dl + 40,
         duration_ms: 1000,
@@ -80,9 +84,37 @@ fn end(e: End) -> Event {
         encrypted: false,
         violations: 0,
         profile: "lost-carrier".into(),
-        fingerprints: Default::default(),
+        fingerprints: (0..if e.dup > 0 { e.dup + 1 } else { 0 })
+            .map(|i| Fingerprint {
+                number: i as u32 + 1,
+                uid: None,
+                key: MessageKey::message_id(format!("<{}@dup>", e.n).as_bytes()),
+            })
+            .collect::<Vec<_>>()
+            .into(),
         ended_by: e.ended_by.into(),
     }))
+}
+
+/// What the aggregator does, in small: each event through the run's one
+/// fold, then onto the screen with the fold's answer; the totals handed
+/// over when the model is taken.
+#[derive(Default)]
+struct Run {
+    stats: Stats,
+    model: Model,
+}
+
+impl Run {
+    fn apply(&mut self, ev: &Event, now: Duration) {
+        let folded = self.stats.apply(ev);
+        self.model.apply(ev, folded, now);
+    }
+
+    fn model(mut self) -> Model {
+        self.model.set_totals(Arc::new(self.stats.totals()));
+        self.model
+    }
 }
 
 fn latency(n: u64, command: &str, micros: u64) -> Event {
@@ -91,7 +123,7 @@ fn latency(n: u64, command: &str, micros: u64) -> Event {
 
 /// Six sessions: two live (2, 5), four ended with different outcomes.
 fn model() -> Model {
-    let mut m = Model::new();
+    let mut r = Run::default();
     let evs = [
         start(1, "lost-carrier"),
         progress(1, State::Transaction, "alice", "RETR 3", 2, 2),
@@ -170,8 +202,9 @@ fn model() -> Model {
         latency(5, "USER", 150),
     ];
     for (i, ev) in evs.iter().enumerate() {
-        m.apply(ev, S * i as u32);
+        r.apply(ev, S * i as u32);
     }
+    let mut m = r.model();
     for i in 0..20u64 {
         m.sample_bytes(i * i * 100, i * 5000, Duration::from_millis(500) * i as u32);
     }
@@ -349,11 +382,12 @@ fn latency_percentiles_per_command() {
 
 #[test]
 fn sessions_table_scrolls_to_the_selection() {
-    let mut m = Model::new();
+    let mut r = Run::default();
     for n in 1..=30 {
-        m.apply(&start(n, "p"), S);
-        m.apply(&progress(n, State::Transaction, &format!("user{n}"), "STAT", 0, 0), S);
+        r.apply(&start(n, "p"), S);
+        r.apply(&progress(n, State::Transaction, &format!("user{n}"), "STAT", 0, 0), S);
     }
+    let m = r.model();
     let mut ui = UiState::default();
     handle_key(&mut ui, &m, KeyEvent::new(KeyCode::End, KeyModifiers::NONE));
     ui.settle(&m, 5);
@@ -400,9 +434,10 @@ fn help_overlay_lists_keys_and_outcomes() {
 
 #[test]
 fn passwords_are_shown_redacted_only() {
-    let mut m = Model::new();
-    m.apply(&start(1, "p"), S);
-    m.apply(&progress(1, State::Authorization, "alice", "PASS ***", 0, 0), S);
+    let mut r = Run::default();
+    r.apply(&start(1, "p"), S);
+    r.apply(&progress(1, State::Authorization, "alice", "PASS ***", 0, 0), S);
+    let m = r.model();
     let got = render(&m, &selected(1), false, (120, 30), whole).join("\n");
     assert_eq!(got.matches("PASS").count(), 1, "{got}");
     let after = got.split("PASS ").nth(1).unwrap_or_default();
@@ -434,10 +469,10 @@ fn tiny_and_odd_sizes_do_not_panic() {
 
 #[test]
 fn ended_sessions_stay_bounded() {
-    let mut m = Model::new();
+    let mut r = Run::default();
     for n in 1..=10_000 {
-        m.apply(&start(n, "p"), S);
-        m.apply(
+        r.apply(&start(n, "p"), S);
+        r.apply(
             &end(End {
                 n,
                 user: "u",
@@ -453,6 +488,7 @@ fn ended_sessions_stay_bounded() {
             S,
         );
     }
+    let m = r.model();
     assert_eq!(m.ended_total(), 10_000);
     assert_eq!(m.outcome_count(Outcome::RolledBack), 10_000);
     assert_eq!(m.at_risk(), 10_000);
@@ -496,7 +532,9 @@ fn loop_runs_keys_against_control_and_quits() {
     let ps = profiles();
     let control = Control::new(ps[0].clone(), 4242);
     let shared = shared_model();
-    feed(&shared, &[start(1, "passthrough"), progress(1, State::Transaction, "alice", "RETR 1", 1, 0)], S);
+    let events = [start(1, "passthrough"), progress(1, State::Transaction, "alice", "RETR 1", 1, 0)];
+    let mut stats = Stats::new();
+    feed(&shared, events.iter().map(|ev| (ev, stats.apply(ev))), S);
     let stop = CancellationToken::new();
     let mut terminal = Terminal::new(TestBackend::new(80, 24)).expect("test backend");
     let mut script = Script(VecDeque::from([

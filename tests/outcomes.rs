@@ -38,18 +38,15 @@ fn workload(mode: Mode) -> WorkloadConfig {
 }
 
 /// Runs two sessions of `mode` against 5 messages, the first cut after its
-/// 3rd download; returns both session ends after the stats fold.
+/// 3rd download; returns both session ends as the stats fold recorded them
+/// (with its duplicate counts).
 async fn cut_then_reconnect(mode: Mode) -> (Vec<popfault::events::SessionEnd>, Stats) {
     let mut w = World::with(profile(CUT_AFTER_THIRD), 1, 1, 5, 1500).await;
     let mut memory = UidMemory::new();
-    let mut stats = Stats::new();
-    let mut ends = Vec::new();
+    let mut stats = Stats::keeping_ends();
     for _ in 0..2 {
         let _ = run_session(w.proxy.local_addr, &workload(mode), &mut memory).await;
-        let mut ev = Event::SessionEnd(Box::new(w.next_end().await));
-        stats.apply(&mut ev);
-        let Event::SessionEnd(end) = ev else { unreachable!() };
-        ends.push(*end);
+        stats.apply(&Event::SessionEnd(Box::new(w.next_end().await)));
         tokio::time::timeout(LIMIT, async {
             while w.maildrop().is_locked("user1") {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -58,7 +55,7 @@ async fn cut_then_reconnect(mode: Mode) -> (Vec<popfault::events::SessionEnd>, S
         .await
         .unwrap();
     }
-    (ends, stats)
+    (stats.ends().to_vec(), stats)
 }
 
 #[tokio::test]

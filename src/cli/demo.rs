@@ -397,8 +397,8 @@ mod tests {
     fn the_ends_the_demo_keeps_carry_their_fingerprints() {
         let mut stats = crate::stats::Stats::keeping_ends();
         let at: SocketAddr = "127.0.0.1:42000".parse().unwrap();
-        let mut ev = crate::events::Event::SessionEnd(Box::new(end(1, at, "user3", Outcome::RolledBack, &["<u35@x>"])));
-        stats.apply(&mut ev);
+        let ev = crate::events::Event::SessionEnd(Box::new(end(1, at, "user3", Outcome::RolledBack, &["<u35@x>"])));
+        stats.apply(&ev);
         assert_eq!(stats.ends()[0].fingerprints.len(), 1);
     }
 

@@ -183,6 +183,7 @@ mod tests {
     use super::*;
     use crate::events::{Event, SessionEnd};
     use crate::session::{Outcome, State};
+    use crate::stats::Folded;
 
     fn key(code: KeyCode) -> KeyEvent {
         KeyEvent::new(code, KeyModifiers::NONE)
@@ -194,7 +195,8 @@ mod tests {
         let t = Duration::from_secs(1);
         let client = ([127, 0, 0, 1], 5000).into();
         for n in 1..=5 {
-            m.apply(&Event::SessionStart { session: n, client, upstream: "u".into(), profile: "p".into() }, t);
+            let ev = Event::SessionStart { session: n, client, upstream: "u".into(), profile: "p".into() };
+            m.apply(&ev, Folded::default(), t);
         }
         for n in [1, 2] {
             let end = SessionEnd {
@@ -218,7 +220,8 @@ mod tests {
                 fingerprints: Default::default(),
                 ended_by: "client closed".into(),
             };
-            m.apply(&Event::SessionEnd(Box::new(end)), t);
+            // Keys see rows only: no fold needed for the counts.
+            m.apply(&Event::SessionEnd(Box::new(end)), Folded::default(), t);
         }
         m
     }
@@ -314,7 +317,8 @@ mod tests {
         handle_key(&mut ui, &m, key(KeyCode::Down));
         assert_eq!((ui.selected, ui.index), (Some(4), 1));
         let client = ([127, 0, 0, 1], 5000).into();
-        m.apply(&Event::SessionStart { session: 6, client, upstream: "u".into(), profile: "p".into() }, Duration::ZERO);
+        let ev = Event::SessionStart { session: 6, client, upstream: "u".into(), profile: "p".into() };
+        m.apply(&ev, Folded::default(), Duration::ZERO);
         ui.settle(&m, 10);
         assert_eq!((ui.selected, ui.index), (Some(4), 2));
     }

@@ -2,9 +2,11 @@
 //!
 //! Three layers, each usable alone:
 //!
-//! - [`Model`]: a pure, bounded fold of [`crate::events::Event`]s. The
-//!   aggregator applies each event under the [`SharedModel`] lock; nothing
-//!   else writes it.
+//! - [`Model`]: pure and bounded: the run's totals as the one fold
+//!   ([`crate::stats::Stats`]) last handed them over, plus what only the
+//!   screen needs (session rows, the event log, throughput samples). The
+//!   aggregator writes it under the [`SharedModel`] lock ([`feed`] per
+//!   batch, [`publish`] at most once a [`FRAME`]); nothing else does.
 //! - [`handle_key`] and the `render_*` functions: pure functions of a model
 //!   snapshot and a [`UiState`]; tests drive them without a terminal.
 //! - [`run`]: the thin terminal loop. It copies the model out under the lock
@@ -31,6 +33,7 @@ pub use view::{
 };
 
 use crate::events::Event;
+use crate::stats::{Folded, Totals};
 
 /// The model shared by the aggregator (writer) and the dashboard (reader).
 pub type SharedModel = Arc<Mutex<Model>>;
@@ -40,14 +43,24 @@ pub fn shared_model() -> SharedModel {
     Arc::new(Mutex::new(Model::new()))
 }
 
-/// Folds a batch of events into the shared model under one lock: what the
-/// aggregator calls after [`crate::stats::Stats::apply`] has filled in
-/// duplicates. `now` is the time since [`Header::started`].
-pub fn feed<'a>(model: &SharedModel, events: impl IntoIterator<Item = &'a Event>, now: Duration) {
+/// Shows a batch of events under one lock, each with what the run's fold
+/// answered for it ([`crate::stats::Stats::apply`]). `now` is the time
+/// since [`Header::started`].
+pub fn feed<'a>(model: &SharedModel, events: impl IntoIterator<Item = (&'a Event, Folded)>, now: Duration) {
+    let mut m = lock(model);
+    for (ev, folded) in events {
+        m.apply(ev, folded, now);
+    }
+}
+
+/// Hands the fold's latest totals to the model: a pointer swapped under
+/// the lock, so a snapshot shares them rather than copies them.
+pub fn publish(model: &SharedModel, totals: Arc<Totals>) {
+    lock(model).set_totals(totals);
+}
+
+fn lock(model: &SharedModel) -> std::sync::MutexGuard<'_, Model> {
     // A poisoned lock means a panic elsewhere; the model is still coherent
     // enough to show (every field is updated by plain assignments).
-    let mut m = model.lock().unwrap_or_else(PoisonError::into_inner);
-    for ev in events {
-        m.apply(ev, now);
-    }
+    model.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -1,8 +1,15 @@
-//! The dashboard's model: a pure fold of [`Event`]s (no I/O, no clock; the
-//! caller says what time it is) into what the panels show.
+//! The dashboard's model: what the panels show. Pure (no I/O, no clock;
+//! the caller says what time it is).
+//!
+//! It counts nothing. The counters and percentiles are a [`Totals`] of the
+//! run's one fold ([`crate::stats::Stats`]), handed in whole now and then
+//! ([`Model::set_totals`]); the model itself folds only what the screen
+//! alone needs: live and recently ended session rows, the event log, the
+//! throughput samples. A session's duplicates come from the fold's answer
+//! ([`Folded`]), given with its end.
 //!
 //! Everything it holds is bounded whatever the load, and cloning it is cheap
-//! (rows, log lines and histograms sit behind `Arc`s and are copied only
+//! (the totals, rows and log lines sit behind `Arc`s and are copied only
 //! when written while a snapshot still shares them), so the UI can take a
 //! snapshot ten times a second and draw without holding any lock.
 
@@ -12,12 +19,9 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
-
-use crate::codec::command;
 use crate::events::{Event, SessionEnd, SessionSnapshot};
 use crate::session::{Outcome, State};
-use crate::stats::Percentiles;
+use crate::stats::{Folded, Percentiles, Totals};
 use crate::text::escape;
 
 /// Most recently ended sessions kept for the table.
@@ -37,8 +41,6 @@ pub const SAMPLE_PERIOD: Duration = Duration::from_millis(500);
 const MAX_ROW_FAULTS: usize = 8;
 /// Longest text kept from an event field (user names, commands, rules).
 const MAX_TEXT: usize = 96;
-/// Highest latency recorded, in microseconds (an hour); longer is clamped.
-const MAX_LATENCY_US: u64 = 3_600_000_000;
 
 /// How a session ended, as the table and log show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,7 +144,7 @@ impl SessionRow {
         self.faults.push(clean(rule));
     }
 
-    fn finish(&mut self, e: &SessionEnd, now: Duration) {
+    fn finish(&mut self, e: &SessionEnd, duplicates: u64, now: Duration) {
         self.client = Some(e.client);
         if let Some(u) = &e.user {
             self.user = Some(clean(u));
@@ -162,7 +164,7 @@ impl SessionRow {
         self.end = Some(Ended {
             outcome: e.outcome,
             at_risk: e.at_risk,
-            duplicates: e.duplicates,
+            duplicates,
             ended_by: clean(&e.ended_by),
             at: now,
             encrypted: e.encrypted,
@@ -215,21 +217,16 @@ pub struct Rate {
     pub down: u64,
 }
 
-/// Everything the dashboard shows, folded from events. See the module docs.
+/// Everything the dashboard shows. See the module docs.
 #[derive(Debug, Clone)]
 pub struct Model {
-    outcomes: [u64; Outcome::ALL.len()],
-    at_risk: u64,
-    duplicates: u64,
-    downloaded: u64,
-    faults_fired: u64,
+    /// The fold's totals as last handed in.
+    totals: Arc<Totals>,
+    /// Live rows dropped past [`MAX_LIVE`]: the screen's own bound.
     forgotten: u64,
     live: BTreeMap<u64, Arc<SessionRow>>,
     /// Most recently ended last.
     ended: VecDeque<Arc<SessionRow>>,
-    /// By known keyword ([`crate::codec::command::KEYWORDS`], `OTHER`
-    /// included): bounded, and no client text.
-    latency: BTreeMap<&'static str, Arc<Histogram<u64>>>,
     log: VecDeque<Arc<LogLine>>,
     samples: VecDeque<Rate>,
     last_sample: Option<(u64, u64, Duration)>,
@@ -242,20 +239,10 @@ impl Default for Model {
     }
 }
 
-fn histogram() -> Histogram<u64> {
-    // Two significant figures are plenty on screen and keep each histogram
-    // at a few KiB, so a copy-on-write after a snapshot stays cheap.
-    Histogram::new_with_bounds(1, MAX_LATENCY_US, 2).expect("constant bounds are valid")
-}
-
 /// Event text made safe to draw and bounded: control characters (an
 /// escape sequence in a rule name) would reach the terminal otherwise.
 fn clean(s: &str) -> String {
     escape(s).chars().take(MAX_TEXT).collect()
-}
-
-fn outcome_index(o: Outcome) -> usize {
-    Outcome::ALL.iter().position(|x| *x == o).unwrap_or(0)
 }
 
 // === impl Model ===
@@ -264,15 +251,10 @@ impl Model {
     /// An empty model.
     pub fn new() -> Model {
         Model {
-            outcomes: [0; Outcome::ALL.len()],
-            at_risk: 0,
-            duplicates: 0,
-            downloaded: 0,
-            faults_fired: 0,
+            totals: Arc::default(),
             forgotten: 0,
             live: BTreeMap::new(),
             ended: VecDeque::new(),
-            latency: BTreeMap::new(),
             log: VecDeque::new(),
             samples: VecDeque::new(),
             last_sample: None,
@@ -280,10 +262,10 @@ impl Model {
         }
     }
 
-    /// Folds one event in; `now` is the time since the run started. A
-    /// `SessionEnd` must already have its `duplicates` filled in (fold it
-    /// through [`crate::stats::Stats::apply`] first).
-    pub fn apply(&mut self, ev: &Event, now: Duration) {
+    /// Shows one event; `folded` is what the run's fold answered for it
+    /// ([`crate::stats::Stats::apply`]), `now` the time since the run
+    /// started. Counts nothing: see [`Model::set_totals`].
+    pub fn apply(&mut self, ev: &Event, folded: Folded, now: Duration) {
         self.now = self.now.max(now);
         match ev {
             Event::SessionStart { session, client, profile, .. } => {
@@ -299,7 +281,6 @@ impl Model {
                 }
             }
             Event::Fault { session, rule, action, point } => {
-                self.faults_fired += 1;
                 if let Some(row) = self.live.get_mut(session) {
                     Arc::make_mut(row).fault(rule);
                 }
@@ -309,9 +290,16 @@ impl Model {
                     kind: LogKind::Fault { rule: clean(rule), action: clean(action), point: clean(point) },
                 });
             }
-            Event::Latency { command, micros, .. } => self.latency(command, *micros),
-            Event::SessionEnd(e) => self.session_end(e, now),
+            // Latency is counted by the fold alone; its totals show it.
+            Event::Latency { .. } => {}
+            Event::SessionEnd(e) => self.session_end(e, folded.duplicates, now),
         }
+    }
+
+    /// The fold's totals to show from now on (outcomes, sums, faults,
+    /// latency): shared, not copied.
+    pub fn set_totals(&mut self, totals: Arc<Totals>) {
+        self.totals = totals;
     }
 
     /// Records the global byte counters (as returned by
@@ -346,13 +334,9 @@ impl Model {
         Arc::make_mut(self.live.entry(session).or_insert_with(|| Arc::new(SessionRow::new(session, now))))
     }
 
-    fn session_end(&mut self, e: &SessionEnd, now: Duration) {
+    fn session_end(&mut self, e: &SessionEnd, duplicates: u64, now: Duration) {
         let mut row = self.live.remove(&e.session).unwrap_or_else(|| Arc::new(SessionRow::new(e.session, now)));
-        Arc::make_mut(&mut row).finish(e, now);
-        self.outcomes[outcome_index(e.outcome)] += 1;
-        self.at_risk += e.at_risk as u64;
-        self.duplicates += e.duplicates;
-        self.downloaded += e.downloaded;
+        Arc::make_mut(&mut row).finish(e, duplicates, now);
         if self.ended.len() == MAX_ENDED {
             self.ended.pop_front();
         }
@@ -360,18 +344,8 @@ impl Model {
         self.log_line(LogLine {
             at: now,
             session: e.session,
-            kind: LogKind::End {
-                outcome: e.outcome,
-                at_risk: e.at_risk,
-                duplicates: e.duplicates,
-                ended_by: clean(&e.ended_by),
-            },
+            kind: LogKind::End { outcome: e.outcome, at_risk: e.at_risk, duplicates, ended_by: clean(&e.ended_by) },
         });
-    }
-
-    fn latency(&mut self, command: &str, micros: u64) {
-        let h = self.latency.entry(command::label(command)).or_insert_with(|| Arc::new(histogram()));
-        Arc::make_mut(h).saturating_record(micros.clamp(1, MAX_LATENCY_US));
     }
 
     fn log_line(&mut self, line: LogLine) {
@@ -388,14 +362,20 @@ impl Model {
         self.now
     }
 
+    /// The fold's totals shown (see [`Model::set_totals`]); the readers
+    /// below are views of them.
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
     /// Sessions that ended with `outcome`.
     pub fn outcome_count(&self, outcome: Outcome) -> u64 {
-        self.outcomes[outcome_index(outcome)]
+        self.totals.outcome(outcome)
     }
 
     /// Sessions ended so far.
     pub fn ended_total(&self) -> u64 {
-        self.outcomes.iter().sum()
+        self.totals.sessions
     }
 
     /// Sessions running now.
@@ -405,22 +385,22 @@ impl Model {
 
     /// Messages at risk of a second download, all sessions.
     pub fn at_risk(&self) -> u64 {
-        self.at_risk
+        self.totals.at_risk
     }
 
     /// Duplicate downloads observed, all sessions.
     pub fn duplicates(&self) -> u64 {
-        self.duplicates
+        self.totals.duplicates
     }
 
     /// Complete downloads in ended sessions.
     pub fn downloaded(&self) -> u64 {
-        self.downloaded
+        self.totals.downloaded
     }
 
     /// Faults fired, all sessions.
     pub fn faults_fired(&self) -> u64 {
-        self.faults_fired
+        self.totals.faults()
     }
 
     /// Live sessions forgotten because more than [`MAX_LIVE`] were tracked
@@ -469,18 +449,7 @@ impl Model {
 
     /// Per-command latency in microseconds, by command name.
     pub fn latency_percentiles(&self) -> Vec<(&str, Percentiles)> {
-        self.latency
-            .iter()
-            .map(|(k, h)| {
-                let p = Percentiles {
-                    p50: h.value_at_quantile(0.5),
-                    p99: h.value_at_quantile(0.99),
-                    max: h.max(),
-                    count: h.len(),
-                };
-                (*k, p)
-            })
-            .collect()
+        self.totals.latency_us.iter().map(|(k, p)| (*k, *p)).collect()
     }
 
     /// Throughput samples, oldest first.
@@ -497,6 +466,8 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::{Fingerprint, MessageKey};
+    use crate::stats::Stats;
 
     fn addr() -> SocketAddr {
         ([127, 0, 0, 1], 40000).into()
@@ -506,7 +477,10 @@ mod tests {
         Event::SessionStart { session: n, client: addr(), upstream: "up:110".into(), profile: "p".into() }
     }
 
+    /// An end whose session downloaded one message twice: the fold finds
+    /// one duplicate (the event's own field says 0 and is not read).
     fn end(n: u64, outcome: Outcome) -> Event {
+        let key = MessageKey::message_id(format!("<{n}@x>").as_bytes());
         Event::SessionEnd(Box::new(SessionEnd {
             session: n,
             client: addr(),
@@ -517,7 +491,7 @@ mod tests {
             downloaded: 2,
             marked: 1,
             at_risk: 2,
-            duplicates: 1,
+            duplicates: 0,
             bytes_up: 10,
             bytes_down: 100,
             duration_ms: 5,
@@ -525,29 +499,53 @@ mod tests {
             encrypted: false,
             violations: 0,
             profile: "p".into(),
-            fingerprints: Default::default(),
+            fingerprints: vec![Fingerprint { number: 1, uid: None, key }, Fingerprint { number: 2, uid: None, key }]
+                .into(),
             ended_by: "client closed".into(),
         }))
+    }
+
+    /// The aggregator's part, in small: each event through the run's fold,
+    /// then onto the screen; the totals are handed over when read.
+    #[derive(Default)]
+    struct Run {
+        stats: Stats,
+        m: Model,
+    }
+
+    impl Run {
+        fn apply(&mut self, ev: &Event, now: Duration) {
+            let folded = self.stats.apply(ev);
+            self.m.apply(ev, folded, now);
+        }
+
+        fn model(&mut self) -> &mut Model {
+            self.m.set_totals(Arc::new(self.stats.totals()));
+            &mut self.m
+        }
     }
 
     const T: Duration = Duration::from_secs(1);
 
     #[test]
     fn live_then_ended() {
-        let mut m = Model::new();
-        m.apply(&start(1), T);
+        let mut r = Run::default();
+        r.apply(&start(1), T);
+        let m = r.model();
         assert!(m.is_live(1));
         assert_eq!((m.live_count(), m.row_count()), (1, 1));
-        m.apply(&end(1, Outcome::RolledBack), T * 2);
+        r.apply(&end(1, Outcome::RolledBack), T * 2);
+        let m = r.model();
         assert!(!m.is_live(1));
         assert_eq!((m.live_count(), m.row_count(), m.ended_total()), (0, 1, 1));
         let row = m.session(1).expect("row kept");
         assert_eq!(row.end.as_ref().map(|e| (e.outcome, e.at)), Some((Outcome::RolledBack, T * 2)));
         assert_eq!(row.started, T);
+        assert_eq!(row.end.as_ref().map(|e| e.duplicates), Some(1), "the fold's answer");
         assert_eq!((m.outcome_count(Outcome::RolledBack), m.at_risk(), m.duplicates()), (1, 2, 1));
         // A late progress report does not resurrect it.
-        m.apply(&progress(1, "NOOP"), T * 3);
-        assert_eq!(m.live_count(), 0);
+        r.apply(&progress(1, "NOOP"), T * 3);
+        assert_eq!(r.model().live_count(), 0);
     }
 
     fn progress(n: u64, cmd: &str) -> Event {
@@ -565,13 +563,14 @@ mod tests {
 
     #[test]
     fn bounded_whatever_the_load() {
-        let mut m = Model::new();
+        let mut r = Run::default();
         for n in 1..=10_000 {
-            m.apply(&start(n), T);
-            m.apply(&Event::Fault { session: n, rule: "r".into(), action: "disconnect".into(), point: "x".into() }, T);
-            m.apply(&Event::Latency { session: n, seq: 1, command: format!("X{n}"), micros: n }, T);
-            m.apply(&end(n, Outcome::Committed), T);
+            r.apply(&start(n), T);
+            r.apply(&Event::Fault { session: n, rule: "r".into(), action: "disconnect".into(), point: "x".into() }, T);
+            r.apply(&Event::Latency { session: n, seq: 1, command: format!("X{n}"), micros: n }, T);
+            r.apply(&end(n, Outcome::Committed), T);
         }
+        let m = r.model();
         assert_eq!(m.ended_total(), 10_000);
         assert_eq!(m.row_count(), MAX_ENDED);
         assert_eq!(m.log().len(), MAX_LOG);
@@ -580,8 +579,9 @@ mod tests {
         assert_eq!(names, ["OTHER"]);
         // Starts whose ends were lost.
         for n in 20_000..20_000 + MAX_LIVE as u64 + 50 {
-            m.apply(&start(n), T);
+            r.apply(&start(n), T);
         }
+        let m = r.model();
         assert_eq!((m.live_count(), m.forgotten()), (MAX_LIVE, 50));
         for i in 0..2 * MAX_SAMPLES as u64 {
             m.sample_bytes(i, i, SAMPLE_PERIOD * i as u32);
@@ -591,12 +591,13 @@ mod tests {
 
     #[test]
     fn row_order_and_lookup() {
-        let mut m = Model::new();
+        let mut r = Run::default();
         for n in 1..=4 {
-            m.apply(&start(n), T);
+            r.apply(&start(n), T);
         }
-        m.apply(&end(2, Outcome::Committed), T);
-        m.apply(&end(1, Outcome::Refused), T);
+        r.apply(&end(2, Outcome::Committed), T);
+        r.apply(&end(1, Outcome::Refused), T);
+        let m = r.model();
         let order: Vec<u64> = m.rows().map(|r| r.session).collect();
         assert_eq!(order, [4, 3, 1, 2]);
         for (i, n) in order.iter().enumerate() {
@@ -619,15 +620,15 @@ mod tests {
 
     #[test]
     fn peer_text_is_cleaned_and_bounded() {
-        let mut m = Model::new();
-        m.apply(&progress(1, &format!("X\x1b[2J{}", "a".repeat(500))), T);
-        let cmd = m.session(1).and_then(|r| r.last_command.clone()).unwrap_or_default();
+        let mut r = Run::default();
+        r.apply(&progress(1, &format!("X\x1b[2J{}", "a".repeat(500))), T);
+        let cmd = r.model().session(1).and_then(|r| r.last_command.clone()).unwrap_or_default();
         assert!(!cmd.contains('\x1b'));
         assert!(cmd.starts_with("X\\x1b[2Jaaa"), "{cmd}");
         assert_eq!(cmd.chars().count(), MAX_TEXT);
         let rule = "r\u{9b}1m\x07";
-        m.apply(&Event::Fault { session: 1, rule: rule.into(), action: "stall".into(), point: rule.into() }, T);
-        let Some(LogKind::Fault { rule: shown, point, .. }) = m.log().last().map(|l| &l.kind) else {
+        r.apply(&Event::Fault { session: 1, rule: rule.into(), action: "stall".into(), point: rule.into() }, T);
+        let Some(LogKind::Fault { rule: shown, point, .. }) = r.model().log().last().map(|l| &l.kind) else {
             panic!("a fault line")
         };
         assert_eq!((shown.as_str(), point.as_str()), ("r\\u{9b}1m\\x07", "r\\u{9b}1m\\x07"));
@@ -635,11 +636,31 @@ mod tests {
 
     #[test]
     fn snapshot_is_independent_of_later_events() {
-        let mut m = Model::new();
-        m.apply(&progress(1, "RETR 1"), T);
-        let snap = m.clone();
-        m.apply(&progress(1, "DELE 1"), T);
+        let mut r = Run::default();
+        r.apply(&progress(1, "RETR 1"), T);
+        let snap = r.model().clone();
+        r.apply(&progress(1, "DELE 1"), T);
+        r.apply(&end(1, Outcome::Committed), T);
         assert_eq!(snap.session(1).and_then(|r| r.last_command.as_deref()), Some("RETR 1"));
+        assert_eq!(snap.ended_total(), 0, "the snapshot keeps the totals it was given");
+        let m = r.model();
         assert_eq!(m.session(1).and_then(|r| r.last_command.as_deref()), Some("DELE 1"));
+        assert_eq!(m.ended_total(), 1);
+    }
+
+    #[test]
+    fn the_model_counts_nothing_itself() {
+        let mut m = Model::new();
+        m.apply(&end(1, Outcome::Committed), Folded { duplicates: 1 }, T);
+        m.apply(
+            &Event::Fault { session: 1, rule: "r".into(), action: "stall".into(), point: "x".into() },
+            Folded::default(),
+            T,
+        );
+        m.apply(&Event::Latency { session: 1, seq: 1, command: "RETR".into(), micros: 5 }, Folded::default(), T);
+        // Rows and the log show the events; the counts wait for the totals.
+        assert_eq!((m.row_count(), m.log().len()), (1, 2));
+        assert_eq!((m.ended_total(), m.duplicates(), m.faults_fired()), (0, 0, 0));
+        assert!(m.latency_percentiles().is_empty());
     }
 }
