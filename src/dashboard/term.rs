@@ -170,7 +170,7 @@ pub fn run_on<B: Backend>(
         // Keys act on the snapshot on screen: what the user sees is what k cuts.
         if let Some(InputEvent::Key(key)) = input.next(wait)? {
             if let Some(cmd) = handle_key(&mut ui, &snap, key) {
-                if execute(cmd, &mut ui, control, profiles) == Flow::Quit {
+                if execute(cmd, &mut ui, control, profiles) == AfterKey::Quit {
                     stop.cancel();
                     break;
                 }
@@ -217,14 +217,14 @@ fn draw<B: Backend>(
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum Flow {
+enum AfterKey {
     Continue,
     Quit,
 }
 
-fn execute(cmd: UiCommand, ui: &mut UiState, control: &Control, profiles: &[Arc<Profile>]) -> Flow {
+fn execute(cmd: UiCommand, ui: &mut UiState, control: &Control, profiles: &[Arc<Profile>]) -> AfterKey {
     match cmd {
-        UiCommand::Quit => return Flow::Quit,
+        UiCommand::Quit => return AfterKey::Quit,
         UiCommand::TogglePause => {
             let paused = !control.paused();
             control.set_paused(paused);
@@ -248,7 +248,7 @@ fn execute(cmd: UiCommand, ui: &mut UiState, control: &Control, profiles: &[Arc<
             }
         }
     }
-    Flow::Continue
+    AfterKey::Continue
 }
 
 /// The profile after (or before) `current` in `profiles`, wrapping around.
@@ -293,7 +293,7 @@ mod tests {
         let ps = profiles();
         let control = Control::new(ps[0].clone(), 7);
         let mut ui = UiState::default();
-        assert_eq!(execute(UiCommand::TogglePause, &mut ui, &control, &ps), Flow::Continue);
+        assert_eq!(execute(UiCommand::TogglePause, &mut ui, &control, &ps), AfterKey::Continue);
         assert!(control.paused());
         execute(UiCommand::TogglePause, &mut ui, &control, &ps);
         assert!(!control.paused());
@@ -304,7 +304,7 @@ mod tests {
         assert_eq!(control.profile().name, "c");
         execute(UiCommand::Cut(9), &mut ui, &control, &ps);
         assert_eq!(ui.flash.as_ref().map(|f| f.0.as_str()), Some("session #9 is no longer live"));
-        assert_eq!(execute(UiCommand::Quit, &mut ui, &control, &ps), Flow::Quit);
+        assert_eq!(execute(UiCommand::Quit, &mut ui, &control, &ps), AfterKey::Quit);
     }
 
     #[test]
