@@ -89,7 +89,7 @@ async fn stop_cuts_live_sessions_and_counts_them() {
         popfault::server::spawn("127.0.0.1:0".parse().unwrap(), popfault::server::Maildrop::new(&Default::default()))
             .await
             .expect("embedded server");
-    let mut proxy = Proxy::builder(world.addr.to_string()).builtin("passthrough").unwrap().start().await.unwrap();
+    let proxy = Proxy::builder(world.addr.to_string()).builtin("passthrough").unwrap().start().await.unwrap();
     let mut c = TcpStream::connect(proxy.addr()).await.unwrap();
     let mut greeting = [0u8; 3];
     tokio::time::timeout(LIMIT, c.read_exact(&mut greeting)).await.unwrap().unwrap();
