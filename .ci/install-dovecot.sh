@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs Dovecot's POP3 server for the real-server tests (tests/dovecot.rs).
+# Installs Dovecot's POP3 server for the real-server tests (tests/it/dovecot.rs).
 # Idempotent: does nothing when `dovecot` is already installed. The tests
 # start their own private instances (own config, own port, no systemd), so a
 # system instance the package may have started is stopped to save resources.

@@ -1384,7 +1384,11 @@ impl Haproxy {
             if let Some(status) = child.try_wait()? {
                 bail!("haproxy exited ({status}): {}", said().trim());
             }
-            ensure!(Instant::now() < deadline, "haproxy did not listen on {addr} in {CHILD_TIMEOUT:?}: {}", said().trim());
+            ensure!(
+                Instant::now() < deadline,
+                "haproxy did not listen on {addr} in {CHILD_TIMEOUT:?}: {}",
+                said().trim()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(Haproxy { child, addr, config })

@@ -1,5 +1,5 @@
 // The relay-like harness shared by the fuzz targets (fuzz/fuzz_targets/*.rs)
-// and the regression test (tests/fuzz_regressions.rs), which both
+// and the regression test (tests/it/fuzz_regressions.rs), which both
 // `include!` this file inside a module. It drives `Pop3Codec` and `Tracker`
 // the way the relay does (append a read to the direction's buffer, take
 // every complete event, keep the rest) and panics on any broken invariant:
@@ -39,7 +39,7 @@ use std::collections::BTreeMap;
 
 /// Bugs found in src/ and not fixed yet. The fuzz targets and the normal
 /// regression replay tolerate them (narrowly, see each use) so that fuzzing
-/// goes on past them; `tests/fuzz_regressions.rs` replays the reproducers
+/// goes on past them; `tests/it/fuzz_regressions.rs` replays the reproducers
 /// strictly in an ignored test. Remove a variant from [`TOLERATED`] once
 /// its fix lands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

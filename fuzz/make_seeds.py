@@ -208,7 +208,7 @@ for name, t in TRANSCRIPTS.items():
 
 # Minimal reproducers of the bugs in harness.rs's `Known` (fuzz/regressions/):
 # they pass as the fuzzers run them (bugs tolerated) and fail the strict
-# replay (tests/fuzz_regressions.rs, ignored test) until src/ is fixed.
+# replay (tests/it/fuzz_regressions.rs, ignored test) until src/ is fixed.
 def write_regression(target, name, data):
     d = os.path.join(HERE, "regressions", target)
     os.makedirs(d, exist_ok=True)

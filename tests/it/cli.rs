@@ -1,17 +1,16 @@
 //! The command line as a user meets it: clear errors with exit code 2,
 //! the exposure warning, and a clean shutdown on SIGTERM.
 
-mod support;
 
 use std::process::Command;
 use std::time::Duration;
 
-use support::proc::Proc;
-use support::*;
+use crate::support::proc::Proc;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn popfault(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_popfault")).args(args).output().expect("run popfault");
+    let out = Command::new(crate::support::BIN).args(args).output().expect("run popfault");
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -2,14 +2,13 @@
 //! peer sends or withholds, and thousands of sessions are held. Figures
 //! are printed (see docs/RELIABILITY.md).
 
-mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use support::proc::Proc;
-use support::*;
+use crate::support::proc::Proc;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

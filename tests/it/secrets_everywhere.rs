@@ -3,7 +3,6 @@
 //! appear in none of: logs at trace level, the events file, the rendered
 //! dashboard, the summary.
 
-mod support;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -19,7 +18,7 @@ use popfault::server::{self, Maildrop, ServerConfig};
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
 use ratatui::widgets::Widget;
-use support::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 

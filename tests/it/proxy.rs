@@ -1,6 +1,5 @@
 //! The relay over real sockets: byte-exact, outcomes, pipelining, STLS.
 
-mod support;
 
 use std::time::Duration;
 
@@ -8,7 +7,7 @@ use popfault::client::{Mode, Pop3Client, UidMemory, WorkloadConfig, run_session}
 use popfault::events::Event;
 use popfault::session::Outcome;
 use rand::{Rng, SeedableRng};
-use support::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

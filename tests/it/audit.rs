@@ -3,7 +3,6 @@
 //! on disconnect), and a real Dovecot; the JSON shape; bad input; and the
 //! password never showing up in the output.
 
-mod support;
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -17,12 +16,12 @@ use popfault::cli::audit::{self, AuditConfig, Report, Verdict};
 use popfault::cli::common::RunError;
 use popfault::client::Pop3Client;
 use popfault::server::{self, Maildrop, ServerConfig, ServerHandle};
-use support::dovecot::Dovecot;
-use support::loopback;
+use crate::support::dovecot::Dovecot;
+use crate::support::loopback;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
-const BIN: &str = env!("CARGO_BIN_EXE_popfault");
+use crate::support::BIN;
 
 /// Bound on one whole audit (in-process or the binary).
 const AUDIT_LIMIT: Duration = Duration::from_secs(90);
@@ -537,7 +536,7 @@ async fn dovecot_non_destructive_audit_passes() {
     assert!(ran.stdout.contains(" 0 failed"), "{}", ran.stdout);
     assert!(!ran.stdout.contains("SKIP"), "{}", ran.stdout);
     assert!(!ran.stdout.contains(&dovecot.password) && !ran.stderr.contains(&dovecot.password));
-    tokio::time::timeout(support::LIMIT, dovecot.wait_idle()).await.expect("dovecot idle");
+    tokio::time::timeout(crate::support::LIMIT, dovecot.wait_idle()).await.expect("dovecot idle");
     assert_eq!(dovecot.message_ids(), ids, "nothing deleted");
 }
 
@@ -555,7 +554,7 @@ async fn dovecot_destructive_audit_commits() {
     assert_eq!(verdict(&report, "quit-commit"), Verdict::Pass, "{table}");
     let lost = report.scenario("quit-reply-lost").expect("listed");
     assert_eq!(lost.server_committed, Some(true), "{table}");
-    tokio::time::timeout(support::LIMIT, dovecot.wait_idle()).await.expect("dovecot idle");
+    tokio::time::timeout(crate::support::LIMIT, dovecot.wait_idle()).await.expect("dovecot idle");
     assert_eq!(dovecot.remaining(), 3, "{table}");
     assert_eq!(dovecot.message_ids(), [3, 4, 5].map(Dovecot::message_id));
 }

@@ -10,8 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-mod support;
-use support::proc::Proc;
+use crate::support::proc::Proc;
 
 /// Clear the screen, set the window title, colour red, CSI as one C1 byte.
 const ESC: &str = "\x1b[2J\x1b]0;owned\x07\x1b[31m\u{9b}1m";

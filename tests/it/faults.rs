@@ -1,7 +1,6 @@
 //! Faults over real sockets: every built-in profile against the embedded
 //! server and client, byte precision, rst/fin/silent, seeded replay.
 
-mod support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -12,7 +11,7 @@ use popfault::codec::Command;
 use popfault::events::Event;
 use popfault::faults::{Engine, Facts, Profile};
 use popfault::session::{Outcome, State};
-use support::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

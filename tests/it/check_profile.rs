@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use popfault::faults::Profile;
 use popfault::faults::builtin::BUILTIN;
 
-const BIN: &str = env!("CARGO_BIN_EXE_popfault");
+use crate::support::BIN;
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Runs the binary from the crate root (so paths in messages are the

@@ -15,6 +15,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+/// The real binary, as `cargo test` built it: the one way tests launch it
+/// (`proc::Proc` runs it as a child with limits and logs).
+pub const BIN: &str = env!("CARGO_BIN_EXE_popfault");
+
 /// Every await in tests is bounded by this.
 pub const LIMIT: Duration = Duration::from_secs(20);
 

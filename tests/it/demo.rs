@@ -13,7 +13,7 @@ use popfault::session::State;
 
 /// Runs the demo; returns (exit code, stdout).
 fn demo(profile: &str, seed: u64, secs: &str) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_popfault"))
+    let out = Command::new(crate::support::BIN)
         .args(["demo", "--headless", "--duration", secs, "--seed", &seed.to_string(), "--profile", profile])
         .args(["--users", "4", "--messages", "8"])
         .output()

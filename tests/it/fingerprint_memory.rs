@@ -5,13 +5,12 @@
 //! docs/RELIABILITY.md); `POPFAULT_FP_RETRS` and `POPFAULT_FP_SESSIONS`
 //! scale the run for measuring.
 
-mod support;
 
 use std::time::Duration;
 
 use popfault::server::{self, Maildrop, ServerConfig};
-use support::proc::Proc;
-use support::*;
+use crate::support::proc::Proc;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -3,14 +3,13 @@
 //! lost QUIT answer is in doubt (the test records what Dovecot did).
 //! Skips with a SKIPPED line without Dovecot unless POPFAULT_REQUIRE_DOVECOT=1.
 
-mod support;
 
 use std::time::Duration;
 
 use popfault::client::{Mode, UidMemory, WorkloadConfig, run_session};
 use popfault::session::Outcome;
-use support::dovecot::Dovecot;
-use support::*;
+use crate::support::dovecot::Dovecot;
+use crate::support::*;
 
 fn workload(d: &Dovecot) -> WorkloadConfig {
     WorkloadConfig {
@@ -94,7 +93,7 @@ async fn lost_quit_answer_is_in_doubt_and_dovecot_had_committed() {
 /// `None` after a SKIPPED line when curl is not installed (a failure when
 /// POPFAULT_REQUIRE_DOVECOT is set: CI installs it with Dovecot).
 fn curl(args: &[String]) -> Option<Vec<u8>> {
-    if support::dovecot::which("curl").is_none() {
+    if crate::support::dovecot::which("curl").is_none() {
         let required = std::env::var("POPFAULT_REQUIRE_DOVECOT").is_ok_and(|v| !v.is_empty() && v != "0");
         assert!(!required, "POPFAULT_REQUIRE_DOVECOT is set but curl is not installed");
         eprintln!("SKIPPED: curl not installed");

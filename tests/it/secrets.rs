@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use popfault::client::{Pop3Client, apop_digest, apop_timestamp};
 
-mod support;
-use support::b64;
-use support::proc::Proc;
+use crate::support::b64;
+use crate::support::proc::Proc;
 
 const SECRET: &str = "Zebra-Tangerine-4417";
 

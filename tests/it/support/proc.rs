@@ -25,7 +25,7 @@ impl Proc {
     /// Runs `popfault ARGS` with `env`; with `nofile`, under that open-file
     /// limit (through `sh -c ulimit`).
     pub fn spawn_with(args: &[&str], env: &[(&str, &str)], nofile: Option<u64>) -> Proc {
-        let bin = env!("CARGO_BIN_EXE_popfault");
+        let bin = crate::support::BIN;
         let mut cmd = match nofile {
             Some(n) => {
                 let mut c = Command::new("sh");

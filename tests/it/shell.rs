@@ -38,7 +38,7 @@ struct Ended {
 
 impl Run {
     fn spawn(args: &[&str]) -> Run {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_popfault"))
+        let mut child = Command::new(crate::support::BIN)
             .args(args)
             .env_remove("POPFAULT_LOG")
             .stdin(Stdio::null())
@@ -442,7 +442,7 @@ fn logs_on_a_pipe_carry_no_colour() {
 #[test]
 fn the_listen_backlog_is_an_option_with_a_large_default() {
     for cmd in ["proxy", "serve"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_popfault")).args([cmd, "--help"]).output().unwrap();
+        let out = Command::new(crate::support::BIN).args([cmd, "--help"]).output().unwrap();
         let help = String::from_utf8_lossy(&out.stdout);
         assert!(help.contains("--backlog"), "{cmd} --help:\n{help}");
     }

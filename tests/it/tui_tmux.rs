@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_popfault");
+use crate::support::BIN;
 /// Terminal size the dashboard is drawn at.
 const WIDTH: u16 = 100;
 const HEIGHT: u16 = 30;

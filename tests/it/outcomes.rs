@@ -1,6 +1,5 @@
 //! Session outcomes, duplicates across sessions, and the events file.
 
-mod support;
 
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use popfault::server::{self, Maildrop, ServerConfig};
 use popfault::session::Outcome;
 use popfault::stats::Stats;
 use std::sync::Arc;
-use support::*;
+use crate::support::*;
 
 /// Cut after the 3rd of 5 downloads has been delivered, i.e. after DELE 1
 /// and DELE 2 and before DELE 3.

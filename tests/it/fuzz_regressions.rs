@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 #[allow(dead_code)]
 mod harness {
-    include!("../fuzz/harness.rs");
+    include!("../../fuzz/harness.rs");
 }
 
 use harness::{Known, Target};

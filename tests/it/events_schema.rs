@@ -7,7 +7,6 @@
 //! has a field or an event type the page does not document. So the page and
 //! the code cannot drift apart without this test failing.
 
-mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -21,10 +20,10 @@ use popfault::relay::{self, ProxyConfig};
 use popfault::server::{self, Maildrop, ServerConfig};
 use popfault::session::Outcome;
 use serde_json::Value;
-use support::{LIMIT, loopback, profile};
+use crate::support::{LIMIT, loopback, profile};
 
 /// The page under test.
-const EVENTS_MD: &str = include_str!("../docs/EVENTS.md");
+const EVENTS_MD: &str = include_str!("../../docs/EVENTS.md");
 
 /// A seed above 2^53, so its exact round trip is checked.
 const SEED: u64 = 0xfeed_f00d_dead_beef;

@@ -1,0 +1,35 @@
+//! popfault's integration tests, one binary (`cargo test --test it`), one
+//! module per area, sharing one support module: the embedded server and
+//! the proxy on port 0, the recording tap, the real binary as a child
+//! process (`support::proc`) and a private Dovecot (`support::dovecot`).
+//!
+//! Every test talks only to 127.0.0.1, on ports the kernel picks, with
+//! bounded loops and timeouts. Run one area with `cargo test --test it
+//! proxy::`, one test by its name.
+
+mod support;
+
+mod api;
+mod architecture;
+mod audit;
+mod check_profile;
+mod cli;
+mod client;
+mod codec;
+mod dashboard_render;
+mod demo;
+mod dovecot;
+mod dovecot_proxy;
+mod escapes;
+mod events_schema;
+mod faults;
+mod fingerprint_memory;
+mod fuzz_regressions;
+mod hostile;
+mod outcomes;
+mod proxy;
+mod secrets;
+mod secrets_everywhere;
+mod server;
+mod shell;
+mod tui_tmux;
