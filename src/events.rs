@@ -41,7 +41,8 @@ pub enum Event {
         rule: String,
         /// What it did (`disconnect`, `stall`, …).
         action: String,
-        /// Where: trigger point and detail (`body RETR #3 @1024`).
+        /// Where: trigger point and detail (`body RETR 3 #5 @1024`: message 3,
+        /// the session's 5th command, body offset 1024).
         point: String,
     },
     /// A complete command was answered (for latency histograms).

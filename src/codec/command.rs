@@ -250,6 +250,19 @@ impl Command {
         }
     }
 
+    /// The message number the command names (RETR, DELE, TOP, and LIST or
+    /// UIDL with an argument), for showing where a fault fired.
+    pub fn message(&self) -> Option<u32> {
+        match self {
+            Command::Retr(n)
+            | Command::Dele(n)
+            | Command::Top(n, _)
+            | Command::List(Some(n))
+            | Command::Uidl(Some(n)) => Some(*n),
+            _ => None,
+        }
+    }
+
     /// Whether a `+OK` answer to this command is followed by a multi-line
     /// body (RFC 1939 §5–§7, RFC 2449 CAPA). A bare `AUTH` lists mechanisms
     /// multi-line on common servers (Dovecot, Cyrus). Unknown commands are

@@ -45,7 +45,9 @@ impl Facts {
 pub struct Decision {
     /// The rule's name.
     pub rule: String,
-    /// The trigger point with detail, e.g. `body RETR #4 @1024`.
+    /// The trigger point with detail, e.g. `body RETR 3 #4 @1024`: the
+    /// command with the message it names, its sequence number in the
+    /// session, the body offset.
     pub point: String,
     /// The steps that won their probability roll, in order.
     pub actions: Vec<Action>,
@@ -135,7 +137,7 @@ impl Engine {
                 continue;
             }
             let detail = match point.command() {
-                Some(c) => format!("{} {} #{}", when.as_str(), c.name(), facts.seq),
+                Some(c) => format!("{} {} #{}", when.as_str(), shown(c), facts.seq),
                 None => when.as_str().to_string(),
             };
             if let Some(d) = self.roll(i, detail) {
@@ -161,7 +163,7 @@ impl Engine {
                 // A fraction of an unknown size: nothing to aim at.
                 _ => continue,
             };
-            let detail = format!("body {} #{} @{at}", cmd.name(), facts.seq);
+            let detail = format!("body {} #{} @{at}", shown(cmd), facts.seq);
             if let Some(decision) = self.roll(i, detail) {
                 out.push(BodyCut { at, decision });
             }
@@ -294,5 +296,14 @@ fn keyword_may_be(start: &[u8], want: &str) -> bool {
     match end {
         Some(_) => keyword.eq_ignore_ascii_case(want.as_bytes()),
         None => keyword.len() <= want.len() && keyword.eq_ignore_ascii_case(&want.as_bytes()[..keyword.len()]),
+    }
+}
+
+/// A command as a fault point names it: its label and the message number
+/// it names, if any (`RETR 3`), never an argument that could be a secret.
+fn shown(cmd: &Command) -> String {
+    match cmd.message() {
+        Some(n) => format!("{} {n}", cmd.name()),
+        None => cmd.name().to_string(),
     }
 }

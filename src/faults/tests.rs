@@ -502,7 +502,7 @@ fn body_offset_is_used_with_or_without_an_announced_size() {
         assert_eq!(cuts.iter().map(|c| c.at).collect::<Vec<_>>(), [1024], "size {size:?}");
     }
     let f = Facts { seq: 4, ..facts() };
-    assert_eq!(e.plan_body(&retr(), None, &f)[0].decision.point, "body RETR #4 @1024");
+    assert_eq!(e.plan_body(&retr(), None, &f)[0].decision.point, "body RETR 1 #4 @1024");
 }
 
 #[test]
@@ -1072,7 +1072,7 @@ fn truncate_comes_out_as_a_body_cut_at_the_rules_position() {
     let cuts = e.plan_body(&retr(), Some(1000), &facts());
     assert_eq!(cuts.len(), 1);
     assert_eq!((cuts[0].at, cuts[0].decision.actions.as_slice()), (250, &[Action::Truncate(Truncate {})][..]));
-    assert_eq!(cuts[0].decision.point, "body RETR #1 @250");
+    assert_eq!(cuts[0].decision.point, "body RETR 1 #1 @250");
     // With other steps, in order: the relay sends the terminator after them.
     let cuts = e.plan_body(&Command::Top(1, 0), None, &facts());
     let names: Vec<&str> = cuts[0].decision.actions.iter().map(Action::name).collect();
