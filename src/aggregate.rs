@@ -593,6 +593,7 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
                 .into(),
+            delivery: Default::default(),
             ended_by: "closed by client".into(),
         }))
     }

@@ -102,6 +102,8 @@ struct EndLine<'a> {
     profile: &'a str,
     #[serde(flatten)]
     fingerprints: &'a Fingerprints,
+    #[serde(flatten)]
+    delivery: Delivery,
     ended_by: &'a str,
 }
 
@@ -128,6 +130,7 @@ impl<'a> EndLine<'a> {
             violations,
             profile,
             fingerprints,
+            delivery,
             ended_by,
         } = end;
         EndLine {
@@ -150,6 +153,7 @@ impl<'a> EndLine<'a> {
             violations: *violations,
             profile,
             fingerprints,
+            delivery: *delivery,
             ended_by,
         }
     }
@@ -221,9 +225,26 @@ pub struct SessionEnd {
     /// downloads past the session's cap.
     #[serde(flatten)]
     pub fingerprints: Fingerprints,
+    /// Messages that reached the client damaged or in part.
+    #[serde(flatten)]
+    pub delivery: Delivery,
     /// How the connection ended, for humans (`client closed`, `reset by
     /// server`, `upstream refused: …`).
     pub ended_by: String,
+}
+
+/// What faults did to the messages that crossed the wire: counts of
+/// responses to RETR or TOP, as the client received them (what a client
+/// then does with them is its own: fetchmail and mpop store a fragment
+/// cut midway as a message).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Delivery {
+    /// Messages delivered whole whose bytes a fault changed on the way:
+    /// `noise` injected or bits flipped by `corrupt` inside them, or the
+    /// rest dropped by `truncate`.
+    pub damaged: u64,
+    /// Messages the client got part of: the line was cut in their body.
+    pub cut_midway: u64,
 }
 
 /// Where sessions send events. Cloning is cheap; sending never waits.
@@ -309,6 +330,7 @@ mod tests {
             violations: 5,
             profile: "p".into(),
             fingerprints: vec![Fingerprint { number: 1, uid: None, key }].into(),
+            delivery: Default::default(),
             ended_by: "closed by client".into(),
         };
         let mut line = Vec::new();

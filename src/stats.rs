@@ -37,6 +37,24 @@ pub struct Folded {
     pub duplicates: u64,
 }
 
+/// Most profiles summarised one by one (a run switches profile by hand,
+/// so a few); sessions of any further ones are summed as one.
+const MAX_PROFILES: usize = 64;
+const OTHER_PROFILES: &str = "(other profiles)";
+
+/// What the sessions of one profile came to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProfileTotals {
+    /// Sessions that ran under it.
+    pub sessions: u64,
+    /// Per outcome, in [`Outcome::ALL`] order.
+    pub outcomes: [u64; Outcome::ALL.len()],
+    /// Messages at risk of a second download.
+    pub at_risk: u64,
+    /// Duplicate downloads.
+    pub duplicates: u64,
+}
+
 /// Running totals over a run.
 #[derive(Debug, Clone)]
 pub struct Stats {
@@ -49,6 +67,11 @@ pub struct Stats {
     bytes_up: u64,
     bytes_down: u64,
     faults: FaultCounts,
+    damaged: u64,
+    cut_midway: u64,
+    /// Per profile the sessions ran under (more than one when it changed
+    /// during the run).
+    profiles: BTreeMap<String, ProfileTotals>,
     latency: BTreeMap<&'static str, Histogram<u64>>,
     durations: Histogram<u64>,
     seen: HashSet<u64>,
@@ -83,6 +106,9 @@ impl Stats {
             bytes_up: 0,
             bytes_down: 0,
             faults: FaultCounts::new(),
+            damaged: 0,
+            cut_midway: 0,
+            profiles: BTreeMap::new(),
             latency: BTreeMap::new(),
             durations: histogram(),
             seen: HashSet::new(),
@@ -152,6 +178,20 @@ impl Stats {
         self.at_risk += end.at_risk as u64;
         self.duplicates += dups;
         self.downloaded += end.downloaded;
+        self.damaged += end.delivery.damaged;
+        self.cut_midway += end.delivery.cut_midway;
+        // Profile names come from profiles, and a run has few of them; past
+        // the bound further ones share one row rather than grow the map.
+        let name = if self.profiles.len() < MAX_PROFILES || self.profiles.contains_key(&end.profile) {
+            end.profile.clone()
+        } else {
+            OTHER_PROFILES.to_string()
+        };
+        let p = self.profiles.entry(name).or_default();
+        p.sessions += 1;
+        p.outcomes[outcome_index(end.outcome)] += 1;
+        p.at_risk += end.at_risk as u64;
+        p.duplicates += dups;
         self.bytes_up += end.bytes_up;
         self.bytes_down += end.bytes_down;
         let _ = self.durations.record(end.duration_ms.saturating_mul(1000).clamp(1, MAX_LATENCY_US));
@@ -196,6 +236,9 @@ impl Stats {
             bytes_up: self.bytes_up,
             bytes_down: self.bytes_down,
             faults_fired: self.faults.clone(),
+            damaged: self.damaged,
+            cut_midway: self.cut_midway,
+            profiles: self.profiles.clone(),
             latency_us: self.latency.iter().map(|(k, h)| (*k, Percentiles::of(h))).collect(),
             session_ms: Percentiles { p50: ms.p50 / 1000, p99: ms.p99 / 1000, max: ms.max / 1000, count: ms.count },
             fingerprints_dropped: self.fingerprints_dropped,
@@ -233,6 +276,12 @@ pub struct Totals {
     pub bytes_down: u64,
     /// Times each fault rule fired.
     pub faults_fired: FaultCounts,
+    /// Messages delivered whole that a fault changed (`Delivery::damaged`).
+    pub damaged: u64,
+    /// Messages the client got part of (`Delivery::cut_midway`).
+    pub cut_midway: u64,
+    /// Per profile the sessions ran under.
+    pub profiles: BTreeMap<String, ProfileTotals>,
     /// Per-command latency in microseconds, by command label.
     pub latency_us: BTreeMap<&'static str, Percentiles>,
     /// Session durations in milliseconds.
@@ -265,6 +314,20 @@ impl Totals {
             bytes_up: self.bytes_up,
             bytes_down: self.bytes_down,
             faults_fired: self.faults_fired,
+            damaged: self.damaged,
+            cut_midway: self.cut_midway,
+            profiles: self
+                .profiles
+                .into_iter()
+                .map(|(name, p)| {
+                    let outcomes =
+                        Outcome::ALL.iter().zip(p.outcomes).map(|(o, n)| (o.as_str().to_string(), n)).collect();
+                    (
+                        name,
+                        ProfileSummary { sessions: p.sessions, outcomes, at_risk: p.at_risk, duplicates: p.duplicates },
+                    )
+                })
+                .collect(),
             latency_us: self.latency_us.into_iter().map(|(k, p)| (k.to_string(), p)).collect(),
             session_ms: self.session_ms,
             dropped_events,
@@ -315,6 +378,14 @@ pub struct Summary {
     pub bytes_down: u64,
     /// Times each fault rule fired.
     pub faults_fired: FaultCounts,
+    /// Messages delivered whole whose bytes a fault changed (noise,
+    /// corruption, a `truncate`).
+    pub damaged: u64,
+    /// Messages the client got part of: the line was cut in their body.
+    pub cut_midway: u64,
+    /// Per profile the sessions ran under (more than one when the profile
+    /// was switched during the run).
+    pub profiles: BTreeMap<String, ProfileSummary>,
     /// Per-command latency in microseconds.
     pub latency_us: BTreeMap<String, Percentiles>,
     /// Session durations in milliseconds.
@@ -333,6 +404,19 @@ pub struct Summary {
     pub profile: String,
 }
 
+/// What the sessions that ran under one profile came to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProfileSummary {
+    /// Sessions that ran under it.
+    pub sessions: u64,
+    /// Count per outcome, every outcome present.
+    pub outcomes: BTreeMap<String, u64>,
+    /// Messages at risk of a second download.
+    pub at_risk: u64,
+    /// Duplicate downloads.
+    pub duplicates: u64,
+}
+
 impl Summary {
     /// A plain-text table for the terminal. Names (profile, rules,
     /// commands) are escaped: a profile may name a rule with anything.
@@ -340,6 +424,23 @@ impl Summary {
         use std::fmt::Write;
         let mut s = String::new();
         let _ = writeln!(s, "popfault summary — profile {}, seed {}", escape(&self.profile), self.seed);
+        if self.profiles.len() > 1 {
+            // The profile was switched during the run: each one's share.
+            let _ = writeln!(s, "  per profile (switched during the run):");
+            for (name, p) in &self.profiles {
+                let outcomes: Vec<String> =
+                    p.outcomes.iter().filter(|(_, n)| **n > 0).map(|(o, n)| format!("{o} {n}")).collect();
+                let _ = writeln!(
+                    s,
+                    "    {:<22} sessions {:>6}: {}; at risk {}, duplicates {}",
+                    escape(name),
+                    p.sessions,
+                    outcomes.join(", "),
+                    p.at_risk,
+                    p.duplicates
+                );
+            }
+        }
         let _ = writeln!(s, "  sessions      {:>8}", self.sessions);
         for (name, n) in &self.outcomes {
             let _ = writeln!(s, "  {name:<13} {n:>8}");
@@ -351,6 +452,14 @@ impl Summary {
             self.at_risk
         );
         let _ = writeln!(s, "  duplicates    {:>8}   (messages downloaded again)", self.duplicates);
+        if self.damaged + self.cut_midway > 0 {
+            let _ = writeln!(
+                s,
+                "  damaged       {:>8}   (messages a fault changed on the way: noise, corruption, truncate)",
+                self.damaged
+            );
+            let _ = writeln!(s, "  cut midway    {:>8}   (messages the client got part of)", self.cut_midway);
+        }
         let _ = writeln!(s, "  bytes         {:>8} up, {} down", self.bytes_up, self.bytes_down);
         if !self.faults_fired.is_empty() {
             let _ = writeln!(s, "  faults fired:");
@@ -408,8 +517,39 @@ mod tests {
             violations: 0,
             profile: "p".into(),
             fingerprints,
+            delivery: Default::default(),
             ended_by: "closed".into(),
         }))
+    }
+
+    #[test]
+    fn profiles_switched_during_a_run_are_summarised_each() {
+        let mut stats = Stats::new();
+        for (profile, outcome) in
+            [("demo", Outcome::RolledBack), ("demo", Outcome::Committed), ("lost-carrier", Outcome::InDoubt)]
+        {
+            let Event::SessionEnd(mut e) = end(Fingerprints::default()) else { unreachable!() };
+            e.profile = profile.into();
+            e.outcome = outcome;
+            e.at_risk = 2;
+            e.delivery = crate::events::Delivery { damaged: 1, cut_midway: 0 };
+            stats.apply(&Event::SessionEnd(e));
+        }
+        let summary = stats.summary(1, "demo", 0);
+        assert_eq!(summary.profiles.len(), 2);
+        let demo = &summary.profiles["demo"];
+        assert_eq!((demo.sessions, demo.at_risk), (2, 4));
+        assert_eq!((demo.outcomes["rolled-back"], demo.outcomes["committed"]), (1, 1));
+        assert_eq!(summary.profiles["lost-carrier"].outcomes["in-doubt"], 1);
+        assert_eq!((summary.damaged, summary.cut_midway), (3, 0));
+        let table = summary.to_table();
+        assert!(table.contains("per profile (switched during the run):"), "{table}");
+        assert!(table.contains("lost-carrier") && table.contains("in-doubt 1"), "{table}");
+        assert!(table.contains("damaged              3"), "{table}");
+        // One profile: no per-profile section.
+        let mut one = Stats::new();
+        one.apply(&end(Fingerprints::default()));
+        assert!(!one.summary(1, "p", 0).to_table().contains("per profile"));
     }
 
     #[test]

@@ -389,6 +389,7 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
                 .into(),
+            delivery: Default::default(),
             ended_by: "closed".into(),
         }
     }

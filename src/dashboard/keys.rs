@@ -218,6 +218,7 @@ mod tests {
                 violations: 0,
                 profile: "p".into(),
                 fingerprints: Default::default(),
+                delivery: Default::default(),
                 ended_by: "client closed".into(),
             };
             // Keys see rows only: no fold needed for the counts.

@@ -398,6 +398,16 @@ impl Model {
         self.totals.downloaded
     }
 
+    /// Messages delivered whole that a fault changed on the way.
+    pub fn damaged(&self) -> u64 {
+        self.totals.damaged
+    }
+
+    /// Messages the client got part of.
+    pub fn cut_midway(&self) -> u64 {
+        self.totals.cut_midway
+    }
+
     /// Faults fired, all sessions.
     pub fn faults_fired(&self) -> u64 {
         self.totals.faults()
@@ -501,6 +511,7 @@ mod tests {
             profile: "p".into(),
             fingerprints: vec![Fingerprint { number: 1, uid: None, key }, Fingerprint { number: 2, uid: None, key }]
                 .into(),
+            delivery: Default::default(),
             ended_by: "client closed".into(),
         }))
     }

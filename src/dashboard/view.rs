@@ -247,6 +247,12 @@ pub fn render_outcomes(area: Rect, buf: &mut Buffer, d: &Dashboard) {
     if m.forgotten() > 0 {
         let _ = write!(title, "· {} lost track ", m.forgotten());
     }
+    if m.damaged() > 0 {
+        let _ = write!(title, "· {} damaged ", m.damaged());
+    }
+    if m.cut_midway() > 0 {
+        let _ = write!(title, "· {} cut midway ", m.cut_midway());
+    }
     let block = panel(title);
     let inner = block.inner(area);
     block.render(area, buf);
@@ -651,6 +657,15 @@ pub fn render_help(area: Rect, buf: &mut Buffer) {
             Span::styled(format!("{:<14}", o.as_str()), outcome_style(o)),
             Span::raw(what),
         ]));
+    }
+    lines.push(Line::styled("Counts", head));
+    for (name, what) in [
+        ("at risk", "downloaded or marked in a rolled-back or in-doubt session: will come again"),
+        ("duplicates", "downloads of a message already downloaded in this run (same mailbox)"),
+        ("damaged", "messages delivered whole that a fault changed (noise, corruption, truncate)"),
+        ("cut midway", "messages the client got part of: the line dropped in their body"),
+    ] {
+        lines.push(Line::from(vec![Span::styled(format!("  {name:<14}"), key), Span::raw(what)]));
     }
     let text = Text::from(lines);
     let width = (text.width() as u16 + 4).min(area.width);

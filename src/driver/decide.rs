@@ -127,6 +127,7 @@ impl Driver {
                 // Cuts planned further in are past the end the client saw.
                 fx.body_cuts.clear();
                 fx.discard_body = !end;
+                self.message_done(true);
                 match self.answering.take() {
                     Some((seq, cmd)) => self.response_done(seq, &cmd, now),
                     None => Fate::Go,
@@ -136,12 +137,23 @@ impl Driver {
                 if let Some(f) = self.fx.as_deref_mut() {
                     f.body_cuts.clear();
                 }
+                self.message_done(false);
                 match self.answering.take() {
                     Some((seq, cmd)) => self.response_done(seq, &cmd, now),
                     None => Fate::Go,
                 }
             }
         }
+    }
+
+    /// The response being delivered ended (`truncated`: early, by a
+    /// fault): count it if a fault changed it.
+    fn message_done(&mut self, truncated: bool) {
+        if (self.damaging || truncated) && self.answering.as_ref().is_some_and(|(_, cmd)| super::is_message(cmd)) {
+            self.damaged = self.damaged.saturating_add(1);
+        }
+        self.damaging = false;
+        self.body_out = false;
     }
 
     /// A response was delivered in full: latency, then `response` faults.

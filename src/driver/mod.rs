@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 
 use crate::codec::{ClientEvent, Command, Pop3Codec, ServerEvent, Status};
-use crate::events::{Event, SessionEnd};
+use crate::events::{Delivery, Event, SessionEnd};
 use crate::faults::engine::rng_for;
 use crate::faults::{
     Action, BodyCut, BodyLine, Decision, Disconnect, Engine, Facts, How, Point, Refuse, RefuseHow, Side,
@@ -291,6 +291,13 @@ pub struct Driver {
     inflight: VecDeque<(u64, Instant)>,
     /// The multi-line response being delivered: (seq, command).
     answering: Option<(u64, Command)>,
+    /// A fault changed bytes of the response being delivered.
+    damaging: bool,
+    /// Some of the body being delivered reached the client.
+    body_out: bool,
+    /// Messages delivered whole that a fault changed (a u32: every idle
+    /// session carries the driver; no session delivers 2^32 messages).
+    damaged: u32,
     /// Fault effects in force; boxed, made when a fault first needs it.
     fx: Option<Box<Effects>>,
     /// Draws for fault effects, in the order they happen.
@@ -343,6 +350,9 @@ impl Driver {
             faults: Vec::new(),
             inflight: VecDeque::new(),
             answering: None,
+            damaging: false,
+            body_out: false,
+            damaged: 0,
             fx: None,
             rng,
             cut: None,
@@ -571,7 +581,11 @@ impl Driver {
     pub fn written(&mut self, dir: Dir, input: &[u8], now: Instant) {
         let Some(what) = self.in_flight[dir as usize].take() else { return };
         match what {
-            InFlight::Noise(n) => self.tracker.on_unframed(dir == Dir::Up, n),
+            InFlight::Noise(n) => {
+                self.tracker.on_unframed(dir == Dir::Up, n);
+                // Noise inside a message the client is receiving damages it.
+                self.damaging |= dir == Dir::Down && self.answering.is_some();
+            }
             InFlight::Reply(reply) => {
                 let (cmd, seq, reply) = *reply;
                 let status = Status::parse(&reply);
@@ -612,6 +626,7 @@ impl Driver {
                 self.tracker.on_unframed(dir == Dir::Up, *done);
             }
         }
+        let cut_midway = self.body_out && self.answering.as_ref().is_some_and(|(_, cmd)| is_message(cmd));
         let t = &self.tracker;
         let end = SessionEnd {
             session: self.info.number,
@@ -632,6 +647,7 @@ impl Driver {
             violations: t.violations(),
             profile: self.engine.profile().name.clone(),
             fingerprints: self.tracker.take_fingerprints(),
+            delivery: Delivery { damaged: u64::from(self.damaged), cut_midway: u64::from(cut_midway) },
             ended_by: ended_by.unwrap_or_else(|| self.ended_by()),
         };
         let mut events = std::mem::take(&mut self.events);
@@ -647,3 +663,8 @@ mod transmit;
 
 #[cfg(test)]
 mod tests;
+
+/// Whether a multi-line answer to `cmd` is (all or part of) a message.
+fn is_message(cmd: &Command) -> bool {
+    matches!(cmd, Command::Retr(_) | Command::Top(..))
+}

@@ -287,6 +287,10 @@ fn body_cuts_land_on_the_exact_byte() {
             assert_eq!(end.outcome, Outcome::RolledBack);
             assert_eq!(end.downloaded, 0, "a message cut midway is not a download");
             assert_eq!(end.ended_by, "fault: cut");
+            // Part of the message reached the client unless the cut came
+            // before its first body byte.
+            assert_eq!(end.delivery.cut_midway, u64::from(at > 0), "cut at {at}");
+            assert_eq!(end.delivery.damaged, 0);
         }
     }
 }
@@ -364,7 +368,9 @@ fn noise_goes_toward_its_side_before_the_next_bytes() {
     let got = &s.down()[before..];
     assert_eq!(got.len(), 7 + 10, "7 noise bytes, then the answer");
     assert!(got.ends_with(b"+OK 1 10\r\n"));
-    assert_eq!(s.end().bytes_down as usize, s.down().len(), "noise counts as bytes written");
+    let end = s.end();
+    assert_eq!(end.bytes_down as usize, s.down().len(), "noise counts as bytes written");
+    assert_eq!(end.delivery.damaged, 0, "noise between answers damages no message");
 }
 
 #[test]
@@ -379,6 +385,8 @@ fn corruption_flips_exactly_the_next_bytes() {
     assert_eq!(got.len(), answer.len());
     let differ: Vec<usize> = got.iter().zip(&answer).enumerate().filter(|(_, (a, b))| a != b).map(|(i, _)| i).collect();
     assert!(!differ.is_empty() && differ.iter().all(|&i| i < 4), "only the first 4 bytes changed: {differ:?}");
+    let end = s.end();
+    assert_eq!((end.delivery.damaged, end.delivery.cut_midway), (1, 0), "one message delivered damaged");
 }
 
 #[test]
@@ -493,6 +501,7 @@ fn truncate_ends_the_body_early_and_drops_the_rest() {
         assert!(!s.d.is_stopped());
         let end = s.end();
         assert_eq!(end.downloaded, 1, "the client got a whole (short) message");
+        assert_eq!(end.delivery.damaged, 1, "truncated: delivered, but not as the server sent it");
         assert_eq!(end.bytes_down as usize, s.down().len());
     }
 }
@@ -600,6 +609,7 @@ fn call_waiting_stalls_then_sends_noise_and_sometimes_drops() {
         .expect("a tone that did not drop the line");
     let end = noisy.end();
     assert_eq!(end.outcome, Outcome::CleanQuit);
+    assert!(end.delivery.damaged >= 1, "the tone's noise went into a message: {:?}", end.delivery);
     assert!(end.bytes_down as usize >= noisy.down().len(), "noise counted");
 }
 

@@ -149,6 +149,8 @@ impl Driver {
         if flip == 0 {
             return Transmit::Write(piece);
         }
+        // Bits flipped in a message the client is receiving damage it.
+        self.damaging |= dir == Dir::Down && self.answering.is_some();
         let mut owned = input[piece].to_vec();
         let k = flip.min(owned.len());
         for b in &mut owned[..k] {
@@ -188,6 +190,7 @@ impl Driver {
             Track::Server(ServerEvent::Body { offset, end }) => {
                 let ev = ServerEvent::Body { offset: offset + piece.start as u64, end: *end && whole };
                 self.tracker.on_server(&ev, &line[piece.clone()]);
+                self.body_out = true;
                 if let Some(fx) = self.fx.as_deref_mut() {
                     fx.delivered_body(&line[piece]);
                 }
@@ -203,6 +206,7 @@ impl Driver {
                 {
                     let ev = ServerEvent::Body { offset: offset + (from - split) as u64, end: *end && whole };
                     self.tracker.on_server(&ev, &line[from..piece.end]);
+                    self.body_out = true;
                     if let Some(fx) = self.fx.as_deref_mut() {
                         fx.delivered_body(&line[from..piece.end]);
                     }

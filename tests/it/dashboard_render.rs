@@ -92,6 +92,7 @@ fn end(e: End) -> Event {
             })
             .collect::<Vec<_>>()
             .into(),
+        delivery: Default::default(),
         ended_by: e.ended_by.into(),
     }))
 }

@@ -119,6 +119,7 @@ const SCALAR_TYPES: &[&str] = &[
     "state",
     "map of integer",
     "map of percentiles",
+    "map of profile totals",
 ];
 
 // === the page ===
@@ -208,6 +209,10 @@ impl Schema {
             "map of integer" => v.as_object().is_some_and(|m| m.values().all(Value::is_u64)),
             "map of percentiles" => match v.as_object() {
                 Some(m) => return m.values().try_for_each(|p| self.check("percentiles", p)),
+                None => false,
+            },
+            "map of profile totals" => match v.as_object() {
+                Some(m) => return m.values().try_for_each(|p| self.check("profile totals", p)),
                 None => false,
             },
             obj if self.objects.contains_key(obj) => return self.check_object(obj, &self.objects[obj], v),
