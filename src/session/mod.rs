@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::codec::command::UserName;
 use crate::codec::{ClientEvent, Command, ServerEvent, Status};
@@ -15,13 +14,14 @@ use crate::codec::{ClientEvent, Command, ServerEvent, Status};
 /// A maildrop bigger than this is still relayed; counters stay exact, only
 /// the per-message detail past the bound is not kept.
 pub const MAX_TRACKED_MESSAGES: usize = 100_000;
-/// Most fingerprints a session keeps (about 48 bytes each, a UID's text
-/// aside): a client that RETRs the same message again and again must not
-/// grow the proxy. Past it a completed download is counted in
-/// [`Fingerprints::dropped`] and not checked for duplicates.
-pub const MAX_FINGERPRINTS: usize = 10_000;
-/// Longest header line scanned for a Message-ID (RFC 5322 §2.1.1: 998).
-const MAX_HEADER_LINE: usize = 1000;
+
+mod fingerprint;
+mod retrieval;
+mod uid;
+
+pub use fingerprint::{Fingerprint, Fingerprints, MAX_FINGERPRINTS, MessageKey};
+use retrieval::Retrieval;
+use uid::UidTable;
 
 /// RFC 1939 session state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -103,306 +103,6 @@ impl Outcome {
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// What identifies a downloaded message across sessions: a fixed-size
-/// digest, never the text (a Message-ID can be ~1000 bytes, and a session
-/// can download the same message many times).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MessageKey {
-    /// SHA-256 (first 16 bytes) of the Message-ID header's value, trimmed.
-    MessageId([u8; 16]),
-    /// SHA-256 (first 16 bytes) of the message as relayed, when it has no
-    /// Message-ID.
-    Hash([u8; 16]),
-}
-
-impl MessageKey {
-    /// The key of a message whose Message-ID is `id` (surrounding
-    /// whitespace ignored).
-    pub fn message_id(id: &[u8]) -> MessageKey {
-        MessageKey::MessageId(digest16(Sha256::digest(id.trim_ascii())))
-    }
-}
-
-fn digest16(d: impl AsRef<[u8]>) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&d.as_ref()[..16]);
-    out
-}
-
-/// A message whose full content reached the client.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Fingerprint {
-    /// Its number in this session.
-    pub number: u32,
-    /// Its UIDL, if the client asked for the listing in this session (at
-    /// most 70 bytes).
-    pub uid: Option<Box<str>>,
-    /// Message-ID digest or content hash.
-    pub key: MessageKey,
-}
-
-/// A session's fingerprints, at most [`MAX_FINGERPRINTS`], and how many
-/// completed downloads found the list full. In the events file only the
-/// count is written (`fingerprints_dropped`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Fingerprints {
-    #[serde(skip)]
-    list: Vec<Fingerprint>,
-    /// Completed downloads not fingerprinted because the list was full.
-    #[serde(rename = "fingerprints_dropped")]
-    pub dropped: u64,
-}
-
-impl Fingerprints {
-    /// Adds one, or counts it dropped at the cap.
-    pub fn push(&mut self, f: Fingerprint) {
-        if self.list.len() < MAX_FINGERPRINTS {
-            self.list.push(f);
-        } else {
-            self.dropped += 1;
-        }
-    }
-
-    /// The fingerprints kept, in download order.
-    pub fn iter(&self) -> std::slice::Iter<'_, Fingerprint> {
-        self.list.iter()
-    }
-
-    /// How many are kept.
-    pub fn len(&self) -> usize {
-        self.list.len()
-    }
-
-    /// Whether none is kept.
-    pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
-    }
-}
-
-impl From<Vec<Fingerprint>> for Fingerprints {
-    fn from(list: Vec<Fingerprint>) -> Fingerprints {
-        let mut f = Fingerprints::default();
-        list.into_iter().for_each(|x| f.push(x));
-        f
-    }
-}
-
-impl std::ops::Deref for Fingerprints {
-    type Target = [Fingerprint];
-    fn deref(&self) -> &[Fingerprint] {
-        &self.list
-    }
-}
-
-/// Follows one RETR body to fingerprint it without holding it.
-#[derive(Debug, Clone)]
-struct Retrieval {
-    number: u32,
-    in_header: bool,
-    line: Vec<u8>,
-    line_overflow: bool,
-    message_id: Option<MessageKey>,
-    hash: Sha256,
-}
-
-impl Retrieval {
-    fn new(number: u32) -> Retrieval {
-        Retrieval {
-            number,
-            in_header: true,
-            line: Vec::new(),
-            line_overflow: false,
-            message_id: None,
-            hash: Sha256::new(),
-        }
-    }
-
-    fn feed(&mut self, bytes: &[u8]) {
-        if self.in_header {
-            for chunk in bytes.split_inclusive(|&b| b == b'\n') {
-                // Once a line overflows, nothing more of it is kept, so the
-                // result does not depend on how the bytes were chunked.
-                if !self.line_overflow && self.line.len() + chunk.len() <= MAX_HEADER_LINE {
-                    self.line.extend_from_slice(chunk);
-                } else {
-                    self.line_overflow = true;
-                }
-                if chunk.ends_with(b"\n") {
-                    self.header_line();
-                    if !self.in_header {
-                        break;
-                    }
-                }
-            }
-        }
-        // Hash only while no Message-ID is known: a message that has one is
-        // identified by it, and big bodies then cost no hashing.
-        if self.message_id.is_none() {
-            self.hash.update(bytes);
-        }
-    }
-
-    fn header_line(&mut self) {
-        let overflow = std::mem::replace(&mut self.line_overflow, false);
-        // An over-long line is a (broken) header line, not the end of the
-        // header; the buffer is reused, not reallocated, line after line.
-        let found = if overflow {
-            None
-        } else {
-            let text = crate::codec::command::trim_eol(&self.line);
-            const NAME: &[u8] = b"message-id:";
-            if text.is_empty() || text == b"." {
-                self.in_header = false;
-                None
-            } else if text.len() > NAME.len() && text[..NAME.len()].eq_ignore_ascii_case(NAME) {
-                // Only the digest is kept, never the text.
-                let value = text[NAME.len()..].trim_ascii();
-                (!value.is_empty()).then(|| MessageKey::message_id(value))
-            } else {
-                None
-            }
-        };
-        self.line.clear();
-        if let Some(id) = found {
-            self.message_id = Some(id);
-            // Nothing more to learn from the header.
-            self.in_header = false;
-        }
-    }
-
-    fn finish(self, uid: Option<Box<str>>) -> Fingerprint {
-        let key = match self.message_id {
-            Some(key) => key,
-            None => MessageKey::Hash(digest16(self.hash.finalize())),
-        };
-        Fingerprint { number: self.number, uid, key }
-    }
-}
-
-/// UIDs learnt from UIDL, by message number. One text arena and an index:
-/// a listing of n lines costs a few allocations, not a `String` and a map
-/// entry each (a big maildrop is listed in every session).
-#[derive(Debug, Clone, Default)]
-struct UidTable {
-    /// The UIDs, back to back (printable ASCII, RFC 1939 §7).
-    arena: String,
-    /// Message number → (start, length) in `arena`.
-    index: UidIndex,
-    /// Arena bytes no entry points at any more (replaced UIDs).
-    waste: usize,
-}
-
-/// A listing comes in ascending order, so the index is a sorted vector
-/// that entries are appended to. The first number out of order turns it
-/// into a map, so that no server can make each insert shift the vector.
-#[derive(Debug, Clone)]
-enum UidIndex {
-    Sorted(Vec<(u32, (u32, u8))>),
-    Map(BTreeMap<u32, (u32, u8)>),
-}
-
-impl Default for UidIndex {
-    fn default() -> Self {
-        UidIndex::Sorted(Vec::new())
-    }
-}
-
-impl UidIndex {
-    fn len(&self) -> usize {
-        match self {
-            UidIndex::Sorted(v) => v.len(),
-            UidIndex::Map(m) => m.len(),
-        }
-    }
-
-    fn get(&self, n: u32) -> Option<(u32, u8)> {
-        match self {
-            UidIndex::Sorted(v) => v.binary_search_by_key(&n, |e| e.0).ok().map(|i| v[i].1),
-            UidIndex::Map(m) => m.get(&n).copied(),
-        }
-    }
-
-    /// Whether `n` is past every number held (a listing's next line).
-    fn is_next(&self, n: u32) -> bool {
-        matches!(self, UidIndex::Sorted(v) if v.last().is_none_or(|e| e.0 < n))
-    }
-
-    fn set(&mut self, n: u32, at: (u32, u8)) {
-        match self {
-            UidIndex::Sorted(v) => match v.binary_search_by_key(&n, |e| e.0) {
-                Ok(i) => v[i].1 = at,
-                Err(i) if i == v.len() => v.push((n, at)),
-                Err(_) => {
-                    let mut m: BTreeMap<u32, (u32, u8)> = v.drain(..).collect();
-                    m.insert(n, at);
-                    *self = UidIndex::Map(m);
-                }
-            },
-            UidIndex::Map(m) => {
-                m.insert(n, at);
-            }
-        }
-    }
-
-    /// Every entry, in number order.
-    fn entries(&self) -> Vec<(u32, (u32, u8))> {
-        match self {
-            UidIndex::Sorted(v) => v.clone(),
-            UidIndex::Map(m) => m.iter().map(|(&n, &at)| (n, at)).collect(),
-        }
-    }
-
-    fn for_each_mut(&mut self, mut f: impl FnMut(&mut (u32, u8))) {
-        match self {
-            UidIndex::Sorted(v) => v.iter_mut().for_each(|e| f(&mut e.1)),
-            UidIndex::Map(m) => m.values_mut().for_each(f),
-        }
-    }
-}
-
-impl UidTable {
-    fn len(&self) -> usize {
-        self.index.len()
-    }
-
-    fn text(&self, start: u32, len: u8) -> &str {
-        &self.arena[start as usize..start as usize + len as usize]
-    }
-
-    fn get(&self, n: u32) -> Option<&str> {
-        self.index.get(n).map(|(start, len)| self.text(start, len))
-    }
-
-    /// `uid` is 1 to 70 printable ASCII bytes (checked by the caller).
-    fn insert(&mut self, n: u32, uid: &[u8]) {
-        let Ok(uid) = std::str::from_utf8(uid) else { return };
-        if !self.index.is_next(n) {
-            if let Some((start, len)) = self.index.get(n) {
-                if self.text(start, len) == uid {
-                    return;
-                }
-                self.waste += len as usize;
-            }
-        }
-        self.index.set(n, (self.arena.len() as u32, uid.len() as u8));
-        self.arena.push_str(uid);
-        // A server that lists the same numbers again and again must not
-        // grow the arena without bound: rebuild it once half is waste.
-        if self.waste > 4096 && self.waste * 2 > self.arena.len() {
-            let mut arena = String::with_capacity(self.arena.len() - self.waste);
-            let old = &self.arena;
-            self.index.for_each_mut(|(start, len)| {
-                let at = arena.len() as u32;
-                arena.push_str(&old[*start as usize..*start as usize + *len as usize]);
-                *start = at;
-            });
-            self.arena = arena;
-            self.waste = 0;
-        }
     }
 }
 
@@ -709,12 +409,7 @@ impl Tracker {
 
     /// The UIDL listing learnt in this session (number → uid).
     pub fn uids(&self) -> BTreeMap<u32, String> {
-        self.uids
-            .index
-            .entries()
-            .into_iter()
-            .map(|(n, (start, len))| (n, self.uids.text(start, len).to_owned()))
-            .collect()
+        self.uids.to_map()
     }
 
     /// The UID learnt for message `n`, if any.
@@ -895,41 +590,6 @@ mod tests {
         let f = &s.tracker.fingerprints()[0];
         assert_eq!(f.uid.as_deref(), Some("bbb"));
         assert!(matches!(f.key, MessageKey::Hash(_)));
-    }
-
-    #[test]
-    fn uid_table_keeps_the_latest_uid_in_order_or_not_and_stays_bounded() {
-        let mut t = UidTable::default();
-        for n in 1..=5u32 {
-            t.insert(n, format!("u{n}").as_bytes());
-        }
-        assert!(matches!(t.index, UidIndex::Sorted(_)));
-        t.insert(3, b"again");
-        t.insert(3, b"again");
-        assert_eq!((t.get(3), t.get(5), t.get(6), t.len()), (Some("again"), Some("u5"), None, 5));
-        // A number out of order: the index becomes a map, nothing is lost.
-        t.insert(0, b"zero");
-        assert!(matches!(t.index, UidIndex::Map(_)));
-        let all: Vec<(u32, String)> = (0..=5).map(|n| (n, t.get(n).unwrap().to_owned())).collect();
-        assert_eq!(all.iter().map(|(_, u)| u.as_str()).collect::<Vec<_>>(), ["zero", "u1", "u2", "again", "u4", "u5"]);
-        // The same number listed again and again with new UIDs: the arena
-        // is rebuilt, not grown without bound.
-        for i in 0..100_000u32 {
-            t.insert(1, format!("{i:070}").as_bytes());
-        }
-        assert!(t.arena.len() < 3 * 4096 + 6 * 70, "arena {} bytes", t.arena.len());
-        assert_eq!(t.get(1), Some(format!("{:070}", 99_999).as_str()));
-        assert_eq!(t.get(4), Some("u4"));
-        // The same while the index is still a sorted vector.
-        let mut t = UidTable::default();
-        t.insert(1, b"a");
-        t.insert(2, b"b");
-        for i in 0..100_000u32 {
-            t.insert(2, format!("{i:070}").as_bytes());
-        }
-        assert!(matches!(t.index, UidIndex::Sorted(_)));
-        assert!(t.arena.len() < 3 * 4096, "arena {} bytes", t.arena.len());
-        assert_eq!((t.get(1), t.len()), (Some("a"), 2));
     }
 
     #[test]
