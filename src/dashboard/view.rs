@@ -77,11 +77,12 @@ const TABLE_CHROME: u16 = 3;
 /// Splits the screen. At 80×24 the sessions table gets five rows; taller
 /// screens give it most of the extra height.
 pub fn layout(area: Rect) -> Areas {
-    let rest = area.height.saturating_sub(3 + 7 + 1);
-    let bottom = (rest * 2 / 5).max(5);
+    // The outcomes panel: eight outcomes and three totals, two columns.
+    let rest = area.height.saturating_sub(3 + 8 + 1);
+    let bottom = (rest * 2 / 5).max(4);
     let [header, top, sessions, bottom, footer] = Layout::vertical([
         Constraint::Length(3),
-        Constraint::Length(7),
+        Constraint::Length(8),
         Constraint::Min(TABLE_CHROME + 1),
         Constraint::Length(bottom),
         Constraint::Length(1),
@@ -134,6 +135,7 @@ pub fn outcome_style(o: Outcome) -> Style {
         Outcome::CommitFailed => s.fg(Color::Red).bold(),
         Outcome::RolledBack => s.fg(Color::Yellow).bold(),
         Outcome::InDoubt => s.fg(Color::LightRed).bold(),
+        Outcome::NothingAtStake => s.fg(Color::Gray),
         Outcome::NoLogin => s.fg(Color::Blue),
         Outcome::Refused => s.fg(Color::Magenta),
     }
@@ -648,6 +650,7 @@ pub fn render_help(area: Rect, buf: &mut Buffer) {
         (Outcome::CommitFailed, "QUIT -ERR in UPDATE: deletions failed"),
         (Outcome::RolledBack, "no QUIT: marks kept, mail comes again"),
         (Outcome::InDoubt, "QUIT sent, answer lost: nobody knows"),
+        (Outcome::NothingAtStake, "dropped with nothing marked or downloaded"),
         (Outcome::NoLogin, "ended before logging in"),
         (Outcome::Refused, "upstream down, refused, no greeting"),
         (Outcome::CleanQuit, "QUIT with nothing marked"),
@@ -660,10 +663,10 @@ pub fn render_help(area: Rect, buf: &mut Buffer) {
     }
     lines.push(Line::styled("Counts", head));
     for (name, what) in [
-        ("at risk", "downloaded or marked in a rolled-back or in-doubt session: will come again"),
-        ("duplicates", "downloads of a message already downloaded in this run (same mailbox)"),
-        ("damaged", "messages delivered whole that a fault changed (noise, corruption, truncate)"),
-        ("cut midway", "messages the client got part of: the line dropped in their body"),
+        ("at risk", "got or marked in rolled-back/in-doubt sessions: come again"),
+        ("duplicates", "downloads of a message already downloaded (same mailbox)"),
+        ("damaged", "messages a fault changed: noise, corruption, truncate"),
+        ("cut midway", "messages the client got part of (dropped in the body)"),
     ] {
         lines.push(Line::from(vec![Span::styled(format!("  {name:<14}"), key), Span::raw(what)]));
     }

@@ -56,10 +56,15 @@ pub enum Outcome {
     Committed,
     /// QUIT answered -ERR in UPDATE: some deletions failed.
     CommitFailed,
-    /// Ended in TRANSACTION without QUIT: marked messages stay on the server.
+    /// Ended in TRANSACTION without QUIT, with something at stake (a
+    /// message marked or downloaded): marked messages stay on the server.
     RolledBack,
-    /// QUIT forwarded from TRANSACTION, no answer reached the client.
+    /// QUIT forwarded from TRANSACTION with something at stake, and no
+    /// answer reached the client.
     InDoubt,
+    /// The line dropped in TRANSACTION, or QUIT's answer was lost, with
+    /// nothing marked or downloaded: nothing rolled back, nothing in doubt.
+    NothingAtStake,
     /// Ended in AUTHORIZATION (including a failed login).
     NoLogin,
     /// Upstream unreachable, refused, -ERR greeting, or no greeting.
@@ -70,11 +75,12 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in the order reports list them.
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 8] = [
         Outcome::Committed,
         Outcome::CommitFailed,
         Outcome::RolledBack,
         Outcome::InDoubt,
+        Outcome::NothingAtStake,
         Outcome::NoLogin,
         Outcome::Refused,
         Outcome::CleanQuit,
@@ -87,6 +93,7 @@ impl Outcome {
             Outcome::CommitFailed => "commit-failed",
             Outcome::RolledBack => "rolled-back",
             Outcome::InDoubt => "in-doubt",
+            Outcome::NothingAtStake => "nothing-at-stake",
             Outcome::NoLogin => "no-login",
             Outcome::Refused => "refused",
             Outcome::CleanQuit => "clean-quit",
@@ -258,6 +265,7 @@ impl Tracker {
                 self.marked.clear();
             }
             Command::Retr(n) if multiline => self.retrieval = Some(Box::new(Retrieval::new(*n))),
+            Command::Top(n, lines) if multiline => self.retrieval = Some(Box::new(Retrieval::top(*n, *lines))),
             Command::Uidl(None) if multiline => {
                 self.listing_uids = true;
                 self.uidl_line.clear();
@@ -315,7 +323,7 @@ impl Tracker {
         }
         if end {
             self.listing_uids = false;
-            if let Some(r) = self.retrieval.take() {
+            if let Some(r) = self.retrieval.take().filter(|r| r.is_whole()) {
                 let number = r.number;
                 self.downloads += 1;
                 if self.downloaded.len() < MAX_TRACKED_MESSAGES {
@@ -436,8 +444,11 @@ impl Tracker {
             (Some((State::Transaction, false)), _) => Outcome::CommitFailed,
             (Some((_, true)), _) => Outcome::CleanQuit,
             (Some((_, false)), _) => Outcome::NoLogin,
-            (None, State::Transaction) if self.quit_sent => Outcome::InDoubt,
             (None, State::Authorization) => Outcome::NoLogin,
+            // In TRANSACTION (or UPDATE with no answer): only what was
+            // marked or downloaded can be rolled back or be in doubt.
+            (None, _) if self.at_risk_if_lost() == 0 => Outcome::NothingAtStake,
+            (None, State::Transaction) if self.quit_sent => Outcome::InDoubt,
             (None, _) => Outcome::RolledBack,
         }
     }

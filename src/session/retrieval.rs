@@ -1,5 +1,7 @@
-//! Following one RETR body as it is delivered, to fingerprint the message
-//! without holding it: the Message-ID header if there is one, else a hash.
+//! Following one RETR (or TOP) body as it is delivered, to fingerprint the
+//! message without holding it: the Message-ID header if there is one, else
+//! a hash. For TOP it also counts the body lines, to tell a download (the
+//! whole message: fewer body lines than asked for) from a header peek.
 
 use sha2::{Digest, Sha256};
 
@@ -12,6 +14,8 @@ const MAX_HEADER_LINE: usize = 1000;
 #[derive(Debug, Clone)]
 pub(super) struct Retrieval {
     pub(super) number: u32,
+    /// For `TOP n lines`: the lines asked for and what has come of them.
+    top: Option<TopLines>,
     in_header: bool,
     line: Vec<u8>,
     line_overflow: bool,
@@ -19,10 +23,23 @@ pub(super) struct Retrieval {
     hash: Sha256,
 }
 
+/// The body lines of a TOP answer so far.
+#[derive(Debug, Clone, Copy)]
+struct TopLines {
+    asked: u32,
+    /// Past the empty line that ends the header.
+    in_body: bool,
+    /// The line so far has a byte other than CR.
+    line_has_text: bool,
+    /// Lines after the header, the terminator's `.` line included.
+    body_lines: u64,
+}
+
 impl Retrieval {
     pub(super) fn new(number: u32) -> Retrieval {
         Retrieval {
             number,
+            top: None,
             in_header: true,
             line: Vec::new(),
             line_overflow: false,
@@ -31,7 +48,39 @@ impl Retrieval {
         }
     }
 
+    /// For `TOP number asked`.
+    pub(super) fn top(number: u32, asked: u32) -> Retrieval {
+        let top = TopLines { asked, in_body: false, line_has_text: false, body_lines: 0 };
+        Retrieval { top: Some(top), ..Retrieval::new(number) }
+    }
+
+    /// Whether the body that ended is the whole message: always for RETR;
+    /// for TOP when the server ran out of lines before the count asked for
+    /// (fetchmail downloads with `TOP n 99999999`). A message with exactly
+    /// as many body lines as asked for is not counted: it cannot be told
+    /// from one that was cut there.
+    pub(super) fn is_whole(&self) -> bool {
+        self.top.is_none_or(|t| t.body_lines.saturating_sub(1) < u64::from(t.asked))
+    }
+
     pub(super) fn feed(&mut self, bytes: &[u8]) {
+        if let Some(t) = &mut self.top {
+            for chunk in bytes.split_inclusive(|&b| b == b'\n') {
+                let (text, ends) = match chunk.strip_suffix(b"\n") {
+                    Some(text) => (text, true),
+                    None => (chunk, false),
+                };
+                t.line_has_text |= text.iter().any(|&b| b != b'\r');
+                if ends {
+                    if t.in_body {
+                        t.body_lines += 1;
+                    } else if !t.line_has_text {
+                        t.in_body = true;
+                    }
+                    t.line_has_text = false;
+                }
+            }
+        }
         if self.in_header {
             for chunk in bytes.split_inclusive(|&b| b == b'\n') {
                 // Once a line overflows, nothing more of it is kept, so the

@@ -267,7 +267,8 @@ fn whole_dashboard_at_80x24() {
             "│commit-failed     0 clean-quit        0││RETR     1.3ms   48ms   48ms      3  │",
             "│rolled-back       1 at risk           7││DELE     311µs  311µs  311µs      1  │",
             "│in-doubt          1 duplicates        3││QUIT     823µs  823µs  823µs      1  │",
-            "│no-login          0 faults fired      2││USER     150µs  150µs  150µs      1  │",
+            "│nothing-at-stake  0 faults fired      2││USER     150µs  150µs  150µs      1  │",
+            "│no-login          0                    ││                                     │",
             "╰───────────────────────────────────────╯╰─────────────────────────────────────╯",
             "╭ sessions · 2 live · 4 recent ────────────────────────────────────────────────╮",
             "│  #     user       state  last cmd   dl/mk fault                 outcome      │",
@@ -278,9 +279,8 @@ fn whole_dashboard_at_80x24() {
             "│  3     carol      UPDATE            5/5   -                     committed    │",
             "╰───────────────────────────────────────────────────────────────────────── 2/6 ╯",
             "╭ throughput ──────────────────╮╭ events ──────────────────────────────────────╮",
-            "│↑ 7.2 KiB/s   ▁▁▂▂▃▃▄▄▄▅▅▆▆▇▇█││00:09 #4   refused (upstream refused)         │",
-            "│↓ 9.8 KiB/s   ████████████████││00:13 #6   fault quit-lost: disconnect at forw│",
-            "│              ████████████████││00:14 #6   in-doubt · 4 at risk · 1 dup (clien│",
+            "│↑ 7.2 KiB/s   ▁▁▂▂▃▃▄▄▄▅▅▆▆▇▇█││00:13 #6   fault quit-lost: disconnect at forw│",
+            "│↓ 9.8 KiB/s   ████████████████││00:14 #6   in-doubt · 4 at risk · 1 dup (clien│",
             "╰──────────── peak ↓ 9.8 KiB/s ╯╰──────────────────────────────────────────────╯",
             " q  quit   p  pause   tab  profile   k  cut   ↑↓  select   ?  help",
         ],
@@ -345,7 +345,7 @@ fn header_shows_addresses_profile_seed_uptime_and_pause() {
 
 #[test]
 fn outcome_counters_with_at_risk_and_duplicates() {
-    let got = render(&model(), &UiState::default(), false, (41, 7), render_outcomes);
+    let got = render(&model(), &UiState::default(), false, (41, 8), render_outcomes);
     assert_lines(
         &got,
         &[
@@ -354,7 +354,8 @@ fn outcome_counters_with_at_risk_and_duplicates() {
             "│commit-failed     0 clean-quit        0│",
             "│rolled-back       1 at risk           7│",
             "│in-doubt          1 duplicates        3│",
-            "│no-login          0 faults fired      2│",
+            "│nothing-at-stake  0 faults fired      2│",
+            "│no-login          0                    │",
             "╰───────────────────────────────────────╯",
         ],
     );
@@ -417,7 +418,8 @@ fn help_overlay_lists_keys_and_outcomes() {
     let ui = UiState { help: true, ..UiState::default() };
     let got = render(&model(), &ui, false, (80, 24), whole);
     let text = got.join("\n");
-    assert!(got[3].contains("╭ help ─"), "{}", got[3]);
+    // Keys, outcomes and counts fill an 80×24 screen top to bottom.
+    assert!(got[0].contains("╭ help ─"), "{}", got[0]);
     for want in [
         "q  Ctrl-C     quit (stops the run, restores the terminal)",
         "p             pause / resume fault injection",
