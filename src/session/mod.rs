@@ -21,6 +21,8 @@ mod uid;
 
 pub use fingerprint::{Fingerprint, Fingerprints, MAX_FINGERPRINTS, MessageKey};
 use retrieval::Retrieval;
+
+mod sasl;
 use uid::UidTable;
 
 /// RFC 1939 session state.
@@ -143,9 +145,31 @@ pub struct Tracker {
     retrieval: Option<Box<Retrieval>>,
     fingerprints: Fingerprints,
     uids: UidTable,
-    uidl_line: Vec<u8>,
-    uidl_overflow: bool,
-    listing_uids: bool,
+    /// A UIDL listing being delivered: its current line. Boxed, made for
+    /// the listing and dropped after it (every idle session's state counts).
+    listing: Option<Box<Listing>>,
+    /// A SASL login in progress, and the start of a client line relayed
+    /// before its end came. Boxed, made only while either is open: most
+    /// sessions never have one, and every session's state counts.
+    lines: Option<Box<Lines>>,
+}
+
+/// A UIDL listing's current line.
+#[derive(Debug, Clone, Default)]
+struct Listing {
+    line: Vec<u8>,
+    /// The line is longer than any listing line: ignored whole.
+    overflow: bool,
+}
+
+/// What the tracker keeps of client lines between events.
+#[derive(Debug, Clone, Default)]
+struct Lines {
+    /// The SASL login in progress: which of its lines name the user.
+    sasl: Option<sasl::Login>,
+    /// The start of the current line (at most a command line's limit), so
+    /// that its event sees it whole.
+    part: Vec<u8>,
 }
 
 impl Default for Tracker {
@@ -177,9 +201,8 @@ impl Tracker {
             retrieval: None,
             fingerprints: Fingerprints::default(),
             uids: UidTable::default(),
-            uidl_line: Vec::new(),
-            uidl_overflow: false,
-            listing_uids: false,
+            listing: None,
+            lines: None,
         }
     }
 
@@ -194,6 +217,16 @@ impl Tracker {
         if forwarded {
             self.bytes_up += bytes.len() as u64;
         }
+        if let ClientEvent::LinePart = ev {
+            let part = &mut self.lines.get_or_insert_default().part;
+            part.extend_from_slice(
+                &bytes[..bytes.len().min(crate::codec::MAX_COMMAND_LINE.saturating_sub(part.len()))],
+            );
+            return;
+        }
+        // The whole line: its start (passed on earlier) and these bytes.
+        let part = self.lines.as_deref_mut().map(|l| std::mem::take(&mut l.part)).unwrap_or_default();
+        let line = |bytes: &[u8]| [part.as_slice(), bytes].concat();
         match ev {
             ClientEvent::Command { cmd, .. } => {
                 self.commands += 1;
@@ -206,13 +239,38 @@ impl Tracker {
                     Command::User(name) | Command::Apop(name) if self.state == State::Authorization => {
                         self.user = Some(name.clone());
                     }
+                    Command::Auth { mechanism: Some(mechanism), initial_response }
+                        if self.state == State::Authorization =>
+                    {
+                        let mut login = sasl::Login::new(mechanism);
+                        if *initial_response {
+                            // `AUTH mechanism response`: the response is the third token.
+                            let line = line(bytes);
+                            let text = crate::codec::command::trim_eol(&line);
+                            let ir = text.split(|b| b.is_ascii_whitespace()).filter(|t| !t.is_empty()).nth(2);
+                            if let Some(name) = ir.and_then(|ir| login.response(ir)) {
+                                self.user = Some(name);
+                            }
+                        }
+                        self.lines.get_or_insert_default().sasl = Some(login);
+                    }
                     _ => {}
+                }
+            }
+            ClientEvent::SaslResponse { cancel } => {
+                if let Some(login) = self.lines.as_deref_mut().and_then(|l| l.sasl.as_mut()) {
+                    let line = line(bytes);
+                    let name = if *cancel { None } else { login.response(crate::codec::command::trim_eol(&line)) };
+                    if let Some(name) = name.filter(|_| self.state == State::Authorization) {
+                        self.user = Some(name);
+                    }
                 }
             }
             ClientEvent::OverlongStart => self.violations += 1,
             ClientEvent::Opaque => self.encrypted = true,
-            ClientEvent::OverlongMore | ClientEvent::SaslResponse { .. } | ClientEvent::LinePart => {}
+            ClientEvent::OverlongMore | ClientEvent::LinePart => {}
         }
+        self.shed_lines();
     }
 
     /// A server event whose bytes were delivered to the client.
@@ -242,6 +300,13 @@ impl Tracker {
     }
 
     fn on_status(&mut self, cmd: &Command, status: &Status, multiline: bool) {
+        if cmd.is_sasl() {
+            // The exchange's final answer: no more SASL lines.
+            if let Some(lines) = self.lines.as_deref_mut() {
+                lines.sasl = None;
+            }
+            self.shed_lines();
+        }
         match cmd {
             Command::Pass | Command::Apop(_) | Command::Auth { mechanism: Some(_), .. }
                 if status.ok && self.state == State::Authorization =>
@@ -267,9 +332,7 @@ impl Tracker {
             Command::Retr(n) if multiline => self.retrieval = Some(Box::new(Retrieval::new(*n))),
             Command::Top(n, lines) if multiline => self.retrieval = Some(Box::new(Retrieval::top(*n, *lines))),
             Command::Uidl(None) if multiline => {
-                self.listing_uids = true;
-                self.uidl_line.clear();
-                self.uidl_overflow = false;
+                self.listing = Some(Box::default());
             }
             Command::Stls if status.ok => self.encrypted = true,
             _ => {}
@@ -300,29 +363,29 @@ impl Tracker {
         if let Some(r) = &mut self.retrieval {
             r.feed(bytes);
         }
-        if self.listing_uids {
+        if let Some(mut listing) = self.listing.take() {
             for chunk in bytes.split_inclusive(|&b| b == b'\n') {
                 // A listing line is short ("n uid", uid ≤ 70); a longer one
                 // is ignored whole, however it was chunked.
-                if !self.uidl_overflow && self.uidl_line.len() + chunk.len() <= 128 {
-                    self.uidl_line.extend_from_slice(chunk);
+                if !listing.overflow && listing.line.len() + chunk.len() <= 128 {
+                    listing.line.extend_from_slice(chunk);
                 } else {
-                    self.uidl_overflow = true;
+                    listing.overflow = true;
                 }
                 if chunk.ends_with(b"\n") {
-                    // The line buffer goes back for the next line: one
-                    // allocation for the whole listing.
-                    let line = std::mem::take(&mut self.uidl_line);
-                    if !std::mem::replace(&mut self.uidl_overflow, false) {
-                        self.learn_uid(crate::codec::command::trim_eol(&line));
+                    // The line buffer is reused: one allocation for the
+                    // whole listing.
+                    if !std::mem::replace(&mut listing.overflow, false) {
+                        self.learn_uid(crate::codec::command::trim_eol(&listing.line));
                     }
-                    self.uidl_line = line;
-                    self.uidl_line.clear();
+                    listing.line.clear();
                 }
+            }
+            if !end {
+                self.listing = Some(listing);
             }
         }
         if end {
-            self.listing_uids = false;
             if let Some(r) = self.retrieval.take().filter(|r| r.is_whole()) {
                 let number = r.number;
                 self.downloads += 1;
@@ -332,6 +395,13 @@ impl Tracker {
                 let uid = self.uids.get(number).map(Box::from);
                 self.fingerprints.push(r.finish(uid));
             }
+        }
+    }
+
+    /// Frees the line state once nothing is open in it.
+    fn shed_lines(&mut self) {
+        if self.lines.as_deref().is_some_and(|l| l.sasl.is_none() && l.part.is_empty()) {
+            self.lines = None;
         }
     }
 
@@ -657,5 +727,54 @@ mod tests {
         let mut s = Sim::new();
         s.s(b"+OK hi\r\n").c(b"STLS\r\n").s(b"+OK go\r\n\x16\x03\x01");
         assert!(s.tracker.encrypted());
+    }
+
+    fn b64(text: &[u8]) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(text)
+    }
+
+    #[test]
+    fn sasl_logins_name_their_user() {
+        // AUTH PLAIN with an initial response (curl).
+        let mut s = Sim::new();
+        s.s(b"+OK hi\r\n").c(format!("AUTH PLAIN {}\r\n", b64(b"\0alice\0s3cret")).as_bytes()).s(b"+OK in\r\n");
+        assert_eq!((s.tracker.user(), s.tracker.state()), (Some("alice"), State::Transaction));
+        // AUTH LOGIN, user and password pipelined before the continuations.
+        let mut s = Sim::new();
+        let script = format!("AUTH LOGIN\r\n{}\r\n{}\r\n", b64(b"bob"), b64(b"s3cret"));
+        s.s(b"+OK hi\r\n").c(script.as_bytes()).s(b"+ VXNlcm5hbWU6\r\n+ UGFzc3dvcmQ6\r\n+OK in\r\n");
+        assert_eq!(s.tracker.user(), Some("bob"));
+        // CRAM-MD5 after its challenge.
+        let mut s = Sim::new();
+        s.s(b"+OK hi\r\n").c(b"AUTH CRAM-MD5\r\n").s(b"+ PDEyMzQ1QHRlc3Q+\r\n");
+        s.c(format!("{}\r\n", b64(b"carol 0123456789abcdef0123456789abcdef")).as_bytes()).s(b"+OK in\r\n");
+        assert_eq!(s.tracker.user(), Some("carol"));
+        // The password never becomes the user, nor anything else kept.
+        assert!(!format!("{:?}", s.tracker).contains("s3cret"));
+    }
+
+    #[test]
+    fn a_top_of_the_whole_message_is_a_download_and_a_peek_is_not() {
+        let answer = b"+OK\r\nMessage-ID: <1@test>\r\n\r\nline 1\r\nline 2\r\n.\r\n";
+        // fetchmail's way: TOP n 99999999 brings the whole message.
+        let mut s = Sim::new();
+        s.login().c(b"TOP 1 99999999\r\n").s(answer);
+        assert_eq!(s.tracker.downloads(), 1);
+        assert_eq!(s.tracker.fingerprints().len(), 1);
+        // Headers only, or fewer lines than the body has: a peek.
+        for lines in [0, 1, 2] {
+            let mut s = Sim::new();
+            s.login().c(format!("TOP 1 {lines}\r\n").as_bytes()).s(answer);
+            assert_eq!(s.tracker.downloads(), 0, "TOP 1 {lines} of a 2-line body");
+        }
+        // More lines asked for than the body has: the whole message.
+        let mut s = Sim::new();
+        s.login().c(b"TOP 1 3\r\n").s(answer);
+        assert_eq!(s.tracker.downloads(), 1);
+        // A cut TOP download puts the message at risk like a RETR.
+        let mut s = Sim::new();
+        s.login().c(b"TOP 1 99999999\r\n").s(answer).c(b"DELE 1\r\n").s(b"+OK\r\n");
+        assert_eq!((s.tracker.outcome(), s.tracker.at_risk()), (Outcome::RolledBack, 1));
     }
 }
