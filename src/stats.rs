@@ -160,18 +160,36 @@ impl Stats {
         let mut dups = 0;
         self.fingerprints_dropped += end.fingerprints.dropped;
         for f in end.fingerprints.iter() {
-            // Scope by (upstream, user): the same message in another
-            // mailbox is another message.
-            let mut h = DefaultHasher::new();
-            (&end.upstream, &end.user, &f.key).hash(&mut h);
-            let key = h.finish();
-            if self.seen.contains(&key) {
+            // Scope by mailbox (upstream, user): the same message in another
+            // mailbox is another message. A message is known by its UIDL
+            // where the session learnt it (a server that rewrites a message
+            // between sessions keeps its UID), and always by its Message-ID
+            // or content too, so that a session that never asked for the
+            // listing still finds it.
+            let key = |k: &dyn Fn(&mut DefaultHasher)| {
+                let mut h = DefaultHasher::new();
+                (&end.upstream, &end.user).hash(&mut h);
+                k(&mut h);
+                h.finish()
+            };
+            let by_content = key(&|h| (0u8, &f.key).hash(h));
+            let by_uid = f.uid.as_deref().map(|uid| key(&|h| (1u8, uid).hash(h)));
+            let keys = [Some(by_content), by_uid];
+            if keys.iter().flatten().any(|k| self.seen.contains(k)) {
                 dups += 1;
-            } else if self.seen.len() < MAX_REMEMBERED_MESSAGES {
-                self.seen.insert(key);
-            } else {
-                self.forgotten += 1;
             }
+            let mut lost = false;
+            for k in keys.into_iter().flatten() {
+                if self.seen.contains(&k) {
+                    continue;
+                }
+                if self.seen.len() < MAX_REMEMBERED_MESSAGES {
+                    self.seen.insert(k);
+                } else {
+                    lost = true;
+                }
+            }
+            self.forgotten += u64::from(lost);
         }
         self.sessions += 1;
         self.outcomes[outcome_index(end.outcome)] += 1;
@@ -520,6 +538,32 @@ mod tests {
             delivery: Default::default(),
             ended_by: "closed".into(),
         }))
+    }
+
+    #[test]
+    fn a_message_is_known_by_its_uid_and_by_its_content() {
+        use crate::session::{Fingerprint, MessageKey};
+        let fp = |uid: Option<&str>, key: u8| Fingerprint {
+            number: 1,
+            uid: uid.map(Box::from),
+            key: MessageKey::Hash([key; 16]),
+        };
+        let with = |list: Vec<Fingerprint>| {
+            let mut f = Fingerprints::default();
+            for x in list {
+                f.push(x);
+            }
+            end(f)
+        };
+        let mut stats = Stats::new();
+        // First seen with its UID and content A.
+        assert_eq!(stats.apply(&with(vec![fp(Some("uid-1"), 0xA)])).duplicates, 0);
+        // The server rewrote it (content B) but its UID is the same.
+        assert_eq!(stats.apply(&with(vec![fp(Some("uid-1"), 0xB)])).duplicates, 1);
+        // A session that never asked for UIDs still finds it by content.
+        assert_eq!(stats.apply(&with(vec![fp(None, 0xA)])).duplicates, 1);
+        // Another message: another UID and content.
+        assert_eq!(stats.apply(&with(vec![fp(Some("uid-2"), 0xC)])).duplicates, 0);
     }
 
     #[test]
