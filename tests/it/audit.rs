@@ -3,7 +3,6 @@
 //! on disconnect), and a real Dovecot; the JSON shape; bad input; and the
 //! password never showing up in the output.
 
-
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::net::SocketAddr;
@@ -12,12 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::dovecot::Dovecot;
+use crate::support::loopback;
 use popfault::cli::audit::{self, AuditConfig, Report, Verdict};
 use popfault::cli::common::RunError;
 use popfault::client::Pop3Client;
 use popfault::server::{self, Maildrop, ServerConfig, ServerHandle};
-use crate::support::dovecot::Dovecot;
-use crate::support::loopback;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 

@@ -1,7 +1,6 @@
 //! The command line as a user meets it: clear errors with exit code 2,
 //! the exposure warning, and a clean shutdown on SIGTERM.
 
-
 use std::process::Command;
 use std::time::Duration;
 

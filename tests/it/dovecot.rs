@@ -3,14 +3,13 @@
 //! messages until QUIT. Each test starts its own instance; without Dovecot
 //! they print a SKIPPED line and pass, unless POPFAULT_REQUIRE_DOVECOT=1.
 
-
 use std::collections::HashSet;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use popfault::client::{ClientError, Pop3Client, extract_message_id};
 use crate::support::LIMIT;
 use crate::support::dovecot::Dovecot;
+use popfault::client::{ClientError, Pop3Client, extract_message_id};
 
 async fn bounded<F: Future>(f: F) -> F::Output {
     tokio::time::timeout(LIMIT, f).await.expect("test finished in time")

@@ -3,13 +3,12 @@
 //! lost QUIT answer is in doubt (the test records what Dovecot did).
 //! Skips with a SKIPPED line without Dovecot unless POPFAULT_REQUIRE_DOVECOT=1.
 
-
 use std::time::Duration;
 
-use popfault::client::{Mode, UidMemory, WorkloadConfig, run_session};
-use popfault::session::Outcome;
 use crate::support::dovecot::Dovecot;
 use crate::support::*;
+use popfault::client::{Mode, UidMemory, WorkloadConfig, run_session};
+use popfault::session::Outcome;
 
 fn workload(d: &Dovecot) -> WorkloadConfig {
     WorkloadConfig {

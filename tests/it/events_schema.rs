@@ -7,12 +7,12 @@
 //! has a field or an event type the page does not document. So the page and
 //! the code cannot drift apart without this test failing.
 
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::{LIMIT, loopback, profile};
 use popfault::aggregate::Aggregator;
 use popfault::client::{Mode, UidMemory, WorkloadConfig, run_session};
 use popfault::control::Control;
@@ -20,7 +20,6 @@ use popfault::relay::{self, ProxyConfig};
 use popfault::server::{self, Maildrop, ServerConfig};
 use popfault::session::Outcome;
 use serde_json::Value;
-use crate::support::{LIMIT, loopback, profile};
 
 /// The page under test.
 const EVENTS_MD: &str = include_str!("../../docs/EVENTS.md");

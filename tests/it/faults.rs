@@ -1,17 +1,16 @@
 //! Faults over real sockets: every built-in profile against the embedded
 //! server and client, byte precision, rst/fin/silent, seeded replay.
 
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use popfault::client::{ClientError, Mode, Pop3Client, UidMemory, WorkloadConfig, run_session};
 use popfault::codec::Command;
 use popfault::events::Event;
 use popfault::faults::{Engine, Facts, Profile};
 use popfault::session::{Outcome, State};
-use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -5,12 +5,11 @@
 //! docs/RELIABILITY.md); `POPFAULT_FP_RETRS` and `POPFAULT_FP_SESSIONS`
 //! scale the run for measuring.
 
-
 use std::time::Duration;
 
-use popfault::server::{self, Maildrop, ServerConfig};
 use crate::support::proc::Proc;
 use crate::support::*;
+use popfault::server::{self, Maildrop, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -2,7 +2,6 @@
 //! peer sends or withholds, and thousands of sessions are held. Figures
 //! are printed (see docs/RELIABILITY.md).
 
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

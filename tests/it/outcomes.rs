@@ -1,8 +1,8 @@
 //! Session outcomes, duplicates across sessions, and the events file.
 
-
 use std::time::Duration;
 
+use crate::support::*;
 use popfault::aggregate::Aggregator;
 use popfault::client::{Mode, UidMemory, WorkloadConfig, run_session};
 use popfault::control::Control;
@@ -12,7 +12,6 @@ use popfault::server::{self, Maildrop, ServerConfig};
 use popfault::session::Outcome;
 use popfault::stats::Stats;
 use std::sync::Arc;
-use crate::support::*;
 
 /// Cut after the 3rd of 5 downloads has been delivered, i.e. after DELE 1
 /// and DELE 2 and before DELE 3.

@@ -1,13 +1,12 @@
 //! The relay over real sockets: byte-exact, outcomes, pipelining, STLS.
 
-
 use std::time::Duration;
 
+use crate::support::*;
 use popfault::client::{Mode, Pop3Client, UidMemory, WorkloadConfig, run_session};
 use popfault::events::Event;
 use popfault::session::Outcome;
 use rand::{Rng, SeedableRng};
-use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

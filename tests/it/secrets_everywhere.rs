@@ -3,11 +3,11 @@
 //! appear in none of: logs at trace level, the events file, the rendered
 //! dashboard, the summary.
 
-
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use popfault::aggregate::Aggregator;
 use popfault::client::{Pop3Client, apop_digest, apop_timestamp};
 use popfault::control::Control;
@@ -18,7 +18,6 @@ use popfault::server::{self, Maildrop, ServerConfig};
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
 use ratatui::widgets::Widget;
-use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
