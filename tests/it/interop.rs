@@ -372,9 +372,12 @@ async fn passthrough(server: ServerKind, kind: Kind) -> Option<Cell> {
 async fn cut_then_rerun(server: ServerKind, kind: Kind) -> Option<Cell> {
     let up = Upstream::start(server).await?;
     let mut client = Client::new(kind)?;
+    // FIN, not RST: a reset makes the client's kernel drop what it had
+    // received but not yet read, so what popfault wrote would not be what
+    // the client got (mpop, pipelining, then stores nothing).
     let rule = format!(
         "[[rule]]\nname = \"cut-after-2nd\"\nwhen = \"response\"\ncommand = \"{}\"\nnth = 2\n\
-         sessions = {{ first = 1 }}\nactions = [{{ do = \"disconnect\", side = \"both\", how = \"rst\" }}]\n",
+         sessions = {{ first = 1 }}\nactions = [{{ do = \"disconnect\", side = \"both\", how = \"fin\" }}]\n",
         kind.download_command()
     );
     let profile = Profile::from_toml(&rule, "cut-after-2nd", "interop").expect("a valid profile");
