@@ -1,7 +1,9 @@
 //! popfault's integration tests, one binary (`cargo test --test it`), one
 //! module per area, sharing one support module: the embedded server and
 //! the proxy on port 0, the recording tap, the real binary as a child
-//! process (`support::proc`) and a private Dovecot (`support::dovecot`).
+//! process (`support::proc`), a private Dovecot (`support::dovecot`), a
+//! private GNU Mailutils pop3d (`support::mailutils`) and real POP3 clients
+//! (`support::clients`).
 //!
 //! Every test talks only to 127.0.0.1, on ports the kernel picks, with
 //! bounded loops and timeouts. Run one area with `cargo test --test it
@@ -26,6 +28,7 @@ mod faults;
 mod fingerprint_memory;
 mod fuzz_regressions;
 mod hostile;
+mod interop;
 mod outcomes;
 mod proxy;
 mod secrets;

@@ -91,7 +91,18 @@ impl Dovecot {
         Dovecot::start_with(messages, true)
     }
 
+    /// As [`Dovecot::start`], seeded with `messages` (message `n` is
+    /// `messages[n - 1]`, byte for byte; a Message-ID is not required).
+    pub fn start_seeded(messages: &[Vec<u8>]) -> Option<Dovecot> {
+        Dovecot::start_with_contents(messages, false)
+    }
+
     fn start_with(messages: usize, tls: bool) -> Option<Dovecot> {
+        let contents: Vec<Vec<u8>> = (1..=messages).map(Dovecot::seeded_message).collect();
+        Dovecot::start_with_contents(&contents, tls)
+    }
+
+    fn start_with_contents(messages: &[Vec<u8>], tls: bool) -> Option<Dovecot> {
         let bin = match find_binary() {
             Ok(bin) => bin,
             Err(why) => return skip("dovecot not installed", &why),
@@ -169,6 +180,14 @@ impl Dovecot {
             .collect()
     }
 
+    /// The contents of the messages in the Maildir, in seeded order.
+    pub fn contents(&self) -> Vec<Vec<u8>> {
+        self.files()
+            .iter()
+            .map(|path| fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())))
+            .collect()
+    }
+
     /// Dovecot's log (one file for errors, info and debug).
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.join("dovecot.log")).unwrap_or_default()
@@ -195,7 +214,7 @@ impl Dovecot {
 
     // --- internals ---
 
-    fn launch(bin: &Path, version: String, messages: usize, tls: bool) -> Dovecot {
+    fn launch(bin: &Path, version: String, messages: &[Vec<u8>], tls: bool) -> Dovecot {
         let n = INSTANCES.fetch_add(1, Ordering::Relaxed);
         let name = format!("popfault-dovecot-{}-{n}", std::process::id());
         let dir = temp_root().join(&name);
@@ -212,8 +231,8 @@ impl Dovecot {
         for sub in ["cur", "new", "tmp"] {
             fs::create_dir_all(maildir.join(sub)).expect("create Maildir");
         }
-        for n in 1..=messages {
-            let content = Dovecot::seeded_message(n);
+        for (i, content) in messages.iter().enumerate() {
+            let n = i + 1;
             // Dovecot assigns UIDs to new mail in the order of the time
             // stamp that starts the file name, so message n is number n.
             let file = format!(
@@ -379,7 +398,7 @@ impl Drop for Dovecot {
 /// A shell that outlives a killed test process (own process group, so a
 /// Ctrl-C to `cargo test` misses it; no inherited pipes) and then stops
 /// Dovecot and removes its directory. Drop kills it first.
-fn watchdog(dovecot: u32, dir: &Path) -> Option<Child> {
+pub fn watchdog(dovecot: u32, dir: &Path) -> Option<Child> {
     let script = r#"while kill -0 "$1" 2>/dev/null; do sleep 1; done
 kill -TERM -- "-$2" 2>/dev/null
 sleep 3
@@ -562,7 +581,7 @@ fn supported(version: &str) -> bool {
 
 /// The system temp dir, unless Dovecot's users can't reach it or its path is
 /// too long for sockets or not plain enough for the config: then /tmp.
-fn temp_root() -> PathBuf {
+pub fn temp_root() -> PathBuf {
     let tmp = std::env::temp_dir();
     let plain = tmp.to_str().is_some_and(|s| {
         s.starts_with('/')
@@ -609,7 +628,7 @@ pub fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
 }
@@ -643,7 +662,7 @@ fn signal(sig: &str, target: &str) -> Result<String, String> {
     run(Command::new("kill").arg(sig).arg("--").arg(target))
 }
 
-struct ProcStat {
+pub struct ProcStat {
     comm: String,
     state: char,
     pgrp: u32,
@@ -673,7 +692,7 @@ fn alive(pid: u32) -> bool {
 }
 
 /// Live (not zombie) processes in process group `pgid`.
-fn group_members(pgid: u32) -> Vec<(u32, ProcStat)> {
+pub fn group_members(pgid: u32) -> Vec<(u32, ProcStat)> {
     let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
     entries
         .flatten()

@@ -204,7 +204,9 @@ pub fn sha256(b: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
 }
+pub mod clients;
 pub mod dovecot;
+pub mod mailutils;
 pub mod proc;
 
 /// Base64 (RFC 4648), to look for encoded secrets in output.
