@@ -777,4 +777,19 @@ mod tests {
         s.login().c(b"TOP 1 99999999\r\n").s(answer).c(b"DELE 1\r\n").s(b"+OK\r\n");
         assert_eq!((s.tracker.outcome(), s.tracker.at_risk()), (Outcome::RolledBack, 1));
     }
+
+    #[test]
+    fn a_message_the_server_rewrote_hashes_the_same() {
+        // No Message-ID: known by content, less what an mbox server rewrites.
+        let key = |status: &str| {
+            let mut s = Sim::new();
+            let answer = format!("+OK\r\nSubject: x\r\n{status}From: a@b\r\n\r\nbody\r\n.\r\n");
+            s.login().c(b"RETR 1\r\n").s(answer.as_bytes());
+            s.tracker.fingerprints()[0].key
+        };
+        let first = key("");
+        assert_eq!(key("Status: RO\r\nX-UID: 7\r\n"), first);
+        assert_eq!(key("X-Status: A\r\nX-Keywords: \r\n"), first);
+        assert_ne!(key("X-Other: 1\r\n"), first, "any other header is part of the message");
+    }
 }

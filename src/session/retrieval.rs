@@ -81,27 +81,36 @@ impl Retrieval {
                 }
             }
         }
-        if self.in_header {
-            for chunk in bytes.split_inclusive(|&b| b == b'\n') {
-                // Once a line overflows, nothing more of it is kept, so the
-                // result does not depend on how the bytes were chunked.
-                if !self.line_overflow && self.line.len() + chunk.len() <= MAX_HEADER_LINE {
-                    self.line.extend_from_slice(chunk);
-                } else {
+        let mut rest = bytes;
+        while self.in_header && !rest.is_empty() {
+            let cut = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+            let (chunk, tail) = rest.split_at(cut);
+            rest = tail;
+            // Once a line overflows, nothing more of it is kept, so the
+            // result does not depend on how the bytes were chunked; what
+            // was kept is hashed then, and the rest as it comes.
+            if !self.line_overflow && self.line.len() + chunk.len() <= MAX_HEADER_LINE {
+                self.line.extend_from_slice(chunk);
+            } else {
+                if !self.line_overflow {
                     self.line_overflow = true;
-                }
-                if chunk.ends_with(b"\n") {
-                    self.header_line();
-                    if !self.in_header {
-                        break;
+                    if self.message_id.is_none() {
+                        self.hash.update(&self.line);
                     }
+                    self.line.clear();
                 }
+                if self.message_id.is_none() {
+                    self.hash.update(chunk);
+                }
+            }
+            if chunk.ends_with(b"\n") {
+                self.header_line();
             }
         }
         // Hash only while no Message-ID is known: a message that has one is
         // identified by it, and big bodies then cost no hashing.
         if self.message_id.is_none() {
-            self.hash.update(bytes);
+            self.hash.update(rest);
         }
     }
 
@@ -114,6 +123,12 @@ impl Retrieval {
         } else {
             let text = crate::codec::command::trim_eol(&self.line);
             const NAME: &[u8] = b"message-id:";
+            // Headers a mailbox server rewrites as it keeps state (an mbox
+            // server's Status and X-UID): not part of what the message is,
+            // so a message rewritten between sessions hashes the same.
+            if self.message_id.is_none() && !is_mailbox_state(text) {
+                self.hash.update(&self.line);
+            }
             if text.is_empty() || text == b"." {
                 self.in_header = false;
                 None
@@ -133,11 +148,31 @@ impl Retrieval {
         }
     }
 
-    pub(super) fn finish(self, uid: Option<Box<str>>) -> Fingerprint {
+    pub(super) fn finish(mut self, uid: Option<Box<str>>) -> Fingerprint {
+        // A header line cut by the end (no LF) was never hashed.
+        if self.in_header && !self.line_overflow && self.message_id.is_none() {
+            self.hash.update(&self.line);
+        }
         let key = match self.message_id {
             Some(key) => key,
             None => MessageKey::Hash(digest16(self.hash.finalize())),
         };
         Fingerprint { number: self.number, uid, key }
     }
+}
+
+/// Whether a header line is one a mailbox server adds or changes to keep
+/// its own state (read flags, UIDs), not part of the message.
+fn is_mailbox_state(line: &[u8]) -> bool {
+    const NAMES: [&[u8]; 8] = [
+        b"status:",
+        b"x-status:",
+        b"x-uid:",
+        b"x-keywords:",
+        b"x-imap:",
+        b"x-imapbase:",
+        b"x-mozilla-status:",
+        b"x-mozilla-status2:",
+    ];
+    NAMES.iter().any(|n| line.len() >= n.len() && line[..n.len()].eq_ignore_ascii_case(n))
 }
