@@ -459,26 +459,26 @@ impl Summary {
                 );
             }
         }
-        let _ = writeln!(s, "  sessions      {:>8}", self.sessions);
+        let _ = writeln!(s, "  sessions         {:>8}", self.sessions);
         for (name, n) in &self.outcomes {
-            let _ = writeln!(s, "  {name:<13} {n:>8}");
+            let _ = writeln!(s, "  {name:<16} {n:>8}");
         }
-        let _ = writeln!(s, "  downloaded    {:>8}", self.downloaded);
+        let _ = writeln!(s, "  downloaded       {:>8}", self.downloaded);
         let _ = writeln!(
             s,
-            "  at risk       {:>8}   (downloaded or marked in rolled-back / in-doubt sessions)",
+            "  at risk          {:>8}   (downloaded or marked in rolled-back / in-doubt sessions)",
             self.at_risk
         );
-        let _ = writeln!(s, "  duplicates    {:>8}   (messages downloaded again)", self.duplicates);
+        let _ = writeln!(s, "  duplicates       {:>8}   (messages downloaded again)", self.duplicates);
         if self.damaged + self.cut_midway > 0 {
             let _ = writeln!(
                 s,
-                "  damaged       {:>8}   (messages a fault changed on the way: noise, corruption, truncate)",
+                "  damaged          {:>8}   (messages a fault changed on the way: noise, corruption, truncate)",
                 self.damaged
             );
-            let _ = writeln!(s, "  cut midway    {:>8}   (messages the client got part of)", self.cut_midway);
+            let _ = writeln!(s, "  cut midway       {:>8}   (messages the client got part of)", self.cut_midway);
         }
-        let _ = writeln!(s, "  bytes         {:>8} up, {} down", self.bytes_up, self.bytes_down);
+        let _ = writeln!(s, "  bytes            {:>8} up, {} down", self.bytes_up, self.bytes_down);
         if !self.faults_fired.is_empty() {
             let _ = writeln!(s, "  faults fired:");
             for (rule, n) in &self.faults_fired {
@@ -589,7 +589,7 @@ mod tests {
         let table = summary.to_table();
         assert!(table.contains("per profile (switched during the run):"), "{table}");
         assert!(table.contains("lost-carrier") && table.contains("in-doubt 1"), "{table}");
-        assert!(table.contains("damaged              3"), "{table}");
+        assert!(table.contains("damaged                 3"), "{table}");
         // One profile: no per-profile section.
         let mut one = Stats::new();
         one.apply(&end(Fingerprints::default()));
