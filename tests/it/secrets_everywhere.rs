@@ -1,5 +1,6 @@
-//! Credentials of every kind (USER/PASS, APOP, AUTH PLAIN and AUTH LOGIN,
-//! with initial responses and continuations) go through the proxy and
+//! Credentials of every kind (USER/PASS, APOP, AUTH PLAIN, AUTH LOGIN,
+//! CRAM-MD5 and XOAUTH2, with initial responses and continuations) go
+//! through the proxy and
 //! appear in none of: logs at trace level, the events file, the rendered
 //! dashboard, the summary.
 
@@ -28,6 +29,9 @@ const TABBED: &str = "Walrus-Indigo-1618";
 const SPACED: [&str; 2] = ["Yk3Vb8", "Hq5Rn"];
 const KEYWORD: &str = "Xv9Tm4Ld";
 const LOGIN_USER: &str = "loginuser";
+/// A CRAM-MD5 response's digest and an XOAUTH2 bearer token.
+const DIGEST: &str = "5f3c9a0d2b7e41c8a6d9e0f1b2c3d4e5";
+const TOKEN: &str = "ya29.Heron-Cobalt-4142";
 
 /// Log lines, captured at trace level for the whole process.
 #[derive(Clone, Default)]
@@ -65,7 +69,9 @@ async fn login_server() -> std::net::SocketAddr {
                         let line: Vec<u8> = pending.drain(..=i).collect();
                         let text = String::from_utf8_lossy(&line).trim_end().to_string();
                         lines.push(text.clone());
-                        let reply: &[u8] = if text == "AUTH LOGIN" {
+                        let reply: &[u8] = if text == "AUTH CRAM-MD5" {
+                            b"+ PDEyMzRAdGVzdD4=\r\n"
+                        } else if text == "AUTH LOGIN" {
                             b"+ VXNlcm5hbWU6\r\n"
                         } else if text.starts_with("AUTH LOGIN ")
                             || lines.len() >= 2 && lines[lines.len() - 2] == "AUTH LOGIN"
@@ -96,6 +102,22 @@ async fn auth_login(addr: std::net::SocketAddr, initial: bool) {
     }
     assert!(c.read_line().await.unwrap().starts_with("+ "));
     c.send_raw(format!("{}\r\n", b64(SECRET.as_bytes())).as_bytes()).await.unwrap();
+    assert!(c.read_line().await.unwrap().starts_with("+OK"));
+    c.quit().await.unwrap();
+}
+
+/// CRAM-MD5 (after the challenge) and XOAUTH2 (initial response): the
+/// proxy learns the user from each, and nothing else of it.
+async fn cram_and_xoauth2(addr: std::net::SocketAddr) {
+    let (mut c, _) = Pop3Client::connect(addr).await.unwrap();
+    c.send_raw(b"AUTH CRAM-MD5\r\n").await.unwrap();
+    assert!(c.read_line().await.unwrap().starts_with("+ "));
+    c.send_raw(format!("{}\r\n", b64(format!("cramuser {DIGEST}").as_bytes())).as_bytes()).await.unwrap();
+    assert!(c.read_line().await.unwrap().starts_with("+OK"));
+    c.quit().await.unwrap();
+    let (mut c, _) = Pop3Client::connect(addr).await.unwrap();
+    let xoauth = b64(format!("user=xoauthuser\x01auth=Bearer {TOKEN}\x01\x01").as_bytes());
+    c.send_raw(format!("AUTH XOAUTH2 {xoauth}\r\n").as_bytes()).await.unwrap();
     assert!(c.read_line().await.unwrap().starts_with("+OK"));
     c.quit().await.unwrap();
 }
@@ -148,6 +170,13 @@ async fn secrets_appear_in_no_log_event_dashboard_or_summary() {
         }
         auth_login(to_login.local_addr, true).await;
         auth_login(to_login.local_addr, false).await;
+        cram_and_xoauth2(to_login.local_addr).await;
+        needles.extend([
+            DIGEST.to_string(),
+            b64(format!("cramuser {DIGEST}").as_bytes()),
+            TOKEN.to_string(),
+            b64(format!("user=xoauthuser\x01auth=Bearer {TOKEN}\x01\x01").as_bytes()),
+        ]);
         // A password on a line of its own, PASS with a tab, a user name
         // with spaces, an unknown keyword that is a password.
         let scripts = [
@@ -195,7 +224,11 @@ async fn secrets_appear_in_no_log_event_dashboard_or_summary() {
     let summary_text = summary.to_table() + &serde_json::to_string(&summary).unwrap();
     assert!(log_text.contains("session ended"), "trace logging was captured");
     assert!(screen.contains("user1") && screen.contains("user2"), "the dashboard shows the sessions:\n{screen}");
-    assert_eq!(summary.sessions, 10);
+    // The user names of the SASL logins, and nothing else of them.
+    for user in ["user3", LOGIN_USER, "cramuser", "xoauthuser"] {
+        assert!(screen.contains(user), "the dashboard names the SASL user {user}:\n{screen}");
+    }
+    assert_eq!(summary.sessions, 12);
     for s in [ALONE, TABBED, SPACED[0], SPACED[1], KEYWORD] {
         needles.extend([s.to_string(), b64(s.as_bytes()), b64(format!("\0user1\0{s}").as_bytes())]);
     }
