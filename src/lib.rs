@@ -52,3 +52,5 @@ pub mod session;
 pub mod stats;
 #[doc(hidden)]
 pub mod text;
+#[doc(hidden)]
+pub mod transcripts;

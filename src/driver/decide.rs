@@ -10,6 +10,7 @@ use crate::codec::Command;
 use crate::events::{Event, SessionSnapshot};
 use crate::faults::engine::jittered;
 use crate::faults::{Action, Corrupt, Decision, Delay, Disconnect, Facts, Noise, Point, Reply, Side, Stall, Throttle};
+use crate::text::escape;
 
 impl Driver {
     pub(super) fn facts(&self, seq: u64, now: Instant) -> Facts {
@@ -35,13 +36,14 @@ impl Driver {
     }
 
     /// Emits the fault event of a decision and remembers the rule.
-    pub(super) fn record(&mut self, d: &Decision) {
+    pub(super) fn record(&mut self, d: &Decision, now: Instant) {
         self.faults.push(d.rule.clone());
         let action = if d.actions.is_empty() {
             "none".to_string()
         } else {
             d.actions.iter().map(Action::name).collect::<Vec<_>>().join("+")
         };
+        self.note(now, format_args!("fault {}: {action} at {}", escape(&d.rule), d.point));
         self.events.push(Event::Fault {
             session: self.info.number,
             rule: d.rule.clone(),
@@ -63,7 +65,7 @@ impl Driver {
         let decisions = self.engine.decide(&point, &facts);
         let mut flow = Fate::Go;
         for d in decisions {
-            self.record(&d);
+            self.record(&d, now);
             match self.act(d, dir, now) {
                 Fate::Stop => return Fate::Stop,
                 Fate::Go => {}
@@ -127,7 +129,7 @@ impl Driver {
                 // Cuts planned further in are past the end the client saw.
                 fx.body_cuts.clear();
                 fx.discard_body = !end;
-                self.message_done(true);
+                self.message_done(true, now);
                 match self.answering.take() {
                     Some((seq, cmd)) => self.response_done(seq, &cmd, now),
                     None => Fate::Go,
@@ -137,7 +139,7 @@ impl Driver {
                 if let Some(f) = self.fx.as_deref_mut() {
                     f.body_cuts.clear();
                 }
-                self.message_done(false);
+                self.message_done(false, now);
                 match self.answering.take() {
                     Some((seq, cmd)) => self.response_done(seq, &cmd, now),
                     None => Fate::Go,
@@ -148,12 +150,17 @@ impl Driver {
 
     /// The response being delivered ended (`truncated`: early, by a
     /// fault): count it if a fault changed it.
-    fn message_done(&mut self, truncated: bool) {
+    fn message_done(&mut self, truncated: bool, now: Instant) {
         if (self.damaging || truncated) && self.answering.as_ref().is_some_and(|(_, cmd)| super::is_message(cmd)) {
             self.damaged = self.damaged.saturating_add(1);
         }
         self.damaging = false;
         self.body_out = false;
+        let len = std::mem::take(&mut self.body_len);
+        if self.info.run.transcripts {
+            let how = if truncated { ", then ended early by truncate" } else { "" };
+            self.note(now, format_args!("S: (body, {len} bytes{how})"));
+        }
     }
 
     /// A response was delivered in full: latency, then `response` faults.

@@ -82,6 +82,8 @@ pub struct RunInfo {
     pub greeting_timeout: Duration,
     /// Someone draws live progress: send `Progress` events.
     pub wants_progress: bool,
+    /// Keep a transcript of each session ([`Driver::take_transcript`]).
+    pub transcripts: bool,
 }
 
 /// What a session knows that does not change.
@@ -326,6 +328,12 @@ pub struct Driver {
     /// Per direction: the source sent FIN.
     eof: [bool; 2],
     events: Vec<Event>,
+    /// Transcript lines not yet handed over, when transcripts are on.
+    /// Boxed: 8 bytes in every session, not a `Vec`'s 24.
+    #[allow(clippy::box_collection)]
+    transcript: Option<Box<Vec<String>>>,
+    /// Body bytes of the response being delivered, for the transcript.
+    body_len: u32,
     /// Something was queued that the shell's other futures must see.
     wake: bool,
 }
@@ -368,6 +376,8 @@ impl Driver {
             in_flight: [None, None],
             eof: [false, false],
             events: vec![start],
+            transcript: None,
+            body_len: 0,
             wake: false,
         }
     }
@@ -416,6 +426,21 @@ impl Driver {
     /// The events to emit, in order.
     pub fn take_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.events)
+    }
+
+    /// The transcript lines written since the last call (none unless the
+    /// run keeps transcripts): what the session did, secrets redacted.
+    pub fn take_transcript(&mut self) -> Vec<String> {
+        self.transcript.as_deref_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Notes a transcript line, `now` into the session.
+    fn note(&mut self, now: Instant, text: std::fmt::Arguments<'_>) {
+        if !self.info.run.transcripts {
+            return;
+        }
+        let t = now.saturating_duration_since(self.info.started).as_secs_f64();
+        self.transcript.get_or_insert_default().push(format!("{t:>9.3}s  {text}"));
     }
 
     /// Whether there are events to emit.
@@ -474,7 +499,7 @@ impl Driver {
         let facts = Facts::at_accept(now.saturating_duration_since(self.info.run.run_started));
         let decisions = self.engine.decide(&Point::Accept, &facts);
         for d in &decisions {
-            self.record(d);
+            self.record(d, now);
             for a in &d.actions {
                 if let Action::Refuse(Refuse { how, text }) = a {
                     self.tracker.set_refused();
@@ -539,7 +564,7 @@ impl Driver {
         }
         let disconnect = Action::Disconnect(Disconnect { side: Side::Both, how: How::Rst });
         let d = Decision { rule: "manual".into(), point: "manual".into(), actions: vec![disconnect] };
-        self.record(&d);
+        self.record(&d, now);
         self.act(d, Dir::Down, now);
     }
 
@@ -568,7 +593,7 @@ impl Driver {
             }
             let facts = self.facts(0, now);
             if let Some(d) = self.engine.timer_due(rule, after, &facts) {
-                self.record(&d);
+                self.record(&d, now);
                 if self.act(d, Dir::Down, now) == Fate::Stop {
                     return;
                 }
@@ -627,6 +652,15 @@ impl Driver {
             }
         }
         let cut_midway = self.body_out && self.answering.as_ref().is_some_and(|(_, cmd)| is_message(cmd));
+        if self.info.run.transcripts {
+            if self.body_out && self.answering.is_some() {
+                let len = self.body_len;
+                self.note(now, format_args!("S: (body cut off after {len} bytes)"));
+            }
+            let (outcome, by) = (self.tracker.outcome(), ended_by.clone().unwrap_or_else(|| self.ended_by()));
+            let (d, m) = (self.tracker.downloads(), self.tracker.marked());
+            self.note(now, format_args!("end: {outcome} ({by}); {d} downloaded, {m} marked"));
+        }
         let t = &self.tracker;
         let end = SessionEnd {
             session: self.info.number,

@@ -6,11 +6,13 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::{After, Dir, Driver, Fate, Plan, Step, Track};
+use crate::codec::command::trim_eol;
 use crate::codec::framer::{MAX_PENDING, NextServerLine};
 use crate::codec::status::announced_size;
 use crate::codec::{ClientEvent, Command, ServerEvent};
 use crate::faults::engine::jittered;
 use crate::faults::{BodyCut, BodyLine, Facts, LineSoFar, Point};
+use crate::text::escape;
 
 impl Driver {
     /// Decodes the next event of `dir` in `input` and plans it; `None`
@@ -31,6 +33,14 @@ impl Driver {
         let n = step.consumed;
         let mut plan = Box::new(Plan { consumed: n, steps: VecDeque::new() });
         let ClientEvent::Command { cmd, overlong } = &ev else {
+            match &ev {
+                ClientEvent::SaslResponse { cancel: true } => self.note(now, format_args!("C: * (SASL cancelled)")),
+                ClientEvent::SaslResponse { .. } => self.note(now, format_args!("C: (SASL response, {n} bytes)")),
+                ClientEvent::Opaque if !self.tracker.encrypted() => {
+                    self.note(now, format_args!("C: (TLS from here on, relayed without looking)"))
+                }
+                _ => {}
+            }
             plan.steps.push_back(Step::Relay { range: 0..n, track: Track::Client(ev), done: 0 });
             return Some(plan);
         };
@@ -42,11 +52,14 @@ impl Driver {
                 Fate::Stop => return None,
                 Fate::Go => {}
                 Fate::Swallow => {
+                    self.note(now, format_args!("C: {cmd} (swallowed: never forwarded, never answered)"));
                     self.tracker.on_client(&ev, &input[..n], false);
                     self.progress();
                     return Some(plan);
                 }
                 Fate::Reply(line) => {
+                    let answer = escape(&String::from_utf8_lossy(trim_eol(&line))).into_owned();
+                    self.note(now, format_args!("C: {cmd} (answered by popfault: {answer})"));
                     if self.codec.replied(cmd).is_some() {
                         self.fx().replies.push_back(line);
                     }
@@ -60,6 +73,7 @@ impl Driver {
         // Queued for framing before it is written: the answer can arrive
         // (and be decoded by the other direction) while a paced write of
         // the command is still going on.
+        self.note(now, format_args!("C: {cmd}"));
         let seq = self.codec.forwarded(cmd);
         if self.inflight.len() < MAX_PENDING {
             self.inflight.push_back((seq, now));
@@ -78,6 +92,23 @@ impl Driver {
         };
         let n = step.consumed;
         let mut plan = Box::new(Plan { consumed: n, steps: VecDeque::new() });
+        if self.info.run.transcripts
+            && matches!(
+                ev,
+                ServerEvent::Greeting(_)
+                    | ServerEvent::Status { .. }
+                    | ServerEvent::Continuation
+                    | ServerEvent::Unsolicited
+            )
+        {
+            // The status line as the server sent it (its start, when it
+            // went on in parts), shown safely and not too long.
+            let text = String::from_utf8_lossy(trim_eol(&input[..n]));
+            let text: String = text.chars().take(200).collect();
+            let part = if started { "…" } else { "" };
+            let text = escape(&text).into_owned();
+            self.note(now, format_args!("S: {part}{text}"));
+        }
         match &ev {
             ServerEvent::Greeting(_) => {
                 if self.decide_and_act(Point::Greeting, 0, Dir::Down, now) == Fate::Stop {

@@ -12,6 +12,11 @@ use crate::session::Outcome;
 
 // === the simulated shell ===
 
+thread_local! {
+    /// Sessions made by `Sim` keep a transcript.
+    static TRANSCRIPTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 struct Sim {
     d: Driver,
     now: Instant,
@@ -48,6 +53,7 @@ impl Sim {
             idle_timeout: Duration::from_secs(600),
             greeting_timeout: Duration::from_secs(30),
             wants_progress: false,
+            transcripts: TRANSCRIPTS.get(),
         };
         let info =
             SessionInfo { number, peer: ([127, 0, 0, 1], 40000).into(), seed, started: start, run: Arc::new(run) };
@@ -540,6 +546,7 @@ fn server_down_variants_refuse_at_accept() {
             idle_timeout: Duration::from_secs(600),
             greeting_timeout: Duration::from_secs(30),
             wants_progress: false,
+            transcripts: false,
         };
         let info =
             SessionInfo { number: 1, peer: ([127, 0, 0, 1], 1).into(), seed: 1, started: start, run: Arc::new(run) };
@@ -564,6 +571,7 @@ fn server_flapping_refuses_only_in_its_down_windows() {
             idle_timeout: Duration::from_secs(600),
             greeting_timeout: Duration::from_secs(30),
             wants_progress: false,
+            transcripts: false,
         };
         let now = start + Duration::from_millis(ms);
         let info =
@@ -754,4 +762,38 @@ mod properties {
             prop_assert_eq!((end.bytes_up as usize, end.bytes_down as usize), (up_out, down_out));
         }
     }
+}
+
+#[test]
+fn a_transcript_tells_the_session_and_keeps_no_secret() {
+    TRANSCRIPTS.set(true);
+    let mut s = Sim::new(cut_at(5));
+    TRANSCRIPTS.set(false);
+    s.s(b"+OK ready\r\n").c(b"USER user1\r\n").s(b"+OK\r\n").c(b"PASS Hunter-Teal-77\r\n").s(b"+OK 3 messages\r\n");
+    s.c(b"RETR 1\r\n").s(&retr_answer(BODY));
+    let _ = s.end();
+    let lines: Vec<String> = s.d.take_transcript();
+    let text = lines.join("\n");
+    for want in [
+        "S: +OK ready",
+        "C: USER user1",
+        "C: PASS ***",
+        "C: RETR 1",
+        "S: +OK ",
+        "fault cut: disconnect at body RETR 1 #3 @5",
+        "S: (body cut off after 5 bytes)",
+        "end: nothing-at-stake (fault: cut)",
+    ] {
+        assert!(text.contains(want), "{want:?} in:\n{text}");
+    }
+    assert!(!text.contains("Hunter-Teal-77"), "{text}");
+    // Lines are timed from the session's start.
+    assert!(
+        lines.iter().all(|l| l.trim_start().split_once("s  ").is_some_and(|(t, _)| t.parse::<f64>().is_ok())),
+        "{text}"
+    );
+    // Off by default: nothing kept.
+    let mut quiet = Sim::new(Profile::passthrough());
+    quiet.login();
+    assert!(quiet.d.take_transcript().is_empty());
 }

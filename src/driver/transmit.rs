@@ -79,7 +79,7 @@ impl Driver {
                 }
                 Some(Step::Act { .. }) => {
                     let Some(Step::Act { decision, at, end }) = plan.steps.pop_front() else { continue };
-                    self.record(&decision);
+                    self.record(&decision, now);
                     if self.act(decision, dir, now) == Fate::Stop {
                         return Transmit::Stop;
                     }
@@ -191,6 +191,7 @@ impl Driver {
                 let ev = ServerEvent::Body { offset: offset + piece.start as u64, end: *end && whole };
                 self.tracker.on_server(&ev, &line[piece.clone()]);
                 self.body_out = true;
+                self.body_len = self.body_len.saturating_add(piece.len() as u32);
                 if let Some(fx) = self.fx.as_deref_mut() {
                     fx.delivered_body(&line[piece]);
                 }
@@ -207,6 +208,7 @@ impl Driver {
                     let ev = ServerEvent::Body { offset: offset + (from - split) as u64, end: *end && whole };
                     self.tracker.on_server(&ev, &line[from..piece.end]);
                     self.body_out = true;
+                    self.body_len = self.body_len.saturating_add((piece.end - from) as u32);
                     if let Some(fx) = self.fx.as_deref_mut() {
                         fx.delivered_body(&line[from..piece.end]);
                     }

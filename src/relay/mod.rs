@@ -27,6 +27,7 @@ use crate::control::Control;
 use crate::driver::{Driver, RunInfo, SessionInfo};
 use crate::events::EventSink;
 use crate::faults::Engine;
+use crate::transcripts::TranscriptSink;
 use session::{SessionCtx, run_session};
 
 /// Bytes asked of the kernel per read, growing while reads come back full
@@ -54,6 +55,9 @@ pub struct ProxyConfig {
     /// Most sessions at once; more clients are told `-ERR [SYS/TEMP]` and
     /// closed.
     pub max_sessions: usize,
+    /// Where each session's transcript goes (`--transcripts DIR`), if
+    /// anywhere.
+    pub transcripts: Option<TranscriptSink>,
     /// Connections the kernel queues before they are accepted (capped by
     /// `net.core.somaxconn`).
     pub backlog: u32,
@@ -74,6 +78,7 @@ impl ProxyConfig {
             idle_timeout: Duration::from_secs(600),
             greeting_timeout: Duration::from_secs(30),
             max_sessions: 10_000,
+            transcripts: None,
             backlog: DEFAULT_BACKLOG,
         }
     }
@@ -179,6 +184,7 @@ async fn accept_loop(
         idle_timeout: cfg.idle_timeout,
         greeting_timeout: cfg.greeting_timeout,
         wants_progress: sink.wants_progress(),
+        transcripts: cfg.transcripts.is_some(),
     });
     let counter = AtomicU64::new(0);
     let mut sessions = tokio::task::JoinSet::new();
@@ -270,6 +276,7 @@ mod size_probe {
                 idle_timeout: std::time::Duration::from_secs(600),
                 greeting_timeout: std::time::Duration::from_secs(30),
                 wants_progress: false,
+                transcripts: false,
             };
             let info = super::SessionInfo {
                 number: 1,

@@ -68,7 +68,14 @@ pub(super) fn run_session(mut client: TcpStream, ctx: SessionCtx, driver: Driver
         let s = Shell { ctx: &ctx, driver: &driver };
         let ended_by = s.run(&mut client, &remote).await;
         ctx.control.unregister(number);
-        let events = driver.into_inner().unwrap_or_else(|p| p.into_inner()).finish(ended_by, Instant::now());
+        let mut driver = driver.into_inner().unwrap_or_else(|p| p.into_inner());
+        let events = driver.finish(ended_by, Instant::now());
+        if let Some(t) = &ctx.cfg.transcripts {
+            for line in driver.take_transcript() {
+                t.line(number, line);
+            }
+            t.end(number);
+        }
         for ev in events {
             if let Event::SessionEnd(end) = &ev {
                 info!(session = end.session, outcome = %end.outcome, user = ?end.user, ended_by = %end.ended_by, "session ended");
@@ -104,6 +111,11 @@ impl Shell<'_> {
     /// ends every wait, and output it queued for a direction is that
     /// direction's to take. Returns whether the task must be polled again.
     fn sync(&self, d: &mut Driver) -> bool {
+        if let Some(t) = &self.ctx.cfg.transcripts {
+            for line in d.take_transcript() {
+                t.line(d.number(), line);
+            }
+        }
         if d.has_events() {
             for ev in d.take_events() {
                 if let Event::Fault { session, rule, action, point } = &ev {

@@ -439,3 +439,40 @@ async fn bytes_down_counts_what_a_cut_throttled_write_delivered() {
     assert!(got.len() > 2_000 && got.len() < 200_000, "cut while the body was paced: {} bytes", got.len());
     assert_eq!(end.bytes_down, got.len() as u64, "bytes_down is what the client received");
 }
+
+/// `--transcripts DIR` as the relay does it: one file a session, written
+/// when it ends, telling what happened in order, with no password in it.
+#[tokio::test]
+async fn each_session_leaves_a_transcript_without_secrets() {
+    let dir = std::env::temp_dir().join(format!("popfault-transcripts-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let transcripts = popfault::transcripts::Transcripts::start(&dir).unwrap();
+    let cfg = popfault::server::ServerConfig { users: 1, messages: 2, size: 800, password: "Gannet-Olive-515".into() };
+    let srv = popfault::server::spawn(loopback(), popfault::server::Maildrop::new(&cfg)).await.unwrap();
+    let (sink, mut events) = popfault::events::EventSink::channel(1000);
+    let control = std::sync::Arc::new(popfault::control::Control::new(std::sync::Arc::new(builtin("passthrough")), 1));
+    let mut pc = popfault::relay::ProxyConfig::new(loopback(), srv.addr.to_string());
+    pc.transcripts = Some(transcripts.sink());
+    let proxy = popfault::relay::start(pc, control, sink).await.unwrap();
+    let got = converse(proxy.local_addr, b"USER user1\r\nPASS Gannet-Olive-515\r\nRETR 1\r\nDELE 1\r\nQUIT\r\n").await;
+    assert!(String::from_utf8_lossy(&got).contains("+OK"));
+    let end = next_end(&mut events).await;
+    proxy.shutdown().await;
+    let (files, dropped) = transcripts.finish().unwrap();
+    assert_eq!((files, dropped), (1, 0));
+    let text = std::fs::read_to_string(dir.join(format!("session-{:06}.txt", end.session))).unwrap();
+    // In the order the proxy saw them: the client pipelined its commands,
+    // so they come before the answers; each side in its own order.
+    for want in [
+        &["C: USER user1", "C: PASS ***", "C: RETR 1", "C: DELE 1", "C: QUIT"][..],
+        &["S: +OK popfault", "S: +OK 800 octets", "S: (body, ", "end: committed"][..],
+    ] {
+        let mut at = 0;
+        for w in want {
+            let i = text[at..].find(w).unwrap_or_else(|| panic!("{w:?} after byte {at} in:\n{text}"));
+            at += i + w.len();
+        }
+    }
+    assert!(!text.contains("Gannet-Olive-515"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
