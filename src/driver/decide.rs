@@ -8,7 +8,7 @@ use rand::RngCore;
 use super::{After, Dir, Driver, Effects, Fate, LATENCY_BATCH, Sample};
 use crate::codec::Command;
 use crate::events::{Event, SessionSnapshot};
-use crate::faults::engine::jittered;
+use crate::faults::engine::{jittered, rng_for};
 use crate::faults::{Action, Corrupt, Decision, Delay, Disconnect, Facts, Noise, Point, Reply, Side, Stall, Throttle};
 use crate::text::escape;
 
@@ -24,7 +24,8 @@ impl Driver {
     }
 
     pub(super) fn fx(&mut self) -> &mut Effects {
-        self.fx.get_or_insert_default()
+        let (seed, number) = (self.info.seed, self.info.number);
+        self.fx.get_or_insert_with(|| Box::new(Effects::new(rng_for(seed, number, usize::MAX, 0))))
     }
 
     /// Notes that `side` ended its connection, unless a peer's end was
@@ -83,18 +84,18 @@ impl Driver {
         for a in d.actions {
             match a {
                 Action::Disconnect(Disconnect { side, how }) => {
-                    self.cut = Some((side, how, format!("fault: {}", d.rule)));
+                    self.cut = Some(Box::new((side, how, format!("fault: {}", d.rule))));
                     self.stopped = true;
                     return Fate::Stop;
                 }
                 Action::Stall(Stall { ms, jitter_ms }) => {
-                    let until = now + jittered(&mut self.rng, ms, jitter_ms);
+                    let until = now + jittered(&mut self.fx().rng, ms, jitter_ms);
                     let fx = self.fx();
                     fx.hold_until = Some(fx.hold_until.map_or(until, |h| h.max(until)));
                 }
                 Action::Noise(Noise { bytes, toward }) => {
                     let mut noise = vec![0u8; bytes];
-                    self.rng.fill_bytes(&mut noise);
+                    self.fx().rng.fill_bytes(&mut noise);
                     self.fx().inject[Dir::toward(toward) as usize].extend_from_slice(&noise);
                     self.wake = true;
                 }

@@ -33,7 +33,7 @@ use rand::rngs::SmallRng;
 
 use crate::codec::{ClientEvent, Command, Pop3Codec, ServerEvent, Status};
 use crate::events::{Delivery, Event, SessionEnd};
-use crate::faults::engine::rng_for;
+
 use crate::faults::{
     Action, BodyCut, BodyLine, Decision, Disconnect, Engine, Facts, How, Point, Refuse, RefuseHow, Side,
 };
@@ -170,8 +170,11 @@ impl Sample {
 }
 
 /// The effects of faults that outlast the decision that made them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Effects {
+    /// Draws for fault effects (jitter, noise bytes, bit positions), in
+    /// the order they happen; seeded per session, so a run replays.
+    rng: SmallRng,
     /// Cuts planned in the body being delivered.
     body_cuts: VecDeque<BodyCut>,
     /// Answers the proxy makes itself (`reply`), in command order.
@@ -238,7 +241,7 @@ enum Step {
     Act { decision: Decision, at: u64, end: bool },
     /// Write the proxy's own `bytes`, which end the body for the client at
     /// body offset `at` (`truncate`).
-    Terminator { bytes: &'static [u8], at: u64 },
+    Terminator { line: BodyLine, at: u64 },
     /// Run what follows the event's delivery.
     After(After),
 }
@@ -262,7 +265,7 @@ enum InFlight {
     /// The next `n` bytes of the current `Relay` step.
     Piece(usize),
     /// A truncate's terminator, ending the body at offset `at`.
-    Terminator(&'static [u8], u64),
+    Terminator(BodyLine, u64),
 }
 
 /// What to do with a decision's bytes.
@@ -275,6 +278,23 @@ enum Fate {
 }
 
 impl Effects {
+    fn new(rng: SmallRng) -> Effects {
+        Effects {
+            rng,
+            body_cuts: VecDeque::new(),
+            replies: VecDeque::new(),
+            inject: [Vec::new(), Vec::new()],
+            corrupt: [0, 0],
+            hold_until: None,
+            rate: None,
+            paced_until: [None, None],
+            delay: None,
+            truncate: false,
+            body_line: BodyLine::Start,
+            discard_body: false,
+        }
+    }
+
     /// Follows where the body stands in its line, for a `truncate`.
     fn delivered_body(&mut self, part: &[u8]) {
         self.body_line = self.body_line.after(part);
@@ -302,10 +322,9 @@ pub struct Driver {
     damaged: u32,
     /// Fault effects in force; boxed, made when a fault first needs it.
     fx: Option<Box<Effects>>,
-    /// Draws for fault effects, in the order they happen.
-    rng: SmallRng,
     /// How a fault (or a person) cut the session.
-    cut: Option<(Side, How, String)>,
+    /// Boxed: rare, and every session's state counts.
+    cut: Option<Box<(Side, How, String)>>,
     /// Nothing more is relayed (a cut, a timeout, shutdown, a peer reset).
     stopped: bool,
     /// The proxy is shutting down.
@@ -318,7 +337,9 @@ pub struct Driver {
     /// Latency samples not yet sent.
     latencies: Vec<Sample>,
     /// Timer rules not yet due: (delay from accept, rule).
-    timers: VecDeque<(Duration, usize)>,
+    /// Boxed: most profiles have no timer rule, and every session counts.
+    #[allow(clippy::box_collection)]
+    timers: Option<Box<VecDeque<(Duration, usize)>>>,
     paused: bool,
     /// Per direction: the event being carried out (boxed: idle sessions
     /// have none).
@@ -341,8 +362,8 @@ pub struct Driver {
 impl Driver {
     /// A session just accepted, running `engine`; emits `session_start`.
     pub fn new(info: SessionInfo, engine: Engine) -> Driver {
-        let rng = rng_for(info.seed, info.number, usize::MAX, 0);
-        let timers = engine.timers().into();
+        let timers = engine.timers();
+        let timers = (!timers.is_empty()).then(|| Box::new(timers.into()));
         let start = Event::SessionStart {
             session: info.number,
             client: info.peer,
@@ -362,7 +383,6 @@ impl Driver {
             body_out: false,
             damaged: 0,
             fx: None,
-            rng,
             cut: None,
             stopped: false,
             shutting_down: false,
@@ -397,7 +417,7 @@ impl Driver {
     /// How to close each side after a cut by a fault or a person:
     /// `how` for the side named, FIN for the other (`both`: `how` for both).
     pub fn close(&self) -> Option<(How, How)> {
-        let (side, how, _) = self.cut.as_ref()?;
+        let (side, how, _) = self.cut.as_deref()?;
         let for_side = |s: Side| if *side == Side::Both || *side == s { *how } else { How::Fin };
         Some((for_side(Side::Client), for_side(Side::Server)))
     }
@@ -452,7 +472,8 @@ impl Driver {
     /// rule, the idle timeout, or the greeting timeout.
     pub fn poll_timeout(&self) -> Instant {
         let idle = self.last_activity + self.info.run.idle_timeout;
-        let mut at = self.timers.front().map_or(idle, |(after, _)| idle.min(self.info.started + *after));
+        let next = self.timers.as_deref().and_then(VecDeque::front);
+        let mut at = next.map_or(idle, |(after, _)| idle.min(self.info.started + *after));
         if !self.codec.greeted() {
             at = at.min(self.info.started + self.info.run.greeting_timeout);
         }
@@ -462,7 +483,7 @@ impl Driver {
     /// How the session ended, for humans: the side seen ending first, else
     /// shutdown or a timeout (a fault's cut names itself).
     pub fn ended_by(&self) -> String {
-        if let Some((_, _, why)) = &self.cut {
+        if let Some((_, _, why)) = self.cut.as_deref() {
             return why.clone();
         }
         match self.first_end {
@@ -583,11 +604,13 @@ impl Driver {
             self.stopped = true;
             return;
         }
-        while let Some(&(after, rule)) = self.timers.front() {
+        while let Some(&(after, rule)) = self.timers.as_deref().and_then(VecDeque::front) {
             if self.info.started + after > now {
                 break;
             }
-            self.timers.pop_front();
+            if let Some(t) = self.timers.as_deref_mut() {
+                t.pop_front();
+            }
             if self.paused {
                 continue;
             }
@@ -617,7 +640,8 @@ impl Driver {
                 self.tracker.on_server(&ServerEvent::Status { cmd, seq, status, multiline: false }, &reply);
             }
             InFlight::Piece(n) => self.piece_written(dir, input, n, now),
-            InFlight::Terminator(bytes, at) => {
+            InFlight::Terminator(line, at) => {
+                let bytes = line.terminator();
                 self.tracker.on_server(&ServerEvent::Body { offset: at, end: true }, bytes);
                 if let Some(Some(Step::Terminator { .. })) = self.plans[1].as_deref_mut().map(|p| p.steps.front()) {
                     self.plans[1].as_deref_mut().map(|p| p.steps.pop_front());

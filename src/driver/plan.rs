@@ -262,6 +262,6 @@ impl Driver {
     /// A delay in force, drawn now.
     pub(super) fn delay_now(&mut self) -> Option<Duration> {
         let (ms, jitter) = self.fx.as_deref().and_then(|f| f.delay)?;
-        Some(jittered(&mut self.rng, ms, jitter))
+        Some(jittered(&mut self.fx().rng, ms, jitter))
     }
 }

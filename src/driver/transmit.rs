@@ -87,9 +87,10 @@ impl Driver {
                         self.truncate(dir, at, end);
                     }
                 }
-                Some(Step::Terminator { bytes, at }) => {
-                    let (bytes, at) = (*bytes, *at);
-                    self.in_flight[dir as usize] = Some(InFlight::Terminator(bytes, at));
+                Some(Step::Terminator { line, at }) => {
+                    let (line, at) = (*line, *at);
+                    let bytes = line.terminator();
+                    self.in_flight[dir as usize] = Some(InFlight::Terminator(line, at));
                     return Transmit::Own(bytes.to_vec());
                 }
                 Some(Step::After(_)) => {
@@ -123,7 +124,7 @@ impl Driver {
         let line = self.fx.as_deref().map_or(BodyLine::Start, |f| f.body_line);
         if let Some(plan) = self.plans[dir as usize].as_deref_mut() {
             plan.steps.clear();
-            plan.steps.push_back(Step::Terminator { bytes: line.terminator(), at });
+            plan.steps.push_back(Step::Terminator { line, at });
             plan.steps.push_back(Step::After(After::Truncated { end }));
         }
     }
@@ -153,12 +154,11 @@ impl Driver {
         self.damaging |= dir == Dir::Down && self.answering.is_some();
         let mut owned = input[piece].to_vec();
         let k = flip.min(owned.len());
+        let fx = self.fx();
         for b in &mut owned[..k] {
-            *b ^= 1 << self.rng.gen_range(0..8);
+            *b ^= 1 << fx.rng.gen_range(0..8);
         }
-        if let Some(fx) = self.fx.as_deref_mut() {
-            fx.corrupt[dir as usize] -= k;
-        }
+        fx.corrupt[dir as usize] -= k;
         Transmit::Own(owned)
     }
 
