@@ -219,7 +219,7 @@ pub fn handle_key(ui: &mut UiState, model: &Model, key: KeyEvent) -> Option<UiCo
         KeyCode::Char('/') => ui.editing = true,
         KeyCode::Char('f') | KeyCode::Char('F') => {
             ui.follow = true;
-            ui.flash("following the newest sessions");
+            ui.flash("following the top row");
         }
         KeyCode::Char('p') | KeyCode::Char('P') => return Some(UiCommand::TogglePause),
         KeyCode::Tab => return Some(UiCommand::NextProfile),

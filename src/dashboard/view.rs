@@ -2,7 +2,6 @@
 //! what the controls say now) into a ratatui [`Buffer`]. Pure: no I/O, no
 //! clock, no lock; tests render into a buffer and read it back.
 
-use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use ratatui::buffer::Buffer;
@@ -761,13 +760,24 @@ pub fn render_sessions(area: Rect, buf: &mut Buffer, d: &Dashboard) {
         None => String::new(),
     };
     if selected.is_some() {
-        position =
-            if d.ui.follow { format!(" following newest ·{position}") } else { format!("{position}· f follow ") };
+        position = if d.ui.follow { format!(" following ·{position}") } else { format!("{position}· f follow ") };
     }
-    let mut title = format!(" sessions · {} live · {} recent ", m.live_count(), m.row_count() - m.live_count());
-    if !d.ui.filter.is_empty() {
-        let _ = write!(title, "· /{} · {len} match ", truncate(&d.ui.filter, 20));
-    }
+    let counts = format!(" sessions · {} live · {} recent ", m.live_count(), m.row_count() - m.live_count());
+    let title = if d.ui.filter.is_empty() {
+        counts
+    } else {
+        // The match count is what the filter is for: on a narrow screen
+        // the live/recent counts give way to it, then the filter's text.
+        let room = area.width.saturating_sub(2) as usize;
+        let matched = format!(" · {len} match ");
+        let with_counts = format!("{}· /{}{matched}", counts, truncate(&d.ui.filter, 20));
+        if with_counts.chars().count() <= room {
+            with_counts
+        } else {
+            let filter_room = room.saturating_sub(" sessions · /".len() + matched.chars().count());
+            format!(" sessions · /{}{matched}", truncate(&d.ui.filter, filter_room.max(1)))
+        }
+    };
     let block = panel(title).title_bottom(Line::styled(position, DIM).right_aligned());
     let inner_width = block.inner(area).width;
     let shown: Vec<&SessionRow> = all.iter().skip(offset).take(visible).copied().collect();
@@ -809,8 +819,14 @@ pub fn render_sessions(area: Rect, buf: &mut Buffer, d: &Dashboard) {
 pub fn render_throughput(area: Rect, buf: &mut Buffer, d: &Dashboard) {
     let samples = d.model.throughput();
     let peak_down = samples.iter().map(|r| r.down).max().unwrap_or(0);
-    let block = panel(" throughput ")
-        .title_bottom(Line::styled(format!(" peak ↓ {}/s ", fmt_bytes(peak_down)), DIM).right_aligned());
+    let peak = format!(" peak ↓ {}/s ", fmt_bytes(peak_down));
+    let block = panel(" throughput ");
+    // Left out rather than cut when the panel is too narrow for it.
+    let block = if peak.chars().count() + 2 <= area.width as usize {
+        block.title_bottom(Line::styled(peak, DIM).right_aligned())
+    } else {
+        block
+    };
     let inner = block.inner(area);
     block.render(area, buf);
     if inner.height == 0 {
@@ -998,7 +1014,7 @@ fn help_lines() -> Vec<Line<'static>> {
         ("  Enter  Esc", "apply it to new sessions / keep the current one"),
         ("k", "cut the selected live session (lost carrier)"),
         ("↑↓ PgUp PgDn", "select a session (Home / End); stops following"),
-        ("f", "follow: select the newest session as they come"),
+        ("f", "follow: keep the top row (newest live) selected"),
         ("/", "filter rows: user, outcome, fault, state; Esc clears"),
         ("?  Esc", "close this help (↑↓ scroll it)"),
     ] {

@@ -414,7 +414,7 @@ fn sessions_table_scrolls_to_the_selection() {
     // Following, the newest row is selected and the border says so.
     let top = render(&m, &UiState::default(), false, (80, 8), render_sessions);
     assert!(top[2].starts_with("│▶ 30 "), "{}", top[2]);
-    assert!(top[7].contains(" following newest · 1/30 "), "{}", top[7]);
+    assert!(top[7].contains(" following · 1/30 "), "{}", top[7]);
     // With nothing selected, the border says which rows are shown.
     let none = UiState { follow: false, ..UiState::default() };
     let top = render(&m, &none, false, (80, 8), render_sessions);
@@ -435,7 +435,7 @@ fn help_overlay_lists_keys_and_outcomes() {
         "tab  ⇧tab        choose the next / previous profile (shown below)",
         "  Enter  Esc     apply it to new sessions / keep the current one",
         "k                cut the selected live session (lost carrier)",
-        "f                follow: select the newest session as they come",
+        "f                follow: keep the top row (newest live) selected",
         "/                filter rows: user, outcome, fault, state; Esc clears",
         "committed        QUIT +OK: marked messages deleted",
         "dl/mk            messages downloaded / marked for deletion",
@@ -753,6 +753,13 @@ fn the_filter_shows_matching_rows_and_their_count() {
             assert!(got[13].contains("no session matches /zzz (Esc clears)"), "{}", got[13]);
         }
     }
+}
+
+#[test]
+fn a_narrow_screen_keeps_the_match_count() {
+    let ui = UiState { filter: "a-rather-long-filter-text".into(), ..UiState::default() };
+    let got = render(&model(), &ui, false, (40, 8), render_sessions);
+    assert!(got[0].starts_with("╭ sessions · /a-rather-lon… · 0 match ─╮"), "{}", got[0]);
 }
 
 #[test]

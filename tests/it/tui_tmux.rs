@@ -302,12 +302,11 @@ fn dashboard_follows_the_newest_until_a_row_is_chosen_in_tmux() {
     }
     let t = Tmux::start("follow", |_| format!("{} demo --seed 7", quote(BIN)));
     let top_selected = |s: &str| row_ids(s).first().is_some_and(|&top| selected(s) == Some(top));
-    let s = t.wait("1. following: the newest row selected", |s| {
-        drawn(s) && s.contains("following newest") && top_selected(s)
-    });
+    let s =
+        t.wait("1. following: the newest row selected", |s| drawn(s) && s.contains(" following · ") && top_selected(s));
     let first = selected(&s).expect("a selected row");
     t.wait("1b. a newer session came: the selection moved to it", |s| {
-        s.contains("following newest") && top_selected(s) && selected(s).is_some_and(|n| n > first)
+        s.contains(" following · ") && top_selected(s) && selected(s).is_some_and(|n| n > first)
     });
 
     t.press("Down");
@@ -327,7 +326,7 @@ fn dashboard_follows_the_newest_until_a_row_is_chosen_in_tmux() {
     assert!(!s.contains("manual"), "nothing was cut:\n{s}");
 
     t.press("f");
-    t.wait("4. f: following again", |s| s.contains("following newest") && top_selected(s) && selected(s) != Some(n));
+    t.wait("4. f: following again", |s| s.contains(" following · ") && top_selected(s) && selected(s) != Some(n));
     t.quit();
 }
 
