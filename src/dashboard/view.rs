@@ -912,7 +912,10 @@ pub fn render_log(area: Rect, buf: &mut Buffer, d: &Dashboard) {
         }
         lines.splice(0..0, entry);
     }
-    Paragraph::new(lines).render(inner, buf);
+    // Bottom-aligned: the newest entry stays on the last row even when an
+    // older one too tall for the room left is not shown.
+    let gap = inner.height.saturating_sub(lines.len() as u16);
+    Paragraph::new(lines).render(Rect { y: inner.y + gap, height: inner.height - gap, ..inner }, buf);
 }
 
 // === footer and help ===

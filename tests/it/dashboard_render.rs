@@ -777,3 +777,37 @@ fn tab_shows_the_chosen_profile_and_its_summary_before_applying() {
     let wide = render(&model(), &ui, false, (200, 24), whole);
     assert!(wide[23].ends_with(summary), "{}", wide[23]);
 }
+
+#[test]
+fn the_event_log_keeps_the_newest_entry_on_the_last_row() {
+    let mut r = Run::default();
+    r.apply(
+        &Event::Fault {
+            session: 1,
+            rule: "a-rule-with-a-long-name".into(),
+            action: "disconnect".into(),
+            point: "body RETR 12 #5 @123456".into(),
+        },
+        S,
+    );
+    r.apply(
+        &Event::Fault { session: 2, rule: "short".into(), action: "stall".into(), point: "greeting".into() },
+        S * 2,
+    );
+    let m = r.model();
+    let got = render(&m, &UiState::default(), false, (40, 5), render_log);
+    assert_lines(
+        &got,
+        &[
+            "╭ events ──────────────────────────────╮",
+            "│                                      │",
+            "│00:02 #2   fault short: stall at      │",
+            "│      greeting                        │",
+            "╰──────────────────────────────────────╯",
+        ],
+    );
+    // Taller: the older entry too, its offset wrapped whole to a line of its own.
+    let tall = render(&m, &UiState::default(), false, (40, 8), render_log);
+    assert_eq!(tall[4], "│      @123456                         │", "{}", tall.join("\n"));
+    assert!(tall[1].starts_with("│00:01 #1   fault"), "{}", tall.join("\n"));
+}
