@@ -117,6 +117,23 @@ impl SessionRow {
         self.end.is_none()
     }
 
+    /// Whether the table filter `needle` (lower case) matches this row: its
+    /// user, outcome (or `live`), a fault rule, or its state.
+    pub fn matches(&self, needle: &str) -> bool {
+        if needle.is_empty() {
+            return true;
+        }
+        let has = |s: &str| s.to_lowercase().contains(needle);
+        let outcome = self.end.as_ref().map_or("live", |e| e.outcome.as_str());
+        // The table's short labels and the RFC's names.
+        let state = match self.state {
+            State::Authorization => "auth authorization",
+            State::Transaction => "trans transaction",
+            State::Update => "update",
+        };
+        self.user.as_deref().is_some_and(has) || has(outcome) || self.faults.iter().any(|f| has(f)) || has(state)
+    }
+
     /// The last fault fired, if any.
     pub fn last_fault(&self) -> Option<&str> {
         self.faults.last().map(String::as_str)

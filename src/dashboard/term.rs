@@ -201,17 +201,19 @@ fn draw<B: Backend>(
     header: &Header,
 ) -> io::Result<()> {
     let size = terminal.size()?;
-    ui.settle(snap, table_rows(layout(Rect::new(0, 0, size.width, size.height)).sessions));
-    ui.tick();
     let profile = control.profile();
-    let view = Dashboard {
-        model: snap,
-        header,
-        ui,
-        profile: &profile.name,
-        paused: control.paused(),
-        uptime: header.started.elapsed(),
+    let paused = control.paused();
+    let uptime = header.started.elapsed();
+    // The layout depends on what is shown (the header may wrap), not on the
+    // selection: measured with the state as it stands, then settled.
+    let area = Rect::new(0, 0, size.width, size.height);
+    let rows = {
+        let probe = Dashboard { model: snap, header, ui, profile: &profile.name, paused, uptime };
+        table_rows(layout(area, &probe).sessions)
     };
+    ui.settle(snap, rows);
+    ui.tick();
+    let view = Dashboard { model: snap, header, ui, profile: &profile.name, paused, uptime };
     terminal.draw(|f| f.render_widget(&view, f.area()))?;
     Ok(())
 }
@@ -231,15 +233,22 @@ fn execute(cmd: UiCommand, ui: &mut UiState, control: &Control, profiles: &[Arc<
             ui.flash(if paused { "faults paused: relaying untouched" } else { "faults resumed" });
         }
         UiCommand::NextProfile | UiCommand::PrevProfile => {
+            // Only a choice: a profile passed on the way (one that stalls
+            // everything, say) never reaches a session.
             let forward = cmd == UiCommand::NextProfile;
-            match cycle_profile(profiles, &control.profile().name, forward) {
-                Some(p) => {
-                    ui.flash(format!("new sessions: {} ({})", p.name, p.summary));
-                    control.set_profile(p);
-                }
+            let from = ui.choice.as_ref().map_or_else(|| control.profile().name.clone(), |c| c.0.clone());
+            match cycle_profile(profiles, &from, forward) {
+                Some(p) => ui.choice = Some((p.name.clone(), p.summary.clone())),
                 None => ui.flash("no built-in profiles to switch to"),
             }
         }
+        UiCommand::ApplyProfile(name) => match profiles.iter().find(|p| p.name == name) {
+            Some(p) => {
+                ui.flash(format!("new sessions: {} ({})", p.name, p.summary));
+                control.set_profile(p.clone());
+            }
+            None => ui.flash(format!("no profile named {name}")),
+        },
         UiCommand::Cut(n) => {
             if control.cut(n) {
                 ui.flash(format!("cut session #{n}"));
@@ -298,9 +307,17 @@ mod tests {
         execute(UiCommand::TogglePause, &mut ui, &control, &ps);
         assert!(!control.paused());
         execute(UiCommand::NextProfile, &mut ui, &control, &ps);
+        execute(UiCommand::NextProfile, &mut ui, &control, &ps);
+        assert_eq!(control.profile().name, "a", "choosing changes nothing");
+        assert_eq!(ui.choice.as_ref().map(|c| c.0.as_str()), Some("c"));
+        execute(UiCommand::PrevProfile, &mut ui, &control, &ps);
+        assert_eq!(ui.choice.as_ref().map(|c| c.0.as_str()), Some("b"), "moves from the choice");
+        execute(UiCommand::ApplyProfile("b".into()), &mut ui, &control, &ps);
         assert_eq!(control.profile().name, "b");
+        ui.choice = None;
         execute(UiCommand::PrevProfile, &mut ui, &control, &ps);
         execute(UiCommand::PrevProfile, &mut ui, &control, &ps);
+        execute(UiCommand::ApplyProfile("c".into()), &mut ui, &control, &ps);
         assert_eq!(control.profile().name, "c");
         execute(UiCommand::Cut(9), &mut ui, &control, &ps);
         assert_eq!(ui.flash.as_ref().map(|f| f.0.as_str()), Some("session #9 is no longer live"));

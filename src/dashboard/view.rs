@@ -2,13 +2,12 @@
 //! what the controls say now) into a ratatui [`Buffer`]. Pure: no I/O, no
 //! clock, no lock; tests render into a buffer and read it back.
 
-use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use ratatui::buffer::Buffer;
-use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::layout::{Constraint, Flex, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style, Stylize};
-use ratatui::text::{Line, Span, Text};
+use ratatui::text::{Line, Span};
 use ratatui::widgets::{
     Block, BorderType, Cell, Clear, HighlightSpacing, Paragraph, Row, Sparkline, StatefulWidget, Table, TableState,
     Widget,
@@ -69,26 +68,44 @@ pub struct Areas {
     pub footer: Rect,
 }
 
-/// Width of the outcomes panel: two columns of counters.
+/// Width of the outcomes panel beside the latency panel: two columns of
+/// counters.
 const OUTCOMES_WIDTH: u16 = 41;
+/// Narrowest latency panel worth drawing (one group of columns); below it
+/// the outcomes take the whole width.
+const LATENCY_MIN: u16 = 36;
 /// Rows the sessions table spends on borders and its header line.
 const TABLE_CHROME: u16 = 3;
 
 /// Splits the screen. At 80×24 the sessions table gets five rows; taller
-/// screens give it most of the extra height.
-pub fn layout(area: Rect) -> Areas {
-    // The outcomes panel: eight outcomes and three totals, two columns.
-    let rest = area.height.saturating_sub(3 + 8 + 1);
-    let bottom = (rest * 2 / 5).max(4);
+/// screens give it most of the extra height. The header grows a line when
+/// its facts do not fit on one (a seed is never cut), the outcomes panel
+/// when it has more counts than rows; short screens drop the throughput
+/// and event panels rather than squeeze the counts.
+pub fn layout(area: Rect, d: &Dashboard) -> Areas {
+    let head = header_lines(d, area.width.saturating_sub(2)).len() as u16 + 2;
+    let cells = outcome_cells(d.model);
+    let beside = area.width >= OUTCOMES_WIDTH + LATENCY_MIN;
+    let top = if beside {
+        (cells.len().div_ceil(2) as u16).max(6) + 2
+    } else {
+        flow_cells(&cells, area.width.saturating_sub(2)).len() as u16 + 2
+    };
+    let rest = area.height.saturating_sub(head + top + 1);
+    let bottom = if rest >= 10 { (rest * 2 / 5).max(4) } else { 0 };
     let [header, top, sessions, bottom, footer] = Layout::vertical([
-        Constraint::Length(3),
-        Constraint::Length(8),
+        Constraint::Length(head),
+        Constraint::Length(top),
         Constraint::Min(TABLE_CHROME + 1),
         Constraint::Length(bottom),
         Constraint::Length(1),
     ])
     .areas(area);
-    let [outcomes, latency] = Layout::horizontal([Constraint::Length(OUTCOMES_WIDTH), Constraint::Min(0)]).areas(top);
+    let [outcomes, latency] = if beside {
+        Layout::horizontal([Constraint::Length(OUTCOMES_WIDTH), Constraint::Min(0)]).areas(top)
+    } else {
+        [top, Rect { x: top.right(), width: 0, ..top }]
+    };
     let [throughput, log] = Layout::horizontal([Constraint::Percentage(40), Constraint::Percentage(60)]).areas(bottom);
     Areas { header, outcomes, latency, sessions, throughput, log, footer }
 }
@@ -100,7 +117,7 @@ pub fn table_rows(sessions: Rect) -> usize {
 
 impl Widget for &Dashboard<'_> {
     fn render(self, area: Rect, buf: &mut Buffer) {
-        let a = layout(area);
+        let a = layout(area, self);
         render_header(a.header, buf, self);
         render_outcomes(a.outcomes, buf, self);
         render_latency(a.latency, buf, self);
@@ -109,9 +126,133 @@ impl Widget for &Dashboard<'_> {
         render_log(a.log, buf, self);
         render_footer(a.footer, buf, self);
         if self.ui.help {
-            render_help(area, buf);
+            render_help(area, buf, self.ui.help_scroll);
         }
     }
+}
+
+// === fitting text ===
+
+/// A piece of a line that moves to the next line whole when it does not
+/// fit: a word, a `name count` pair, a header fact. `sep` goes before it
+/// unless it starts a line.
+struct Atom {
+    sep: String,
+    spans: Vec<Span<'static>>,
+}
+
+impl Atom {
+    fn new(sep: &str, spans: Vec<Span<'static>>) -> Atom {
+        Atom { sep: sep.to_string(), spans }
+    }
+
+    fn width(&self) -> usize {
+        self.spans.iter().map(Span::width).sum()
+    }
+}
+
+/// Lays atoms out in lines of `width`, continuation lines indented by
+/// `indent`. Nothing is cut: an atom wider than a line is broken across
+/// lines, so a long number wraps rather than loses digits.
+fn pack(atoms: Vec<Atom>, width: usize, indent: usize) -> Vec<Line<'static>> {
+    if width == 0 {
+        return Vec::new();
+    }
+    let indent = if indent * 2 > width { 0 } else { indent };
+    let mut lines = Vec::new();
+    let mut cur: Vec<Span<'static>> = Vec::new();
+    let (mut used, mut empty) = (0, true);
+    let mut newline = |cur: &mut Vec<Span<'static>>, used: &mut usize, empty: &mut bool| {
+        lines.push(Line::from(std::mem::take(cur)));
+        if indent > 0 {
+            cur.push(Span::raw(" ".repeat(indent)));
+        }
+        (*used, *empty) = (indent, true);
+    };
+    for a in atoms {
+        let w = a.width();
+        if !empty && used + a.sep.chars().count() + w > width {
+            newline(&mut cur, &mut used, &mut empty);
+        }
+        if !empty {
+            used += a.sep.chars().count();
+            cur.push(Span::raw(a.sep));
+        }
+        if used + w <= width {
+            used += w;
+            cur.extend(a.spans);
+        } else {
+            for span in a.spans {
+                let mut piece = String::new();
+                for ch in span.content.chars() {
+                    if used + 1 > width {
+                        cur.push(Span::styled(std::mem::take(&mut piece), span.style));
+                        newline(&mut cur, &mut used, &mut empty);
+                    }
+                    piece.push(ch);
+                    used += 1;
+                }
+                cur.push(Span::styled(piece, span.style));
+            }
+        }
+        empty = false;
+    }
+    if !cur.is_empty() && !empty {
+        lines.push(Line::from(cur));
+    }
+    lines
+}
+
+/// Splits styled text into words (atoms), keeping the spaces between them
+/// as separators, so that [`pack`] can wrap it.
+fn words(spans: Vec<Span<'static>>) -> Vec<Atom> {
+    let mut atoms = Vec::new();
+    let (mut sep, mut cur) = (String::new(), Vec::new());
+    for s in spans {
+        let mut word = String::new();
+        for ch in s.content.chars() {
+            if ch == ' ' {
+                if !word.is_empty() {
+                    cur.push(Span::styled(std::mem::take(&mut word), s.style));
+                }
+                if !cur.is_empty() {
+                    atoms.push(Atom { sep: std::mem::take(&mut sep), spans: std::mem::take(&mut cur) });
+                }
+                sep.push(' ');
+            } else {
+                word.push(ch);
+            }
+        }
+        if !word.is_empty() {
+            cur.push(Span::styled(word, s.style));
+        }
+    }
+    if !cur.is_empty() {
+        atoms.push(Atom { sep, spans: cur });
+    }
+    atoms
+}
+
+/// `spans` cut to `width` columns, with `…` where text was cut.
+fn cut_line(spans: Vec<Span<'static>>, width: usize) -> Line<'static> {
+    let total: usize = spans.iter().map(Span::width).sum();
+    if total <= width {
+        return Line::from(spans);
+    }
+    let mut out = Vec::new();
+    let mut left = width.saturating_sub(1);
+    for s in spans {
+        if left == 0 {
+            break;
+        }
+        let text: String = s.content.chars().take(left).collect();
+        left -= text.chars().count();
+        out.push(Span::styled(text, s.style));
+    }
+    if width > 0 {
+        out.push(Span::raw("…"));
+    }
+    Line::from(out)
 }
 
 // === styles and formats ===
@@ -209,6 +350,28 @@ pub fn fmt_bytes_short(n: u64) -> String {
 
 // === header ===
 
+/// The header's facts, wrapped to `width`: the seed (the replay key) and
+/// the addresses move to the next line whole; only a profile name too long
+/// for a whole line is cut, with `…`.
+fn header_lines(d: &Dashboard, width: u16) -> Vec<Line<'static>> {
+    let width = width as usize;
+    let label = Style::new().fg(Color::Gray);
+    let value = Style::new().fg(Color::White).bold();
+    let atoms = vec![
+        Atom::new("", vec![Span::styled(d.header.listen.clone(), value), Span::styled(" →", Style::new().fg(ACCENT))]),
+        Atom::new(" ", vec![Span::styled(d.header.upstream.clone(), value)]),
+        Atom::new(
+            "  ",
+            vec![
+                Span::styled("profile ", label),
+                Span::styled(truncate(d.profile, width.saturating_sub(8)), Style::new().fg(ACCENT).bold()),
+            ],
+        ),
+        Atom::new("  ", vec![Span::styled("seed ", label), Span::styled(d.header.seed.to_string(), value)]),
+    ];
+    pack(atoms, width, 0)
+}
+
 /// Title bar: listen → upstream, profile, seed, uptime, faults on/PAUSED.
 pub fn render_header(area: Rect, buf: &mut Buffer, d: &Dashboard) {
     let status = if d.paused {
@@ -226,70 +389,90 @@ pub fn render_header(area: Rect, buf: &mut Buffer, d: &Dashboard) {
     .title_top(Line::from(status).right_aligned());
     // Paused, the whole bar says so: faults are off until p is pressed again.
     let block = if d.paused { block.border_style(Style::new().fg(Color::Yellow)) } else { block };
-    let label = Style::new().fg(Color::Gray);
-    let value = Style::new().fg(Color::White).bold();
-    let line = Line::from(vec![
-        Span::styled(d.header.listen.clone(), value),
-        Span::styled(" → ", Style::new().fg(ACCENT)),
-        Span::styled(d.header.upstream.clone(), value),
-        Span::styled("  profile ", label),
-        Span::styled(d.profile.to_string(), Style::new().fg(ACCENT).bold()),
-        Span::styled("  seed ", label),
-        Span::styled(d.header.seed.to_string(), value),
-    ]);
-    Paragraph::new(line).block(block).render(area, buf);
+    let lines = header_lines(d, area.width.saturating_sub(2));
+    Paragraph::new(lines).block(block).render(area, buf);
 }
 
 // === outcomes ===
 
-/// Outcome counters in two columns, with at-risk and duplicate totals.
-pub fn render_outcomes(area: Rect, buf: &mut Buffer, d: &Dashboard) {
-    let m = d.model;
-    let mut title = format!(" outcomes · {} ended · {} live ", m.ended_total(), m.live_count());
-    if m.forgotten() > 0 {
-        let _ = write!(title, "· {} lost track ", m.forgotten());
-    }
-    if m.damaged() > 0 {
-        let _ = write!(title, "· {} damaged ", m.damaged());
-    }
-    if m.cut_midway() > 0 {
-        let _ = write!(title, "· {} cut midway ", m.cut_midway());
-    }
-    let block = panel(title);
-    let inner = block.inner(area);
-    block.render(area, buf);
-
+/// The outcome counters, then the totals: (name, count, style). Totals
+/// that are usually zero come only when they are not.
+fn outcome_cells(m: &Model) -> Vec<(&'static str, u64, Style)> {
     let warn = |n: u64, s: Style| if n > 0 { s } else { DIM };
-    let mut cells: Vec<(String, u64, Style)> = Outcome::ALL
+    let mut cells: Vec<(&'static str, u64, Style)> = Outcome::ALL
         .iter()
         .map(|o| {
             let n = m.outcome_count(*o);
-            (o.as_str().to_string(), n, if n > 0 { outcome_style(*o) } else { DIM })
+            (o.as_str(), n, if n > 0 { outcome_style(*o) } else { DIM })
         })
         .collect();
-    cells.push(("at risk".into(), m.at_risk(), warn(m.at_risk(), Style::new().fg(Color::Yellow).bold())));
-    cells.push(("duplicates".into(), m.duplicates(), warn(m.duplicates(), Style::new().fg(Color::LightRed).bold())));
-    cells.push(("faults fired".into(), m.faults_fired(), warn(m.faults_fired(), Style::new().fg(Color::Red))));
-
-    // Column-major: the outcomes read top to bottom, totals come last.
-    let rows = inner.height.max(1) as usize;
-    let col_width = inner.width.saturating_sub(1) / 2;
-    for (i, (name, n, style)) in cells.iter().enumerate() {
-        let (col, row) = (i / rows, i % rows);
-        if col > 1 {
-            break;
+    cells.push(("at risk", m.at_risk(), warn(m.at_risk(), Style::new().fg(Color::Yellow).bold())));
+    cells.push(("duplicates", m.duplicates(), warn(m.duplicates(), Style::new().fg(Color::LightRed).bold())));
+    cells.push(("faults fired", m.faults_fired(), warn(m.faults_fired(), Style::new().fg(Color::Red))));
+    for (name, n, color) in [
+        ("damaged", m.damaged(), Color::LightRed),
+        ("cut midway", m.cut_midway(), Color::LightRed),
+        ("lost track", m.forgotten(), Color::Yellow),
+    ] {
+        if n > 0 {
+            cells.push((name, n, Style::new().fg(color)));
         }
-        let x = inner.x + col as u16 * (col_width + 1);
-        let cell = Rect { x, y: inner.y + row as u16, width: col_width, height: 1 };
-        let count = n.to_string();
-        let gap = (col_width as usize).saturating_sub(name.chars().count() + count.len()).max(1);
-        let count_style = if *n > 0 { Style::new().fg(Color::White).bold() } else { DIM };
-        Line::from(vec![
-            Span::styled(name.clone(), *style),
-            Span::raw(" ".repeat(gap)),
-            Span::styled(count, count_style),
-        ])
-        .render(cell, buf);
+    }
+    cells
+}
+
+fn count_style(n: u64) -> Style {
+    if n > 0 { Style::new().fg(Color::White).bold() } else { DIM }
+}
+
+/// The cells as `name count` pairs flowed across lines of `width`: the
+/// compact form for narrow screens, every count shown.
+fn flow_cells(cells: &[(&'static str, u64, Style)], width: u16) -> Vec<Line<'static>> {
+    let atoms = cells
+        .iter()
+        .map(|(name, n, style)| {
+            Atom::new(
+                "  ",
+                vec![Span::styled(*name, *style), Span::raw(" "), Span::styled(n.to_string(), count_style(*n))],
+            )
+        })
+        .collect();
+    pack(atoms, width as usize, 0)
+}
+
+/// Outcome counters in two columns (or flowed, when the panel has the
+/// whole width of a narrow screen), with the totals after them. A count
+/// is never cut: the name before it is, with `…`.
+pub fn render_outcomes(area: Rect, buf: &mut Buffer, d: &Dashboard) {
+    let m = d.model;
+    let title = format!(" outcomes · {} ended · {} live ", m.ended_total(), m.live_count());
+    let block = panel(title);
+    let inner = block.inner(area);
+    block.render(area, buf);
+    let cells = outcome_cells(m);
+    let rows = inner.height.max(1) as usize;
+    if cells.len() <= rows * 2 && inner.width >= OUTCOMES_WIDTH - 2 {
+        // Column-major: the outcomes read top to bottom, totals come last.
+        let col_width = inner.width.saturating_sub(1) / 2;
+        for (i, (name, n, style)) in cells.iter().enumerate() {
+            let (col, row) = (i / rows, i % rows);
+            if col > 1 {
+                break;
+            }
+            let x = inner.x + col as u16 * (col_width + 1);
+            let cell = Rect { x, y: inner.y + row as u16, width: col_width, height: 1 };
+            let count = n.to_string();
+            let name = truncate(name, (col_width as usize).saturating_sub(count.len() + 1));
+            let gap = (col_width as usize).saturating_sub(name.chars().count() + count.len()).max(1);
+            Line::from(vec![
+                Span::styled(name, *style),
+                Span::raw(" ".repeat(gap)),
+                Span::styled(count, count_style(*n)),
+            ])
+            .render(cell, buf);
+        }
+    } else {
+        Paragraph::new(flow_cells(&cells, inner.width)).render(inner, buf);
     }
 }
 
@@ -308,6 +491,9 @@ fn command_rank(cmd: &str) -> usize {
 
 /// Per-command latency p50 / p99 / max, in as many column groups as fit.
 pub fn render_latency(area: Rect, buf: &mut Buffer, d: &Dashboard) {
+    if area.width == 0 {
+        return;
+    }
     let block = panel(" latency per command ");
     let inner = block.inner(area);
     block.render(area, buf);
@@ -365,127 +551,251 @@ fn truncate(s: &str, max: usize) -> String {
 
 // === sessions ===
 
-/// A sessions-table column: header, width, and the order columns are given
-/// up in when the screen is narrow (0 = never).
+/// What a table cell shows: `text`, cut with `…` when the column is
+/// narrow, then `keep` (a number), never cut.
+struct CellText {
+    text: String,
+    keep: String,
+    style: Style,
+}
+
+impl CellText {
+    fn text(text: impl Into<String>, style: Style) -> CellText {
+        CellText { text: text.into(), keep: String::new(), style }
+    }
+
+    fn number(keep: String) -> CellText {
+        CellText { text: String::new(), keep, style: Style::new() }
+    }
+
+    fn width(&self) -> usize {
+        self.text.chars().count() + self.keep.chars().count()
+    }
+
+    fn fit(self, width: u16) -> Cell<'static> {
+        let room = (width as usize).saturating_sub(self.keep.chars().count());
+        Cell::from(format!("{}{}", truncate(&self.text, room), self.keep)).style(self.style)
+    }
+}
+
+/// A sessions-table column: header, width (at least `min`, at most `cap`
+/// when there is room and the text needs it), and the order columns are
+/// given up in when the screen is narrow (0 = never). A `number` column is
+/// as wide as its widest value, whatever `cap` says.
 struct Column {
     title: &'static str,
-    width: u16,
+    min: u16,
+    cap: u16,
+    number: bool,
     priority: u8,
-    cell: fn(&SessionRow) -> Cell<'static>,
+    cell: fn(&SessionRow) -> CellText,
+}
+
+/// A command with a numeric argument keeps the argument whole.
+fn command_cell(cmd: &str) -> CellText {
+    match cmd.split_once(' ') {
+        Some((verb, arg)) if arg.chars().all(|c| c.is_ascii_digit() || c == ' ') => {
+            CellText { text: verb.to_string(), keep: format!(" {arg}"), style: Style::new() }
+        }
+        _ => CellText::text(cmd, Style::new()),
+    }
 }
 
 const COLUMNS: [Column; 10] = [
-    Column { title: "#", width: 5, priority: 0, cell: |r| Cell::from(r.session.to_string()) },
+    Column { title: "#", min: 5, cap: 5, number: true, priority: 0, cell: |r| CellText::number(r.session.to_string()) },
     Column {
         title: "client",
-        width: 15,
+        min: 15,
+        cap: 47,
+        number: false,
         priority: 6,
-        cell: |r| Cell::from(r.client.map(|c| c.to_string()).unwrap_or_default()),
+        cell: |r| CellText::text(r.client.map(|c| c.to_string()).unwrap_or_default(), Style::new()),
     },
-    Column { title: "user", width: 10, priority: 1, cell: |r| Cell::from(r.user.clone().unwrap_or_default()) },
+    Column {
+        title: "user",
+        min: 10,
+        cap: 24,
+        number: false,
+        priority: 1,
+        cell: |r| CellText::text(r.user.clone().unwrap_or_default(), Style::new()),
+    },
     Column {
         title: "state",
-        width: 6,
+        min: 6,
+        cap: 6,
+        number: false,
         priority: 2,
         cell: |r| {
             let (label, style) = state_label(r.state);
             // Ended rows stay dim; only the live state is worth a colour.
-            if r.is_live() { Cell::from(label).style(style) } else { Cell::from(label) }
+            CellText::text(label, if r.is_live() { style } else { Style::new() })
         },
     },
     Column {
         title: "last cmd",
-        width: 10,
+        min: 10,
+        cap: 20,
+        number: false,
         priority: 3,
-        cell: |r| Cell::from(r.last_command.clone().unwrap_or_default()),
+        cell: |r| command_cell(r.last_command.as_deref().unwrap_or_default()),
     },
-    Column { title: "dl/mk", width: 5, priority: 2, cell: |r| Cell::from(format!("{}/{}", r.downloaded, r.marked)) },
+    Column {
+        title: "dl/mk",
+        min: 5,
+        cap: 5,
+        number: true,
+        priority: 2,
+        cell: |r| CellText::number(format!("{}/{}", r.downloaded, r.marked)),
+    },
     Column {
         title: "up/down",
-        width: 9,
+        min: 9,
+        cap: 9,
+        number: true,
         priority: 5,
-        cell: |r| Cell::from(format!("{}/{}", fmt_bytes_short(r.bytes_up), fmt_bytes_short(r.bytes_down))),
+        cell: |r| CellText::number(format!("{}/{}", fmt_bytes_short(r.bytes_up), fmt_bytes_short(r.bytes_down))),
     },
     Column {
         title: "fault",
-        width: 14,
+        min: 14,
+        cap: 32,
+        number: false,
         priority: 2,
+        // The last rule that fired, and how many fired before it.
         cell: |r| match r.last_fault() {
-            None => Cell::from(Span::styled("-", DIM)),
-            Some(f) if r.fault_count > 1 => Cell::from(format!("{f} +{}", r.fault_count - 1)).fg(Color::LightRed),
-            Some(f) => Cell::from(f.to_string()).fg(Color::LightRed),
+            None => CellText::text("-", DIM),
+            Some(f) => CellText {
+                text: f.to_string(),
+                keep: if r.fault_count > 1 { format!(" +{}", r.fault_count - 1) } else { String::new() },
+                style: Style::new().fg(Color::LightRed),
+            },
         },
     },
     Column {
         title: "outcome",
-        width: 13,
+        min: 13,
+        cap: 16,
+        number: false,
         priority: 0,
         cell: |r| match &r.end {
-            None => Cell::from("● live").style(Style::new().fg(Color::LightBlue).bold()),
-            Some(e) => Cell::from(e.outcome.as_str()).style(outcome_style(e.outcome)),
+            None => CellText::text("● live", Style::new().fg(Color::LightBlue).bold()),
+            Some(e) => CellText::text(e.outcome.as_str(), outcome_style(e.outcome)),
         },
     },
-    Column { title: "profile", width: 14, priority: 7, cell: |r| Cell::from(r.profile.clone()) },
+    Column {
+        title: "profile",
+        min: 14,
+        cap: 24,
+        number: false,
+        priority: 7,
+        cell: |r| CellText::text(r.profile.clone(), Style::new()),
+    },
 ];
 
-/// The columns that fit in `width`, in display order.
-fn fit_columns(width: u16) -> Vec<&'static Column> {
-    let mut by_priority: Vec<&Column> = COLUMNS.iter().collect();
-    by_priority.sort_by_key(|c| c.priority);
+/// The columns that fit in `width` for these rows, in display order, with
+/// their widths. Columns come in by priority at their least width; the
+/// width left over goes to the text columns whose rows need it (up to
+/// their cap), so a wide screen does not stretch one column with blanks.
+fn fit_columns(width: u16, rows: &[&SessionRow]) -> Vec<(&'static Column, u16)> {
+    let need: Vec<u16> = COLUMNS
+        .iter()
+        .map(|c| {
+            let widest = rows.iter().map(|r| (c.cell)(r).width()).max().unwrap_or(0);
+            widest.max(c.title.chars().count()) as u16
+        })
+        .collect();
+    let least: Vec<u16> = COLUMNS
+        .iter()
+        .zip(&need)
+        .map(|(c, &n)| {
+            let keep = rows.iter().map(|r| (c.cell)(r).keep.chars().count()).max().unwrap_or(0) as u16;
+            // A number is never cut; text keeps room for one letter and `…`.
+            if c.number { c.min.max(n) } else { c.min.max(keep + 2) }
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..COLUMNS.len()).collect();
+    order.sort_by_key(|&i| COLUMNS[i].priority);
+    let mut widths = [0u16; COLUMNS.len()];
+    let mut kept = [false; COLUMNS.len()];
     let mut used = 0u16;
-    let mut keep = Vec::new();
-    for c in by_priority {
-        let need = c.width + u16::from(!keep.is_empty());
-        if c.priority == 0 || used + need <= width {
-            used += need;
-            keep.push(c.title);
+    for &i in &order {
+        let add = least[i] + u16::from(used > 0);
+        if COLUMNS[i].priority == 0 || used + add <= width {
+            used += add;
+            kept[i] = true;
+            widths[i] = least[i];
         }
     }
-    COLUMNS.iter().filter(|c| keep.contains(&c.title)).collect()
+    let mut spare = width.saturating_sub(used);
+    for &i in &order {
+        if kept[i] && !COLUMNS[i].number {
+            let grow = need[i].min(COLUMNS[i].cap.max(least[i])).saturating_sub(widths[i]).min(spare);
+            widths[i] += grow;
+            spare -= grow;
+        }
+    }
+    COLUMNS.iter().enumerate().filter(|(i, _)| kept[*i]).map(|(i, c)| (c, widths[i])).collect()
 }
 
 const HIGHLIGHT: &str = "▶ ";
 
-/// The table of live and recent sessions, scrolled to keep the selection
-/// visible; columns drop out by priority on narrow screens.
+/// The table of live and recent sessions (those matching the filter),
+/// scrolled to keep the selection visible; columns drop out by priority
+/// on narrow screens.
 pub fn render_sessions(area: Rect, buf: &mut Buffer, d: &Dashboard) {
     let m = d.model;
-    let len = m.row_count();
+    let all = d.ui.rows(m);
+    let len = all.len();
     let visible = table_rows(area).max(1);
-    let selected = d.ui.selected_index(m);
+    let selected = d.ui.index_in(&all);
     let offset = match selected {
         Some(i) => scroll(d.ui.offset, i, visible),
         None => d.ui.offset,
     }
     .min(len.saturating_sub(visible));
 
-    let position = match selected {
+    let mut position = match selected {
         Some(i) => format!(" {}/{} ", i + 1, len),
         None if len > visible => format!(" {}–{} of {} ", offset + 1, (offset + visible).min(len), len),
         None => String::new(),
     };
-    let block = panel(format!(" sessions · {} live · {} recent ", m.live_count(), len - m.live_count()))
-        .title_bottom(Line::styled(position, DIM).right_aligned());
+    if selected.is_some() {
+        position = if d.ui.follow { format!(" following ·{position}") } else { format!("{position}· f follow ") };
+    }
+    let counts = format!(" sessions · {} live · {} recent ", m.live_count(), m.row_count() - m.live_count());
+    let title = if d.ui.filter.is_empty() {
+        counts
+    } else {
+        // The match count is what the filter is for: on a narrow screen
+        // the live/recent counts give way to it, then the filter's text.
+        let room = area.width.saturating_sub(2) as usize;
+        let matched = format!(" · {len} match ");
+        let with_counts = format!("{}· /{}{matched}", counts, truncate(&d.ui.filter, 20));
+        if with_counts.chars().count() <= room {
+            with_counts
+        } else {
+            let filter_room = room.saturating_sub(" sessions · /".len() + matched.chars().count());
+            format!(" sessions · /{}{matched}", truncate(&d.ui.filter, filter_room.max(1)))
+        }
+    };
+    let block = panel(title).title_bottom(Line::styled(position, DIM).right_aligned());
     let inner_width = block.inner(area).width;
-    let columns = fit_columns(inner_width.saturating_sub(HIGHLIGHT.chars().count() as u16));
-    let header = Row::new(columns.iter().map(|c| Cell::from(c.title)))
+    let shown: Vec<&SessionRow> = all.iter().skip(offset).take(visible).copied().collect();
+    let columns = fit_columns(inner_width.saturating_sub(HIGHLIGHT.chars().count() as u16), &shown);
+    let header = Row::new(columns.iter().map(|(c, w)| Cell::from(truncate(c.title, *w as usize))))
         .style(Style::new().fg(Color::Gray).add_modifier(Modifier::BOLD | Modifier::UNDERLINED));
-    let rows: Vec<Row> = m
-        .rows()
-        .skip(offset)
-        .take(visible)
+    let rows: Vec<Row> = shown
+        .iter()
         .map(|r| {
             let style = if r.is_live() { Style::new().fg(Color::White) } else { DIM };
-            Row::new(columns.iter().map(|c| (c.cell)(r))).style(style)
+            Row::new(columns.iter().map(|(c, w)| (c.cell)(r).fit(*w))).style(style)
         })
         .collect();
-    let widths: Vec<Constraint> = columns
-        .iter()
-        .map(|c| if c.title == "fault" { Constraint::Min(c.width) } else { Constraint::Length(c.width) })
-        .collect();
+    let widths: Vec<Constraint> = columns.iter().map(|(_, w)| Constraint::Length(*w)).collect();
     let table = Table::new(rows, widths)
         .header(header)
         .block(block)
+        .flex(Flex::Start)
         .row_highlight_style(Style::new().bg(Color::DarkGray).add_modifier(Modifier::BOLD))
         .highlight_symbol(HIGHLIGHT)
         .highlight_spacing(HighlightSpacing::Always);
@@ -493,7 +803,13 @@ pub fn render_sessions(area: Rect, buf: &mut Buffer, d: &Dashboard) {
     StatefulWidget::render(table, area, buf, &mut state);
     if len == 0 {
         let hint = Rect { y: area.y + 2, height: 1, ..area.inner(ratatui::layout::Margin::new(3, 0)) };
-        Paragraph::new(Span::styled("waiting for the first client…", DIM)).render(hint.intersection(area), buf);
+        let text = if d.ui.filter.is_empty() {
+            "waiting for the first client…".to_string()
+        } else {
+            format!("no session matches /{} (Esc clears)", d.ui.filter)
+        };
+        Paragraph::new(cut_line(vec![Span::styled(text, DIM)], hint.width as usize))
+            .render(hint.intersection(area), buf);
     }
 }
 
@@ -503,8 +819,14 @@ pub fn render_sessions(area: Rect, buf: &mut Buffer, d: &Dashboard) {
 pub fn render_throughput(area: Rect, buf: &mut Buffer, d: &Dashboard) {
     let samples = d.model.throughput();
     let peak_down = samples.iter().map(|r| r.down).max().unwrap_or(0);
-    let block = panel(" throughput ")
-        .title_bottom(Line::styled(format!(" peak ↓ {}/s ", fmt_bytes(peak_down)), DIM).right_aligned());
+    let peak = format!(" peak ↓ {}/s ", fmt_bytes(peak_down));
+    let block = panel(" throughput ");
+    // Left out rather than cut when the panel is too narrow for it.
+    let block = if peak.chars().count() + 2 <= area.width as usize {
+        block.title_bottom(Line::styled(peak, DIM).right_aligned())
+    } else {
+        block
+    };
     let inner = block.inner(area);
     block.render(area, buf);
     if inner.height == 0 {
@@ -541,7 +863,7 @@ pub fn render_throughput(area: Rect, buf: &mut Buffer, d: &Dashboard) {
 
 // === event log ===
 
-fn log_line(l: &LogLine) -> Line<'static> {
+fn log_line(l: &LogLine) -> Vec<Span<'static>> {
     let mut spans = vec![
         Span::styled(fmt_clock(l.at), DIM),
         Span::raw(" "),
@@ -565,60 +887,112 @@ fn log_line(l: &LogLine) -> Line<'static> {
             spans.push(Span::styled(format!(" ({ended_by})"), DIM));
         }
     }
-    Line::from(spans)
+    spans
 }
 
-/// Faults and outcomes, newest at the bottom.
+/// Indent of a log entry's continuation lines: under the session number.
+const LOG_INDENT: usize = 6;
+
+/// Faults and outcomes, newest at the bottom. An entry too long for the
+/// panel wraps (an offset like `@1016` moves to the next line whole), and
+/// only whole entries are shown.
 pub fn render_log(area: Rect, buf: &mut Buffer, d: &Dashboard) {
     let block = panel(" events ");
     let inner = block.inner(area);
     block.render(area, buf);
-    let log = d.model.log();
-    let skip = log.len().saturating_sub(inner.height as usize);
-    let lines: Vec<Line> = log.skip(skip).map(log_line).collect();
-    if lines.is_empty() {
+    if d.model.log().len() == 0 {
         Paragraph::new(Span::styled("no faults or outcomes yet", DIM)).render(inner, buf);
         return;
     }
-    Paragraph::new(lines).render(inner, buf);
+    let mut lines: Vec<Line> = Vec::new();
+    for l in d.model.log().rev() {
+        let entry = pack(words(log_line(l)), inner.width as usize, LOG_INDENT);
+        if lines.len() + entry.len() > inner.height as usize {
+            break;
+        }
+        lines.splice(0..0, entry);
+    }
+    // Bottom-aligned: the newest entry stays on the last row even when an
+    // older one too tall for the room left is not shown.
+    let gap = inner.height.saturating_sub(lines.len() as u16);
+    Paragraph::new(lines).render(Rect { y: inner.y + gap, height: inner.height - gap, ..inner }, buf);
 }
 
 // === footer and help ===
 
-/// Key hints, and a status message on the right when there is one.
+/// Key hints, and a status message on the right when there is one; while
+/// a filter is typed, the filter; while a profile is being chosen, the
+/// choice and its summary.
 pub fn render_footer(area: Rect, buf: &mut Buffer, d: &Dashboard) {
     let key = Style::new().fg(Color::Black).bg(ACCENT).bold();
     let text = Style::new().fg(Color::Gray);
+    let width = area.width as usize;
+    if d.ui.editing {
+        let spans = vec![
+            Span::styled(" / ", key),
+            Span::styled(format!(" {}", d.ui.filter), Style::new().fg(Color::White).bold()),
+            Span::styled("▏", Style::new().fg(ACCENT)),
+            Span::styled("  user, outcome, fault, state · ", text),
+            Span::styled(" Enter ", key),
+            Span::styled(" keep  ", text),
+            Span::styled(" Esc ", key),
+            Span::styled(" clear", text),
+        ];
+        cut_line(spans, width).render(area, buf);
+        return;
+    }
+    if let Some((name, summary)) = &d.ui.choice {
+        // The keys first: whatever the summary's length, how to apply or
+        // cancel stays on screen.
+        let spans = vec![
+            Span::styled(" Enter ", key),
+            Span::styled(" apply  ", text),
+            Span::styled(" Esc ", key),
+            Span::styled(" cancel  ", text),
+            Span::styled(" tab ", key),
+            Span::styled(" next  ", text),
+            Span::styled("profile ", text),
+            Span::styled(name.clone(), Style::new().fg(ACCENT).bold()),
+            Span::styled(format!(": {summary}"), Style::new().fg(Color::White)),
+        ];
+        cut_line(spans, width).render(area, buf);
+        return;
+    }
     let hints = [
         ("q", "quit"),
         ("p", if d.paused { "resume" } else { "pause" }),
         ("tab", "profile"),
         ("k", "cut"),
         ("↑↓", "select"),
+        ("f", "follow"),
+        ("/", "filter"),
         ("?", "help"),
     ];
     // A flash message takes the right end, at most 60% of the width; the
-    // hints that still fit whole are drawn, never a hint cut mid-word.
+    // hints that still fit whole are drawn, never a hint cut mid-word, and
+    // help is always offered when it fits.
     let flash = d.ui.flash.as_ref().map(|(msg, _)| {
-        let max = (area.width as usize * 3 / 5).max(10);
+        let max = (width * 3 / 5).max(10);
         let mut msg: String = format!(" {msg} ");
         if msg.chars().count() > max {
             msg = msg.chars().take(max.saturating_sub(2)).collect::<String>() + "… ";
         }
         msg
     });
-    let room = area.width as usize - flash.as_ref().map_or(0, |m| m.chars().count());
+    let room = width.saturating_sub(flash.as_ref().map_or(0, |m| m.chars().count()));
+    let hint_width = |(k, what): &(&str, &str)| k.chars().count() + what.chars().count() + 5;
+    let help_width = hint_width(&hints[hints.len() - 1]);
     let mut spans = Vec::new();
     let mut used = 0;
-    for (k, what) in hints {
-        let (a, b) = (format!(" {k} "), format!(" {what}  "));
-        let w = a.chars().count() + b.chars().count();
-        if used + w > room {
-            break;
+    for (i, h) in hints.iter().enumerate() {
+        let last = i == hints.len() - 1;
+        let reserve = if last { 0 } else { help_width };
+        if used + hint_width(h) + reserve > room && !(last && used + hint_width(h) <= room) {
+            continue;
         }
-        used += w;
-        spans.push(Span::styled(a, key));
-        spans.push(Span::styled(b, text));
+        used += hint_width(h);
+        spans.push(Span::styled(format!(" {} ", h.0), key));
+        spans.push(Span::styled(format!(" {}  ", h.1), text));
     }
     Line::from(spans).render(area, buf);
     if let Some(msg) = flash {
@@ -628,21 +1002,35 @@ pub fn render_footer(area: Rect, buf: &mut Buffer, d: &Dashboard) {
     }
 }
 
-/// The keys and what each outcome means, over everything else.
-pub fn render_help(area: Rect, buf: &mut Buffer) {
+/// The help's lines: every key, every column, every outcome and every
+/// number on the screen.
+fn help_lines() -> Vec<Line<'static>> {
     let key = Style::new().fg(ACCENT).bold();
     let head = Style::new().fg(Color::White).bold().add_modifier(Modifier::UNDERLINED);
+    let row =
+        |k: &str, what: &str| Line::from(vec![Span::styled(format!("  {k:<17}"), key), Span::raw(what.to_string())]);
     let mut lines = vec![Line::styled("Keys", head)];
     for (k, what) in [
         ("q  Ctrl-C", "quit (stops the run, restores the terminal)"),
         ("p", "pause / resume fault injection"),
-        ("tab  ⇧tab", "next / previous profile (new sessions)"),
+        ("tab  ⇧tab", "choose the next / previous profile (shown below)"),
+        ("  Enter  Esc", "apply it to new sessions / keep the current one"),
         ("k", "cut the selected live session (lost carrier)"),
-        ("↑↓ PgUp PgDn", "select a session (Home / End)"),
-        ("?  Esc", "close this help"),
-        ("dl/mk", "column: downloaded / marked for deletion"),
+        ("↑↓ PgUp PgDn", "select a session (Home / End); stops following"),
+        ("f", "follow: keep the top row (newest live) selected"),
+        ("/", "filter rows: user, outcome, fault, state; Esc clears"),
+        ("?  Esc", "close this help (↑↓ scroll it)"),
     ] {
-        lines.push(Line::from(vec![Span::styled(format!("  {k:<14}"), key), Span::raw(what)]));
+        lines.push(row(k, what));
+    }
+    lines.push(Line::styled("Columns", head));
+    for (k, what) in [
+        ("dl/mk", "messages downloaded / marked for deletion"),
+        ("up/down", "bytes client → server / server → client (K, M: ×1024)"),
+        ("fault", "the last rule that fired; +N: N more fired before it"),
+        ("last cmd", "the client's last command (passwords as ***)"),
+    ] {
+        lines.push(row(k, what));
     }
     lines.push(Line::styled("Outcomes", head));
     for (o, what) in [
@@ -657,28 +1045,46 @@ pub fn render_help(area: Rect, buf: &mut Buffer) {
     ] {
         lines.push(Line::from(vec![
             Span::raw("  "),
-            Span::styled(format!("{:<14}", o.as_str()), outcome_style(o)),
+            Span::styled(format!("{:<17}", o.as_str()), outcome_style(o)),
             Span::raw(what),
         ]));
     }
     lines.push(Line::styled("Counts", head));
     for (name, what) in [
-        ("at risk", "got or marked in rolled-back/in-doubt sessions: come again"),
+        ("ended / live", "sessions finished / running now"),
+        ("at risk", "got/marked in rolled-back or in-doubt sessions: come again"),
         ("duplicates", "downloads of a message already downloaded (same mailbox)"),
+        ("faults fired", "fault rules that acted, all sessions"),
         ("damaged", "messages a fault changed: noise, corruption, truncate"),
         ("cut midway", "messages the client got part of (dropped in the body)"),
+        ("lost track", "live sessions forgotten: their end was never reported"),
+        ("p50 p99 max n", "answer time per command: median, 99th pct, max, count"),
+        ("↑ ↓ peak", "bytes per second each way now; the highest ↓ seen"),
+        ("n/m", "sessions border: the selected row / rows shown"),
     ] {
-        lines.push(Line::from(vec![Span::styled(format!("  {name:<14}"), key), Span::raw(what)]));
+        lines.push(row(name, what));
     }
-    let text = Text::from(lines);
-    let width = (text.width() as u16 + 4).min(area.width);
-    let height = (text.height() as u16 + 2).min(area.height);
+    lines
+}
+
+/// The keys, columns, outcomes and counts explained, over everything else;
+/// scrolled by `scroll` lines when taller than the screen.
+pub fn render_help(area: Rect, buf: &mut Buffer, scroll: u16) {
+    let lines = help_lines();
+    let text_width = lines.iter().map(Line::width).max().unwrap_or(0) as u16;
+    let width = (text_width + 4).min(area.width);
+    let height = (lines.len() as u16 + 2).min(area.height);
+    let room = height.saturating_sub(2) as usize;
+    let scroll = (scroll as usize).min(lines.len().saturating_sub(room));
+    let more = lines.len() > scroll + room;
+    let inner = width.saturating_sub(4) as usize;
+    let shown: Vec<Line> = lines.into_iter().skip(scroll).take(room).map(|l| cut_line(l.spans, inner)).collect();
     let popup = Rect { x: area.x + (area.width - width) / 2, y: area.y + (area.height - height) / 2, width, height };
     Clear.render(popup, buf);
-    let block = panel(" help ")
-        .title_bottom(Line::styled(" ? or Esc to close ", DIM).right_aligned())
-        .border_style(Style::new().fg(ACCENT));
-    Paragraph::new(text).block(block.padding(ratatui::widgets::Padding::horizontal(1))).render(popup, buf);
+    let hint = if more { " ↓ more · ? or Esc to close " } else { " ? or Esc to close " };
+    let block =
+        panel(" help ").title_bottom(Line::styled(hint, DIM).right_aligned()).border_style(Style::new().fg(ACCENT));
+    Paragraph::new(shown).block(block.padding(ratatui::widgets::Padding::horizontal(1))).render(popup, buf);
 }
 
 #[cfg(test)]
@@ -705,19 +1111,22 @@ mod tests {
 
     #[test]
     fn columns_fit_the_width() {
-        let titles = |w| fit_columns(w).iter().map(|c| c.title).collect::<Vec<_>>();
+        let titles = |w| fit_columns(w, &[]).iter().map(|c| c.0.title).collect::<Vec<_>>();
         assert_eq!(titles(76), ["#", "user", "state", "last cmd", "dl/mk", "fault", "outcome"]);
         assert_eq!(titles(200).len(), COLUMNS.len());
         assert_eq!(titles(10), ["#", "outcome"]);
         for w in [20, 40, 76, 100, 140] {
-            let used: u16 = fit_columns(w).iter().map(|c| c.width + 1).sum::<u16>() - 1;
+            let used: u16 = fit_columns(w, &[]).iter().map(|c| c.1 + 1).sum::<u16>() - 1;
             assert!(used <= w || w < 19, "width {w}: {used}");
         }
     }
 
     #[test]
     fn layout_at_80x24() {
-        let a = layout(Rect::new(0, 0, 80, 24));
+        let (m, ui) = (Model::new(), UiState::default());
+        let header = Header { listen: "l:1".into(), upstream: "u:2".into(), seed: 7, started: Instant::now() };
+        let d = Dashboard { model: &m, header: &header, ui: &ui, profile: "p", paused: false, uptime: Duration::ZERO };
+        let a = layout(Rect::new(0, 0, 80, 24), &d);
         assert_eq!(table_rows(a.sessions), 5);
         assert_eq!(a.footer, Rect::new(0, 23, 80, 1));
         assert_eq!(a.outcomes.width + a.latency.width, 80);

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use rand::RngCore;
 
-use super::{After, Dir, Driver, Effects, Fate, LATENCY_BATCH, Sample};
+use super::{After, Dir, Driver, Effects, Fate, LATENCY_BATCH, LATENCY_MAX_HOLD, Sample};
 use crate::codec::Command;
 use crate::events::{Event, SessionSnapshot};
 use crate::faults::engine::{jittered, rng_for};
@@ -169,9 +169,13 @@ impl Driver {
         if let Some(micros) = self.answered(seq, now) {
             self.latencies.push(Sample::new(seq, cmd.name(), micros));
         }
-        if self.latencies.len() >= LATENCY_BATCH {
+        // In bursts, so that a busy session does not wake the aggregator per
+        // answer; but a slow one's answers still reach the screen soon.
+        let held = now.saturating_duration_since(self.latencies_sent);
+        if self.latencies.len() >= LATENCY_BATCH || !self.latencies.is_empty() && held >= LATENCY_MAX_HOLD {
             let number = self.info.number;
             self.events.extend(self.latencies.drain(..).map(|s| s.event(number)));
+            self.latencies_sent = now;
         }
         self.decide_and_act(Point::Response(cmd), seq, Dir::Down, now)
     }

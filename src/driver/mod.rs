@@ -42,6 +42,9 @@ use crate::session::Tracker;
 /// Latency samples a session sends at once (and the rest when it ends):
 /// each send may wake the aggregator, which costs more than the sample.
 const LATENCY_BATCH: usize = 16;
+/// Longest a session holds latency samples back once it has one to send:
+/// a slow session's few answers reach the screen this late at most.
+const LATENCY_MAX_HOLD: Duration = Duration::from_millis(250);
 
 /// Which way bytes go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -336,6 +339,8 @@ pub struct Driver {
     first_end: Option<(Side, bool)>,
     /// Latency samples not yet sent.
     latencies: Vec<Sample>,
+    /// When latency samples were last sent (at first: the accept).
+    latencies_sent: Instant,
     /// Timer rules not yet due: (delay from accept, rule).
     /// Boxed: most profiles have no timer rule, and every session counts.
     #[allow(clippy::box_collection)]
@@ -364,6 +369,7 @@ impl Driver {
     pub fn new(info: SessionInfo, engine: Engine) -> Driver {
         let timers = engine.timers();
         let timers = (!timers.is_empty()).then(|| Box::new(timers.into()));
+        let started = info.started;
         let start = Event::SessionStart {
             session: info.number,
             client: info.peer,
@@ -390,6 +396,7 @@ impl Driver {
             no_greeting: false,
             first_end: None,
             latencies: Vec::new(),
+            latencies_sent: started,
             timers,
             paused: false,
             plans: [None, None],

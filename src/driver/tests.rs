@@ -796,4 +796,32 @@ fn a_transcript_tells_the_session_and_keeps_no_secret() {
     let mut quiet = Sim::new(Profile::passthrough());
     quiet.login();
     assert!(quiet.d.take_transcript().is_empty());
+
+#[test]
+fn latency_samples_go_out_in_bursts_or_after_a_quarter_second() {
+    let mut s = Sim::new(built_in("passthrough"));
+    let sent = |s: &Sim| s.events.iter().filter(|e| matches!(e, Event::Latency { .. })).count();
+    // USER and PASS answered at once: held for a burst.
+    s.login();
+    assert_eq!(sent(&s), 0);
+    s.at_ms(100).c(b"NOOP\r\n").s(b"+OK\r\n");
+    assert_eq!(sent(&s), 0, "100 ms: still held");
+    // A quarter of a second since the accept: the four go out.
+    s.at_ms(300).c(b"NOOP\r\n").s(b"+OK\r\n");
+    assert_eq!(sent(&s), 4);
+    s.at_ms(400).c(b"NOOP\r\n").s(b"+OK\r\n");
+    assert_eq!(sent(&s), 4, "100 ms since the last send");
+    s.at_ms(550).c(b"NOOP\r\n").s(b"+OK\r\n");
+    assert_eq!(sent(&s), 6, "250 ms since the last send");
+    // Many answers at one instant: sent by the burst, not one by one.
+    s.at_ms(600);
+    for _ in 0..15 {
+        s.c(b"NOOP\r\n").s(b"+OK\r\n");
+    }
+    assert_eq!(sent(&s), 6);
+    s.c(b"NOOP\r\n").s(b"+OK\r\n");
+    assert_eq!(sent(&s), 22, "sixteen held: a burst");
+    s.c(b"NOOP\r\n").s(b"+OK\r\n");
+    s.end();
+    assert_eq!(sent(&s), 23, "the rest at the end");
 }

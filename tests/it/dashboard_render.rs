@@ -125,7 +125,18 @@ fn latency(n: u64, command: &str, micros: u64) -> Event {
 /// Six sessions: two live (2, 5), four ended with different outcomes.
 fn model() -> Model {
     let mut r = Run::default();
-    let evs = [
+    for (i, ev) in model_events().iter().enumerate() {
+        r.apply(ev, S * i as u32);
+    }
+    let mut m = r.model();
+    for i in 0..20u64 {
+        m.sample_bytes(i * i * 100, i * 5000, Duration::from_millis(500) * i as u32);
+    }
+    m
+}
+
+fn model_events() -> Vec<Event> {
+    vec![
         start(1, "lost-carrier"),
         progress(1, State::Transaction, "alice", "RETR 3", 2, 2),
         Event::Fault {
@@ -201,15 +212,7 @@ fn model() -> Model {
         latency(3, "DELE", 310),
         latency(3, "QUIT", 820),
         latency(5, "USER", 150),
-    ];
-    for (i, ev) in evs.iter().enumerate() {
-        r.apply(ev, S * i as u32);
-    }
-    let mut m = r.model();
-    for i in 0..20u64 {
-        m.sample_bytes(i * i * 100, i * 5000, Duration::from_millis(500) * i as u32);
-    }
-    m
+    ]
 }
 
 fn header() -> Header {
@@ -242,8 +245,9 @@ fn whole(area: Rect, buf: &mut Buffer, d: &Dashboard) {
     d.render(area, buf);
 }
 
+/// A row chosen by hand: follow mode off, the selection on `session`.
 fn selected(session: u64) -> UiState {
-    UiState { selected: Some(session), ..UiState::default() }
+    UiState { selected: Some(session), follow: false, ..UiState::default() }
 }
 
 fn assert_lines(got: &[String], want: &[&str]) {
@@ -271,18 +275,18 @@ fn whole_dashboard_at_80x24() {
             "│no-login          0                    ││                                     │",
             "╰───────────────────────────────────────╯╰─────────────────────────────────────╯",
             "╭ sessions · 2 live · 4 recent ────────────────────────────────────────────────╮",
-            "│  #     user       state  last cmd   dl/mk fault                 outcome      │",
-            "│  5     dave       TRANS  DELE 4     4/3   -                     ● live       │",
-            "│▶ 2     bob        AUTH   PASS ***   0/0   -                     ● live       │",
-            "│  6     erin       UPDATE            1/4   quit-lost             in-doubt     │",
-            "│  4                AUTH              0/0   -                     refused      │",
-            "│  3     carol      UPDATE            5/5   -                     committed    │",
-            "╰───────────────────────────────────────────────────────────────────────── 2/6 ╯",
+            "│  #     user       state  last cmd   dl/mk fault          outcome             │",
+            "│  5     dave       TRANS  DELE 4     4/3   -              ● live              │",
+            "│▶ 2     bob        AUTH   PASS ***   0/0   -              ● live              │",
+            "│  6     erin       UPDATE            1/4   quit-lost      in-doubt            │",
+            "│  4                AUTH              0/0   -              refused             │",
+            "│  3     carol      UPDATE            5/5   -              committed           │",
+            "╰────────────────────────────────────────────────────────────── 2/6 · f follow ╯",
             "╭ throughput ──────────────────╮╭ events ──────────────────────────────────────╮",
-            "│↑ 7.2 KiB/s   ▁▁▂▂▃▃▄▄▄▅▅▆▆▇▇█││00:13 #6   fault quit-lost: disconnect at forw│",
-            "│↓ 9.8 KiB/s   ████████████████││00:14 #6   in-doubt · 4 at risk · 1 dup (clien│",
+            "│↑ 7.2 KiB/s   ▁▁▂▂▃▃▄▄▄▅▅▆▆▇▇█││00:14 #6   in-doubt · 4 at risk · 1 dup       │",
+            "│↓ 9.8 KiB/s   ████████████████││      (client closed)                         │",
             "╰──────────── peak ↓ 9.8 KiB/s ╯╰──────────────────────────────────────────────╯",
-            " q  quit   p  pause   tab  profile   k  cut   ↑↓  select   ?  help",
+            " q  quit   p  pause   tab  profile   k  cut   ↑↓  select   f  follow   ?  help",
         ],
     );
 }
@@ -398,17 +402,22 @@ fn sessions_table_scrolls_to_the_selection() {
         &got,
         &[
             "╭ sessions · 30 live · 0 recent ───────────────────────────────────────────────╮",
-            "│  #     user       state  last cmd   dl/mk fault                 outcome      │",
-            "│  5     user5      TRANS  STAT       0/0   -                     ● live       │",
-            "│  4     user4      TRANS  STAT       0/0   -                     ● live       │",
-            "│  3     user3      TRANS  STAT       0/0   -                     ● live       │",
-            "│  2     user2      TRANS  STAT       0/0   -                     ● live       │",
-            "│▶ 1     user1      TRANS  STAT       0/0   -                     ● live       │",
-            "╰─────────────────────────────────────────────────────────────────────── 30/30 ╯",
+            "│  #     user       state  last cmd   dl/mk fault          outcome             │",
+            "│  5     user5      TRANS  STAT       0/0   -              ● live              │",
+            "│  4     user4      TRANS  STAT       0/0   -              ● live              │",
+            "│  3     user3      TRANS  STAT       0/0   -              ● live              │",
+            "│  2     user2      TRANS  STAT       0/0   -              ● live              │",
+            "│▶ 1     user1      TRANS  STAT       0/0   -              ● live              │",
+            "╰──────────────────────────────────────────────────────────── 30/30 · f follow ╯",
         ],
     );
-    // Without a selection the border says which rows are shown.
+    // Following, the newest row is selected and the border says so.
     let top = render(&m, &UiState::default(), false, (80, 8), render_sessions);
+    assert!(top[2].starts_with("│▶ 30 "), "{}", top[2]);
+    assert!(top[7].contains(" following · 1/30 "), "{}", top[7]);
+    // With nothing selected, the border says which rows are shown.
+    let none = UiState { follow: false, ..UiState::default() };
+    let top = render(&m, &none, false, (80, 8), render_sessions);
     assert!(top[2].contains("  30 "), "{}", top[2]);
     assert!(top[7].contains(" 1–5 of 30 "), "{}", top[7]);
 }
@@ -421,16 +430,40 @@ fn help_overlay_lists_keys_and_outcomes() {
     // Keys, outcomes and counts fill an 80×24 screen top to bottom.
     assert!(got[0].contains("╭ help ─"), "{}", got[0]);
     for want in [
-        "q  Ctrl-C     quit (stops the run, restores the terminal)",
-        "p             pause / resume fault injection",
-        "tab  ⇧tab     next / previous profile (new sessions)",
-        "k             cut the selected live session (lost carrier)",
-        "committed     QUIT +OK: marked messages deleted",
-        "in-doubt      QUIT sent, answer lost: nobody knows",
+        "q  Ctrl-C        quit (stops the run, restores the terminal)",
+        "p                pause / resume fault injection",
+        "tab  ⇧tab        choose the next / previous profile (shown below)",
+        "  Enter  Esc     apply it to new sessions / keep the current one",
+        "k                cut the selected live session (lost carrier)",
+        "f                follow: keep the top row (newest live) selected",
+        "/                filter rows: user, outcome, fault, state; Esc clears",
+        "committed        QUIT +OK: marked messages deleted",
+        "dl/mk            messages downloaded / marked for deletion",
+        "up/down          bytes client → server / server → client",
+        "in-doubt         QUIT sent, answer lost: nobody knows",
         "? or Esc to close",
     ] {
         assert!(text.contains(want), "missing {want:?}:\n{text}");
     }
+    // Taller than 24 rows: it says there is more, and scrolls to the rest,
+    // which explains every number on the screen.
+    assert!(text.contains("↓ more"), "{text}");
+    let scrolled = UiState { help: true, help_scroll: 100, ..UiState::default() };
+    let rest = render(&model(), &scrolled, false, (80, 24), whole).join("\n");
+    for want in [
+        "fault            the last rule that fired; +N: N more fired before it",
+        "nothing-at-stake dropped with nothing marked or downloaded",
+        "at risk ",
+        "duplicates ",
+        "damaged ",
+        "cut midway ",
+        "lost track       live sessions forgotten",
+        "p50 p99 max n    answer time per command",
+        "↑ ↓ peak         bytes per second each way now; the highest ↓ seen",
+    ] {
+        assert!(rest.contains(want), "missing {want:?}:\n{rest}");
+    }
+    assert!(!rest.contains("↓ more"), "{rest}");
     let closed = render(&model(), &UiState::default(), false, (80, 24), whole).join("\n");
     assert!(!closed.contains("Ctrl-C"));
 }
@@ -546,6 +579,7 @@ fn loop_runs_keys_against_control_and_quits() {
         Some(key(KeyCode::Tab)),
         Some(key(KeyCode::Tab)),
         Some(InputEvent::Key(KeyEvent::new(KeyCode::BackTab, KeyModifiers::SHIFT))),
+        Some(key(KeyCode::Enter)),
         Some(key(KeyCode::Down)),
         Some(key(KeyCode::Char('k'))),
         None,
@@ -584,4 +618,196 @@ fn loop_returns_when_stopped_from_outside() {
     assert!(!control.paused());
     let screen = lines(terminal.backend().buffer());
     assert!(screen[0].contains("popfault"), "a frame was drawn before stopping");
+}
+
+// === every size: nothing cut without a mark, no number cut at all ===
+
+/// The fixture with what got cut before: a 16-digit seed, a long profile
+/// and rule name, an offset at the end of a fault line, four-digit session
+/// numbers, and damaged / cut-midway counts.
+fn crowded() -> (Model, Header) {
+    let mut r = Run::default();
+    let base = model_events();
+    for (i, ev) in base.iter().enumerate() {
+        r.apply(ev, S * i as u32);
+    }
+    let evs = [
+        start(1016, "server-down-hang"),
+        progress(1016, State::Transaction, "mallory.longname", "RETR 1016", 12, 118),
+        Event::Fault {
+            session: 1016,
+            rule: "carrier-lost-mid-retr".into(),
+            action: "disconnect".into(),
+            point: "body RETR 3 @1016".into(),
+        },
+        Event::Fault {
+            session: 1016,
+            rule: "carrier-lost-mid-retr".into(),
+            action: "disconnect".into(),
+            point: "body RETR 4 @1016".into(),
+        },
+    ];
+    for ev in &evs {
+        r.apply(ev, S * 30);
+    }
+    let header = Header {
+        listen: "127.0.0.1:11100".into(),
+        upstream: "127.0.0.1:21100".into(),
+        seed: 2981755550743193,
+        started: Instant::now(),
+    };
+    (r.model(), header)
+}
+
+fn render_with(m: &Model, header: &Header, ui: &UiState, (w, h): (u16, u16)) -> Vec<String> {
+    let d = Dashboard { model: m, header, ui, profile: "server-down-hang", paused: false, uptime: S * 83 };
+    let mut buf = Buffer::empty(Rect::new(0, 0, w, h));
+    d.render(buf.area, &mut buf);
+    lines(&buf)
+}
+
+/// The number shown right after `name` on some line (its count), if any.
+fn count_after(screen: &[String], name: &str) -> Option<String> {
+    screen.iter().find_map(|l| {
+        let rest = &l[l.find(name)? + name.len()..];
+        let digits: String = rest.trim_start().chars().take_while(char::is_ascii_digit).collect();
+        Some(digits)
+    })
+}
+
+#[test]
+fn every_size_cuts_text_with_a_mark_and_never_a_number() {
+    let (m, header) = crowded();
+    for (w, h) in [(60, 15), (80, 24), (120, 35), (200, 50)] {
+        let got = render_with(&m, &header, &UiState::default(), (w, h));
+        let text = got.join("\n");
+        eprintln!("--- {w}x{h} ---\n{text}");
+        assert!(text.contains("seed 2981755550743193"), "{w}x{h}: the whole seed:\n{text}");
+        // Every outcome count, whole.
+        for o in Outcome::ALL {
+            let want = m.outcome_count(o).to_string();
+            assert_eq!(count_after(&got, o.as_str()).as_deref(), Some(want.as_str()), "{w}x{h}: {o:?}:\n{text}");
+        }
+        for (name, n) in [("at risk", m.at_risk()), ("duplicates", m.duplicates()), ("faults fired", m.faults_fired())]
+        {
+            assert_eq!(count_after(&got, name), Some(n.to_string()), "{w}x{h}: {name}:\n{text}");
+        }
+        // Session 1016 (live, newest, selected by follow mode): its number
+        // and counts whole; its rule name whole or cut with a mark.
+        let row = got.iter().find(|l| l.contains("▶ 1016 ")).unwrap_or_else(|| panic!("{w}x{h}: row 1016:\n{text}"));
+        assert!(row.contains("12/118"), "{w}x{h}: dl/mk whole: {row}");
+        for line in &got {
+            for (i, _) in line.match_indices("carrier-lo") {
+                let shown: String = line[i..].chars().take_while(|c| !c.is_whitespace() && *c != ':').collect();
+                assert!(
+                    shown == "carrier-lost-mid-retr" || shown.ends_with('…'),
+                    "{w}x{h}: a rule name cut without a mark: {shown:?} in {line}"
+                );
+            }
+            // An offset is whole, or not on this line at all.
+            if let Some(i) = line.find('@') {
+                let digits: String = line[i + 1..].chars().take_while(char::is_ascii_digit).collect();
+                assert!(digits == "1016" || digits == "1024", "{w}x{h}: {line}");
+            }
+        }
+        if w >= 80 {
+            assert!(text.contains("@1016"), "{w}x{h}: the log shows the offset:\n{text}");
+        }
+        // The outcomes panel has room for every count (not one row).
+        let outcomes = got.iter().filter(|l| l.contains("committed") || l.contains("no-login")).count();
+        assert!(outcomes >= 1 && text.contains("clean-quit"), "{w}x{h}:\n{text}");
+        // No column stretched with blanks: the fault column is at most its
+        // cap (32) plus a space wide.
+        let head = got.iter().find(|l| l.contains("dl/mk") && l.contains("outcome")).expect("table header");
+        if let (Some(f), Some(o)) = (head.find("fault"), head.find("outcome")) {
+            assert!(o - f <= 33, "{w}x{h}: fault column {} wide: {head}", o - f);
+        }
+    }
+}
+
+#[test]
+fn a_cut_fault_name_keeps_its_count() {
+    let (m, header) = crowded();
+    let got = render_with(&m, &header, &UiState::default(), (80, 24));
+    let row = got.iter().find(|l| l.contains("▶ 1016 ")).expect("row 1016");
+    assert!(row.contains("… +1") || row.contains("carrier-lost-mid-retr +1"), "{row}");
+}
+
+#[test]
+fn the_filter_shows_matching_rows_and_their_count() {
+    let ui = UiState { filter: "CAROL".into(), editing: true, ..UiState::default() };
+    let got = render(&model(), &ui, false, (80, 24), whole);
+    let text = got.join("\n");
+    assert!(got[11].starts_with("╭ sessions · 2 live · 4 recent · /CAROL · 1 match ─"), "{}", got[11]);
+    let rows: Vec<&String> = got[13..18].iter().filter(|l| l.trim_matches('│').trim() != "").collect();
+    assert_eq!(rows.len(), 1, "{text}");
+    assert!(rows[0].starts_with("│▶ 3 ") && rows[0].contains("carol"), "{text}");
+    // Typing: the footer shows the text and how to keep or clear it.
+    assert!(got[23].starts_with(" /  CAROL▏  user, outcome, fault, state"), "{}", got[23]);
+    // By outcome, fault and state too.
+    for (filter, want) in [("in-doubt", 1), ("quit-lost", 1), ("trans", 2), ("live", 2), ("zzz", 0)] {
+        let ui = UiState { filter: filter.into(), ..UiState::default() };
+        let got = render(&model(), &ui, false, (80, 24), whole);
+        assert!(got[11].contains(&format!("/{filter} · {want} match ")), "{filter}: {}", got[11]);
+        if want == 0 {
+            assert!(got[13].contains("no session matches /zzz (Esc clears)"), "{}", got[13]);
+        }
+    }
+}
+
+#[test]
+fn a_narrow_screen_keeps_the_match_count() {
+    let ui = UiState { filter: "a-rather-long-filter-text".into(), ..UiState::default() };
+    let got = render(&model(), &ui, false, (40, 8), render_sessions);
+    assert!(got[0].starts_with("╭ sessions · /a-rather-lon… · 0 match ─╮"), "{}", got[0]);
+}
+
+#[test]
+fn tab_shows_the_chosen_profile_and_its_summary_before_applying() {
+    let summary = "the upstream accepts and then never answers: every client hangs until its own timeout";
+    let ui = UiState { choice: Some(("server-down-hang".into(), summary.into())), ..UiState::default() };
+    let got = render(&model(), &ui, false, (80, 24), whole);
+    let footer = &got[23];
+    assert!(
+        footer.starts_with(" Enter  apply   Esc  cancel   tab  next  profile server-down-hang: the upstream"),
+        "{footer}"
+    );
+    assert!(footer.ends_with('…'), "the summary cut with a mark: {footer}");
+    assert!(got[1].contains("profile lost-carrier"), "nothing applied yet: {}", got[1]);
+    let wide = render(&model(), &ui, false, (200, 24), whole);
+    assert!(wide[23].ends_with(summary), "{}", wide[23]);
+}
+
+#[test]
+fn the_event_log_keeps_the_newest_entry_on_the_last_row() {
+    let mut r = Run::default();
+    r.apply(
+        &Event::Fault {
+            session: 1,
+            rule: "a-rule-with-a-long-name".into(),
+            action: "disconnect".into(),
+            point: "body RETR 12 #5 @123456".into(),
+        },
+        S,
+    );
+    r.apply(
+        &Event::Fault { session: 2, rule: "short".into(), action: "stall".into(), point: "greeting".into() },
+        S * 2,
+    );
+    let m = r.model();
+    let got = render(&m, &UiState::default(), false, (40, 5), render_log);
+    assert_lines(
+        &got,
+        &[
+            "╭ events ──────────────────────────────╮",
+            "│                                      │",
+            "│00:02 #2   fault short: stall at      │",
+            "│      greeting                        │",
+            "╰──────────────────────────────────────╯",
+        ],
+    );
+    // Taller: the older entry too, its offset wrapped whole to a line of its own.
+    let tall = render(&m, &UiState::default(), false, (40, 8), render_log);
+    assert_eq!(tall[4], "│      @123456                         │", "{}", tall.join("\n"));
+    assert!(tall[1].starts_with("│00:01 #1   fault"), "{}", tall.join("\n"));
 }

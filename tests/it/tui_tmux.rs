@@ -252,14 +252,27 @@ fn dashboard_pause_profile_and_quit_in_tmux() {
     let s = t.wait("2b. p again: faults on", |s| header(s).contains("● faults on"));
     assert!(!header(&s).contains("PAUSED"), "{s}");
 
-    // 3. Tab: new sessions run the next built-in profile.
+    // 3. Tab: a profile is chosen, shown with its summary, and nothing
+    // changes until Enter applies it.
     t.press("Tab");
-    let s = t.wait("3. tab: profile changed", |s| {
+    let s = t.wait("3a. tab: a profile chosen, not applied", |s| {
+        footer(s).contains("Enter  apply") && footer(s).contains("profile ")
+    });
+    assert_eq!(header_value(&s, "profile").as_deref(), Some("demo"), "not applied yet:\n{s}");
+    let chosen = footer(&s).split("profile ").nth(1).and_then(|r| r.split(':').next()).expect("a name").to_string();
+    assert!(names.contains(&chosen) && chosen != "demo", "'{chosen}' is not another built-in ({names:?}):\n{s}");
+    t.press("Enter");
+    let s = t.wait("3b. Enter: the profile applied", |s| {
         header_value(s, "profile").is_some_and(|p| p != "demo") && footer(s).contains("new sessions:")
     });
-    let now = header_value(&s, "profile").expect("a profile in the header");
-    assert!(names.contains(&now), "'{now}' is not a built-in ({names:?}):\n{s}");
-    assert!(footer(&s).contains(&format!("new sessions: {now}")), "the footer names the new profile:\n{s}");
+    assert_eq!(header_value(&s, "profile").as_deref(), Some(chosen.as_str()), "{s}");
+    assert!(footer(&s).contains(&format!("new sessions: {chosen}")), "the footer names the new profile:\n{s}");
+    // Esc cancels a choice.
+    t.press("Tab");
+    t.wait("3c. tab again: a choice", |s| footer(s).contains("Enter  apply"));
+    t.press("Escape");
+    let s = t.wait("3d. Esc: cancelled", |s| footer(s).contains("profile unchanged"));
+    assert_eq!(header_value(&s, "profile").as_deref(), Some(chosen.as_str()), "{s}");
 
     // 5. q leaves the dashboard; the summary is printed on the normal screen.
     let all = t.quit();
@@ -268,6 +281,53 @@ fn dashboard_pause_profile_and_quit_in_tmux() {
     assert!(all.contains("invariant") && all.contains("no message lost"), "invariant printed:\n{all}");
     assert!(!t.screen().contains("· up "), "the alternate screen was left:\n{}", t.screen());
     eprintln!("dashboard_pause_profile_and_quit_in_tmux took {:?}", began.elapsed());
+}
+
+/// The session numbers of the table's rows, top first.
+fn row_ids(screen: &str) -> Vec<u64> {
+    screen
+        .lines()
+        .filter(|l| l.contains("127.0.0.1:"))
+        .filter_map(|l| l.trim_start_matches('│').trim_start_matches('▶').split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// Follow mode: on at start (the newest row selected, as sessions come),
+/// off once a row is chosen (the selection stays on that session as rows
+/// re-sort, and k on it once it ended cuts nothing), on again with f.
+#[test]
+fn dashboard_follows_the_newest_until_a_row_is_chosen_in_tmux() {
+    if !tmux_available() {
+        return;
+    }
+    let t = Tmux::start("follow", |_| format!("{} demo --seed 7", quote(BIN)));
+    let top_selected = |s: &str| row_ids(s).first().is_some_and(|&top| selected(s) == Some(top));
+    let s =
+        t.wait("1. following: the newest row selected", |s| drawn(s) && s.contains(" following · ") && top_selected(s));
+    let first = selected(&s).expect("a selected row");
+    t.wait("1b. a newer session came: the selection moved to it", |s| {
+        s.contains(" following · ") && top_selected(s) && selected(s).is_some_and(|n| n > first)
+    });
+
+    t.press("Down");
+    let s = t.wait("2. Down: follow off", |s| s.contains("· f follow ") && selected(s).is_some());
+    let n = selected(&s).expect("a selected row");
+    let s = t.wait(&format!("2b. #{n} still selected, ended, newer rows above it"), |s| {
+        selected(s) == Some(n)
+            && row_ids(s).first().is_some_and(|&top| top > n)
+            && session_row(s, n).is_some_and(|r| !r.contains("● live"))
+    });
+    assert!(s.contains("· f follow "), "{s}");
+
+    t.press("k");
+    let s =
+        t.wait(&format!("3. k on the ended #{n}"), |s| footer(s).contains(&format!("session #{n} has already ended")));
+    assert!(footer(&s).ends_with("nothing cut"), "{s}");
+    assert!(!s.contains("manual"), "nothing was cut:\n{s}");
+
+    t.press("f");
+    t.wait("4. f: following again", |s| s.contains(" following · ") && top_selected(s) && selected(s) != Some(n));
+    t.quit();
 }
 
 /// k cuts the selected live session: its outcome names the fault `manual`.
