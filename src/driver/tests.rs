@@ -796,6 +796,7 @@ fn a_transcript_tells_the_session_and_keeps_no_secret() {
     let mut quiet = Sim::new(Profile::passthrough());
     quiet.login();
     assert!(quiet.d.take_transcript().is_empty());
+}
 
 #[test]
 fn latency_samples_go_out_in_bursts_or_after_a_quarter_second() {
