@@ -87,6 +87,70 @@ pub fn positive_secs(s: &str) -> Result<f64, String> {
     }
 }
 
+/// Parses a `--listen` value: `IP:PORT`, or `HOST:PORT` to be resolved
+/// at start-up (as `--upstream` is).
+pub fn listen_arg(s: &str) -> Result<String, String> {
+    if s.parse::<SocketAddr>().is_ok() {
+        return Ok(s.to_string());
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(s.to_string()),
+        _ => Err(format!("invalid socket address syntax '{s}': expected HOST:PORT or IP:PORT (e.g. localhost:1110)")),
+    }
+}
+
+/// The addresses a `--listen` value names, IPv4 first (a name such as
+/// `localhost` usually has both).
+pub async fn resolve_listen(listen: &str) -> Result<Vec<SocketAddr>, RunError> {
+    if let Ok(addr) = listen.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h);
+    let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host(listen)
+        .await
+        .map_err(|e| RunError::Usage(format!("--listen {listen}: cannot resolve the host '{host}' ({e})")))?
+        .collect();
+    addrs.sort_by_key(|a| a.is_ipv6());
+    addrs.dedup();
+    if addrs.is_empty() {
+        return Err(RunError::Usage(format!("--listen {listen}: the host '{host}' has no address")));
+    }
+    Ok(addrs)
+}
+
+/// Resolves `HOST:PORT` now, so a typo is reported at start-up: a name
+/// that does not resolve is said to be one, not a syntax error.
+pub async fn check_upstream(upstream: &str) -> Result<(), RunError> {
+    let host_port = upstream.rsplit_once(':').filter(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+    match tokio::net::lookup_host(upstream).await.map(|mut a| a.next()) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(RunError::Usage(format!("upstream {upstream}: the host has no address"))),
+        Err(e) => match host_port {
+            Some((host, _)) => {
+                Err(RunError::Usage(format!("upstream {upstream}: cannot resolve the host '{host}' ({e})")))
+            }
+            None => {
+                Err(RunError::Usage(format!("upstream '{upstream}': expected HOST:PORT (e.g. pop.example.net:110)")))
+            }
+        },
+    }
+}
+
+/// Tries the upstream once at start-up: when nothing accepts, every
+/// session would be `refused` with no word at start. Says so, and the run
+/// goes on (the server may come up later).
+pub async fn warn_if_upstream_down(upstream: &str, limit: Duration) {
+    let why = match tokio::time::timeout(limit, tokio::net::TcpStream::connect(upstream)).await {
+        Ok(Ok(_)) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer within {:.1}s", limit.as_secs_f64()),
+    };
+    eprintln!(
+        "popfault: warning: upstream {upstream} is not accepting connections ({why}); \
+         running anyway, and every session is `refused` until it does"
+    );
+}
+
 /// Warns on stderr when `addr` is reachable from beyond this machine.
 pub fn warn_if_exposed(addr: SocketAddr) {
     if !addr.ip().is_loopback() {
