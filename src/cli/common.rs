@@ -15,6 +15,7 @@ use crate::aggregate::FileReport;
 use crate::control::Control;
 use crate::dashboard::SharedModel;
 use crate::faults::{Profile, builtin};
+use crate::session::Outcome;
 
 /// The exit code of a run that ended in order and printed its summary, but
 /// whose events file is incomplete (a write failed, lines were dropped, or
@@ -166,21 +167,69 @@ pub struct Ui {
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     /// Cancelled when the person quits the dashboard (q, Ctrl-C).
     pub quit: CancellationToken,
-    /// The dashboard's model, fed by the aggregator.
+    /// The dashboard's model, fed by the aggregator (also when headless
+    /// with a progress line, which reads it).
     pub model: Option<(SharedModel, Instant)>,
+    /// The dashboard draws the model; otherwise a progress line reads it.
+    dashboard: bool,
+}
+
+/// How often the headless progress line is written.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// The headless progress line: sessions live and ended, outcomes so far
+/// (those seen), faults fired.
+pub fn progress_line(model: &SharedModel, elapsed: Duration) -> String {
+    let m = model.lock().unwrap_or_else(|e| e.into_inner());
+    let t = m.totals();
+    let outcomes: Vec<String> = Outcome::ALL
+        .iter()
+        .filter(|o| t.outcome(**o) > 0)
+        .map(|o| format!("{} {}", o.as_str(), t.outcome(*o)))
+        .collect();
+    let outcomes = if outcomes.is_empty() { "no outcomes yet".to_string() } else { outcomes.join(", ") };
+    format!(
+        "popfault: {:.0}s: sessions {} live, {} ended ({outcomes}); faults {}",
+        elapsed.as_secs_f64(),
+        m.live_count(),
+        t.sessions,
+        t.faults()
+    )
 }
 
 impl Ui {
     /// Prepares the dashboard when stdout is a terminal and not `headless`.
     pub fn new(headless: bool) -> Ui {
-        let model =
-            (!headless && std::io::stdout().is_terminal()).then(|| (crate::dashboard::shared_model(), Instant::now()));
-        Ui { thread: None, quit: CancellationToken::new(), model }
+        Ui::with_progress(headless, false)
+    }
+
+    /// Like [`Ui::new`]; without the dashboard, a progress line on stderr
+    /// every [`PROGRESS_EVERY`] when stderr is a terminal or `progress`.
+    pub fn with_progress(headless: bool, progress: bool) -> Ui {
+        let dashboard = !headless && std::io::stdout().is_terminal();
+        let progress = !dashboard && (progress || std::io::stderr().is_terminal());
+        let model = (dashboard || progress).then(|| (crate::dashboard::shared_model(), Instant::now()));
+        Ui { thread: None, quit: CancellationToken::new(), model, dashboard }
     }
 
     /// Starts drawing (if the dashboard is on).
     pub fn start(&mut self, control: Arc<Control>, listen: String, upstream: String) {
         let Some((model, started)) = self.model.clone() else { return };
+        if !self.dashboard {
+            let quit = self.quit.clone();
+            self.thread = Some(std::thread::spawn(move || {
+                let mut next = started + PROGRESS_EVERY;
+                while !quit.is_cancelled() {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if Instant::now() >= next {
+                        say_err(&progress_line(&model, started.elapsed()));
+                        next += PROGRESS_EVERY;
+                    }
+                }
+                Ok(())
+            }));
+            return;
+        }
         let header = crate::dashboard::Header { listen, upstream, seed: control.seed(), started };
         let profiles = builtin::builtins().unwrap_or_default();
         let quit = self.quit.clone();

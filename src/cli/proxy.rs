@@ -70,6 +70,10 @@ pub struct ProxyArgs {
     /// No dashboard: log, events and a summary at exit.
     #[arg(long)]
     pub headless: bool,
+    /// Without the dashboard, a one-line status on stderr every 2 s (on by
+    /// default when stderr is a terminal).
+    #[arg(long)]
+    pub progress: bool,
     /// Write every event as a JSON line to this file (see docs/EVENTS.md).
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
@@ -93,7 +97,7 @@ pub async fn run(a: ProxyArgs) -> Result<ExitCode, RunError> {
     let seed = seed_or_draw(a.faults.seed);
     let profile_name = profile.name.clone();
     let control = Arc::new(Control::new(Arc::new(profile), seed));
-    let mut ui = Ui::new(a.headless);
+    let mut ui = Ui::with_progress(a.headless, a.progress);
     let agg = Aggregator::with_model(a.events.as_deref(), ui.model.clone(), false)
         .map_err(|e| RunError::Usage(e.to_string()))?;
     let config = |addr: SocketAddr| {

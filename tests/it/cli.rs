@@ -175,3 +175,34 @@ async fn a_closed_upstream_is_a_warning_at_start_and_the_proxy_keeps_running() {
     assert!(end.contains("\"outcome\":\"refused\""), "{end}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Headless, piped: `--progress` writes a status line every few seconds;
+/// `-v` session-end lines are plain key=value, without colour or Rust debug.
+#[tokio::test]
+async fn headless_progress_and_plain_logs() {
+    let w = World::start(1, 1).await;
+    let up = w.server.addr.to_string();
+    let mut proxy = Proc::spawn_with(
+        &["proxy", "--headless", "--progress", "-v", "--listen", "127.0.0.1:0", "--upstream", &up],
+        &[],
+        None,
+    );
+    let addr = proxy.addr_after("popfault: proxy");
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut greet = [0u8; 3];
+    c.read_exact(&mut greet).await.unwrap();
+    c.write_all(b"USER user1\r\nPASS secret\r\nQUIT\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(LIMIT, c.read_to_end(&mut rest)).await.expect("QUIT answered");
+    drop(c);
+    tokio::time::sleep(popfault::cli::common::PROGRESS_EVERY * 2).await;
+    let out = tokio::task::spawn_blocking(move || proxy.stop()).await.unwrap();
+    let progress: Vec<&str> = out.lines().filter(|l| l.starts_with("popfault: ") && l.contains(" live, ")).collect();
+    assert!(!progress.is_empty(), "a progress line:\n{out}");
+    let last = progress.last().unwrap();
+    assert!(last.contains("0 live, 1 ended") && last.contains("clean-quit 1") && last.contains("faults 0"), "{last}");
+    let end = out.lines().find(|l| l.contains("session ended")).unwrap_or_else(|| panic!("{out}"));
+    assert!(end.contains("user=user1") && end.contains("outcome=clean-quit") && end.contains("session=1"), "{end}");
+    assert!(!end.contains("Some(") && !end.contains('\x1b'), "plain text: {end:?}");
+    assert!(end.contains("ended_by=\""), "a value with spaces is quoted: {end}");
+}
