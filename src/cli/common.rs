@@ -15,6 +15,7 @@ use crate::aggregate::FileReport;
 use crate::control::Control;
 use crate::dashboard::SharedModel;
 use crate::faults::{Profile, builtin};
+use crate::session::Outcome;
 
 /// The exit code of a run that ended in order and printed its summary, but
 /// whose events file is incomplete (a write failed, lines were dropped, or
@@ -87,6 +88,70 @@ pub fn positive_secs(s: &str) -> Result<f64, String> {
     }
 }
 
+/// Parses a `--listen` value: `IP:PORT`, or `HOST:PORT` to be resolved
+/// at start-up (as `--upstream` is).
+pub fn listen_arg(s: &str) -> Result<String, String> {
+    if s.parse::<SocketAddr>().is_ok() {
+        return Ok(s.to_string());
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(s.to_string()),
+        _ => Err(format!("invalid socket address syntax '{s}': expected HOST:PORT or IP:PORT (e.g. localhost:1110)")),
+    }
+}
+
+/// The addresses a `--listen` value names, IPv4 first (a name such as
+/// `localhost` usually has both).
+pub async fn resolve_listen(listen: &str) -> Result<Vec<SocketAddr>, RunError> {
+    if let Ok(addr) = listen.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h);
+    let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host(listen)
+        .await
+        .map_err(|e| RunError::Usage(format!("--listen {listen}: cannot resolve the host '{host}' ({e})")))?
+        .collect();
+    addrs.sort_by_key(|a| a.is_ipv6());
+    addrs.dedup();
+    if addrs.is_empty() {
+        return Err(RunError::Usage(format!("--listen {listen}: the host '{host}' has no address")));
+    }
+    Ok(addrs)
+}
+
+/// Resolves `HOST:PORT` now, so a typo is reported at start-up: a name
+/// that does not resolve is said to be one, not a syntax error.
+pub async fn check_upstream(upstream: &str) -> Result<(), RunError> {
+    let host_port = upstream.rsplit_once(':').filter(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+    match tokio::net::lookup_host(upstream).await.map(|mut a| a.next()) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(RunError::Usage(format!("upstream {upstream}: the host has no address"))),
+        Err(e) => match host_port {
+            Some((host, _)) => {
+                Err(RunError::Usage(format!("upstream {upstream}: cannot resolve the host '{host}' ({e})")))
+            }
+            None => {
+                Err(RunError::Usage(format!("upstream '{upstream}': expected HOST:PORT (e.g. pop.example.net:110)")))
+            }
+        },
+    }
+}
+
+/// Tries the upstream once at start-up: when nothing accepts, every
+/// session would be `refused` with no word at start. Says so, and the run
+/// goes on (the server may come up later).
+pub async fn warn_if_upstream_down(upstream: &str, limit: Duration) {
+    let why = match tokio::time::timeout(limit, tokio::net::TcpStream::connect(upstream)).await {
+        Ok(Ok(_)) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer within {:.1}s", limit.as_secs_f64()),
+    };
+    eprintln!(
+        "popfault: warning: upstream {upstream} is not accepting connections ({why}); \
+         running anyway, and every session is `refused` until it does"
+    );
+}
+
 /// Warns on stderr when `addr` is reachable from beyond this machine.
 pub fn warn_if_exposed(addr: SocketAddr) {
     if !addr.ip().is_loopback() {
@@ -102,21 +167,69 @@ pub struct Ui {
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     /// Cancelled when the person quits the dashboard (q, Ctrl-C).
     pub quit: CancellationToken,
-    /// The dashboard's model, fed by the aggregator.
+    /// The dashboard's model, fed by the aggregator (also when headless
+    /// with a progress line, which reads it).
     pub model: Option<(SharedModel, Instant)>,
+    /// The dashboard draws the model; otherwise a progress line reads it.
+    dashboard: bool,
+}
+
+/// How often the headless progress line is written.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// The headless progress line: sessions live and ended, outcomes so far
+/// (those seen), faults fired.
+pub fn progress_line(model: &SharedModel, elapsed: Duration) -> String {
+    let m = model.lock().unwrap_or_else(|e| e.into_inner());
+    let t = m.totals();
+    let outcomes: Vec<String> = Outcome::ALL
+        .iter()
+        .filter(|o| t.outcome(**o) > 0)
+        .map(|o| format!("{} {}", o.as_str(), t.outcome(*o)))
+        .collect();
+    let outcomes = if outcomes.is_empty() { "no outcomes yet".to_string() } else { outcomes.join(", ") };
+    format!(
+        "popfault: {:.0}s: sessions {} live, {} ended ({outcomes}); faults {}",
+        elapsed.as_secs_f64(),
+        m.live_count(),
+        t.sessions,
+        t.faults()
+    )
 }
 
 impl Ui {
     /// Prepares the dashboard when stdout is a terminal and not `headless`.
     pub fn new(headless: bool) -> Ui {
-        let model =
-            (!headless && std::io::stdout().is_terminal()).then(|| (crate::dashboard::shared_model(), Instant::now()));
-        Ui { thread: None, quit: CancellationToken::new(), model }
+        Ui::with_progress(headless, false)
+    }
+
+    /// Like [`Ui::new`]; without the dashboard, a progress line on stderr
+    /// every [`PROGRESS_EVERY`] when stderr is a terminal or `progress`.
+    pub fn with_progress(headless: bool, progress: bool) -> Ui {
+        let dashboard = !headless && std::io::stdout().is_terminal();
+        let progress = !dashboard && (progress || std::io::stderr().is_terminal());
+        let model = (dashboard || progress).then(|| (crate::dashboard::shared_model(), Instant::now()));
+        Ui { thread: None, quit: CancellationToken::new(), model, dashboard }
     }
 
     /// Starts drawing (if the dashboard is on).
     pub fn start(&mut self, control: Arc<Control>, listen: String, upstream: String) {
         let Some((model, started)) = self.model.clone() else { return };
+        if !self.dashboard {
+            let quit = self.quit.clone();
+            self.thread = Some(std::thread::spawn(move || {
+                let mut next = started + PROGRESS_EVERY;
+                while !quit.is_cancelled() {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if Instant::now() >= next {
+                        say_err(&progress_line(&model, started.elapsed()));
+                        next += PROGRESS_EVERY;
+                    }
+                }
+                Ok(())
+            }));
+            return;
+        }
         let header = crate::dashboard::Header { listen, upstream, seed: control.seed(), started };
         let profiles = builtin::builtins().unwrap_or_default();
         let quit = self.quit.clone();

@@ -33,6 +33,10 @@ pub struct DemoArgs {
     /// No dashboard: print a summary at the end.
     #[arg(long)]
     pub headless: bool,
+    /// Without the dashboard, a one-line status on stderr every 2 s (on by
+    /// default when stderr is a terminal).
+    #[arg(long)]
+    pub progress: bool,
     /// Fault profile: a built-in name or a TOML file (default: the demo mix).
     #[arg(long, default_value = "demo")]
     pub profile: String,
@@ -89,7 +93,7 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, RunError> {
     let seed = seed_or_draw(a.seed);
     let profile_name = profile.name.clone();
     let control = Arc::new(Control::new(Arc::new(profile), seed));
-    let mut ui = Ui::new(a.headless);
+    let mut ui = Ui::with_progress(a.headless, a.progress);
     let agg = Aggregator::with_model(a.events.as_deref(), ui.model.clone(), true)
         .map_err(|e| RunError::Usage(e.to_string()))?;
     let proxy = relay::start(ProxyConfig::new(loopback, srv.addr.to_string()), control.clone(), agg.sink())

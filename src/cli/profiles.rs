@@ -59,7 +59,10 @@ pub fn profiles(a: ProfilesArgs) -> Result<ExitCode, RunError> {
 pub fn check_profile(a: CheckProfileArgs) -> Result<ExitCode, RunError> {
     match builtin::load_file(&a.file) {
         Ok(p) => {
-            println!("{}: ok: profile '{}' with {} rule(s)", a.file.display(), p.name, p.rules.len());
+            let n = p.rules.len();
+            // An empty file is valid, but may be a mistake: say what it does.
+            let note = if n == 0 { ": a passthrough, it injects no faults (add [[rule]] tables)" } else { "" };
+            println!("{}: ok: profile '{}' with {n} rule(s){note}", a.file.display(), p.name);
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => Err(RunError::Usage(e.to_string())),

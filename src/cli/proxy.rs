@@ -11,7 +11,8 @@ use std::time::Duration;
 use clap::Args;
 
 use super::common::{
-    RunError, Signals, Ui, events_verdict, load_profile, positive_secs, say, say_err, seed_or_draw, warn_if_exposed,
+    RunError, Signals, Ui, check_upstream, events_verdict, listen_arg, load_profile, positive_secs, resolve_listen,
+    say, say_err, seed_or_draw, warn_if_exposed, warn_if_upstream_down,
 };
 use crate::aggregate::Aggregator;
 use crate::control::Control;
@@ -32,9 +33,10 @@ pub struct FaultArgs {
 /// `popfault proxy`
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
-    /// Address to listen on (loopback by default: it carries passwords).
-    #[arg(long, default_value = "127.0.0.1:1110")]
-    pub listen: SocketAddr,
+    /// Address to listen on, IP:PORT or HOST:PORT (loopback by default: it
+    /// carries passwords).
+    #[arg(long, default_value = "127.0.0.1:1110", value_parser = listen_arg)]
+    pub listen: String,
     /// The real server, HOST:PORT.
     #[arg(long)]
     pub upstream: String,
@@ -68,6 +70,10 @@ pub struct ProxyArgs {
     /// No dashboard: log, events and a summary at exit.
     #[arg(long)]
     pub headless: bool,
+    /// Without the dashboard, a one-line status on stderr every 2 s (on by
+    /// default when stderr is a terminal).
+    #[arg(long)]
+    pub progress: bool,
     /// Write every event as a JSON line to this file (see docs/EVENTS.md).
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
@@ -80,42 +86,56 @@ fn non_negative_secs(s: &str) -> Result<f64, String> {
     }
 }
 
-/// Resolves `HOST:PORT` now, so a typo is reported at start-up.
-pub async fn check_upstream(upstream: &str) -> Result<(), RunError> {
-    match tokio::net::lookup_host(upstream).await.map(|mut a| a.next()) {
-        Ok(Some(_)) => Ok(()),
-        Ok(None) => Err(RunError::Usage(format!("upstream {upstream}: no address"))),
-        Err(e) => Err(RunError::Usage(format!("upstream {upstream}: cannot resolve ({e}); expected HOST:PORT"))),
-    }
-}
-
 /// Runs the proxy as the command line asked; the shutdown order is
 /// docs/ARCHITECTURE.md's.
 pub async fn run(a: ProxyArgs) -> Result<ExitCode, RunError> {
     // First: from here on no ending signal kills the run without a summary.
     let mut signals = Signals::catch();
     check_upstream(&a.upstream).await?;
-    warn_if_exposed(a.listen);
+    let listen = resolve_listen(&a.listen).await?;
     let profile = load_profile(&a.faults.profile)?;
     let seed = seed_or_draw(a.faults.seed);
     let profile_name = profile.name.clone();
     let control = Arc::new(Control::new(Arc::new(profile), seed));
-    let mut ui = Ui::new(a.headless);
+    let mut ui = Ui::with_progress(a.headless, a.progress);
     let agg = Aggregator::with_model(a.events.as_deref(), ui.model.clone(), false)
         .map_err(|e| RunError::Usage(e.to_string()))?;
-    let mut cfg = ProxyConfig::new(a.listen, a.upstream.clone());
-    cfg.connect_timeout = Duration::from_secs_f64(a.connect_timeout);
-    cfg.idle_timeout = Duration::from_secs_f64(a.idle_timeout);
-    cfg.greeting_timeout = Duration::from_secs_f64(a.greeting_timeout);
-    cfg.max_sessions = a.max_sessions as usize;
-    cfg.backlog = a.backlog;
-    let mut handle = relay::start(cfg, control.clone(), agg.sink())
-        .await
-        .map_err(|e| RunError::Usage(format!("cannot listen on {}: {e}", a.listen)))?;
+    let config = |addr: SocketAddr| {
+        let mut cfg = ProxyConfig::new(addr, a.upstream.clone());
+        cfg.connect_timeout = Duration::from_secs_f64(a.connect_timeout);
+        cfg.idle_timeout = Duration::from_secs_f64(a.idle_timeout);
+        cfg.greeting_timeout = Duration::from_secs_f64(a.greeting_timeout);
+        cfg.max_sessions = a.max_sessions as usize;
+        cfg.backlog = a.backlog;
+        cfg
+    };
+    // A name may resolve to several addresses (localhost: 127.0.0.1 and
+    // ::1): the first that binds is used, and named below.
+    let mut bound = None;
+    let mut last_error = None;
+    for addr in &listen {
+        match relay::start(config(*addr), control.clone(), agg.sink()).await {
+            Ok(h) => {
+                bound = Some(h);
+                break;
+            }
+            Err(e) => last_error = Some(format!("cannot listen on {addr}: {e}")),
+        }
+    }
+    let Some(mut handle) = bound else {
+        return Err(RunError::Usage(last_error.unwrap_or_else(|| format!("cannot listen on {}", a.listen))));
+    };
+    warn_if_exposed(handle.local_addr);
+    let resolved = if a.listen.parse::<SocketAddr>().is_ok() {
+        String::new()
+    } else {
+        format!(" (--listen {} resolved to {})", a.listen, handle.local_addr)
+    };
     eprintln!(
-        "popfault: proxy {} → {}, profile {profile_name}, seed {seed} (Ctrl-C to stop)",
+        "popfault: proxy {} → {}, profile {profile_name}, seed {seed} (Ctrl-C to stop){resolved}",
         handle.local_addr, a.upstream
     );
+    warn_if_upstream_down(&a.upstream, Duration::from_secs_f64(a.connect_timeout.min(3.0))).await;
     ui.start(control, handle.local_addr.to_string(), a.upstream.clone());
     let why = ui.wait(a.duration, &mut signals).await;
     ui.close().await;

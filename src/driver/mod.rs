@@ -585,13 +585,16 @@ impl Driver {
         self.stopped = true;
     }
 
-    /// A person cut the session (the dashboard's `k`): a lost carrier now.
+    /// A person cut the session (the dashboard's `k`, or `Proxy::cut`): a
+    /// lost carrier now.
     pub fn cut_manual(&mut self, now: Instant) {
         if self.stopped {
             return;
         }
         let disconnect = Action::Disconnect(Disconnect { side: Side::Both, how: How::Rst });
-        let d = Decision { rule: "manual".into(), point: "manual".into(), actions: vec![disconnect] };
+        // Read as "fault manual: disconnect at k (dashboard)": the point
+        // says who cut, where a rule's says where in the protocol.
+        let d = Decision { rule: "manual".into(), point: MANUAL_POINT.into(), actions: vec![disconnect] };
         self.record(&d, now);
         self.act(d, Dir::Down, now);
     }
@@ -733,3 +736,6 @@ mod tests;
 fn is_message(cmd: &Command) -> bool {
     matches!(cmd, Command::Retr(_) | Command::Top(..))
 }
+
+/// The `point` of a manual cut's fault event (docs/EVENTS.md).
+pub const MANUAL_POINT: &str = "k (dashboard)";

@@ -460,6 +460,8 @@ fn a_manual_cut_is_a_lost_carrier_now() {
     assert_eq!(s.d.close(), Some((How::Rst, How::Rst)));
     let end = s.end();
     assert_eq!((end.ended_by.as_str(), end.faults.as_slice()), ("fault: manual", &["manual".to_string()][..]));
+    // Shown as "fault manual: disconnect at k (dashboard)", not "… at manual".
+    assert_eq!(s.fault_points(), ["k (dashboard)"]);
 }
 
 #[test]

@@ -51,7 +51,16 @@ impl ProfileError {
             // Nothing deserialised yet: the TOML itself is malformed.
             return ProfileError::at(text, origin, span, "toml", message, "fix the TOML syntax at this position");
         }
-        ProfileError::at(text, origin, span, &field, plain_words(&message), &fix_for(&message))
+        // Counts that start at 1: serde only knows the type's range.
+        let (message, fix) = if ["nth", "sessions.every", "sessions.first"].iter().any(|f| field.ends_with(f)) {
+            (
+                plain_words(&message).replace("(0 or more)", "(1 or more)"),
+                fix_for(&message).replace("of 0 or more", "of 1 or more"),
+            )
+        } else {
+            (plain_words(&message), fix_for(&message))
+        };
+        ProfileError::at(text, origin, span, &field, message, &fix)
     }
 }
 
@@ -116,6 +125,9 @@ pub(crate) fn fix_for(message: &str) -> String {
         })
     };
     if message.contains("unknown field") {
+        if let Some(fix) = unknown_field_fix(message) {
+            return fix;
+        }
         return expected().unwrap_or_else(|| "remove the field (see docs/PROFILES.md for the fields)".into());
     }
     if message.contains("unknown variant") {
@@ -139,6 +151,16 @@ pub(crate) fn fix_for(message: &str) -> String {
         return "check the value's type: numbers unquoted, names in quotes".into();
     }
     "check the value at this position (see docs/PROFILES.md)".into()
+}
+
+/// `did you mean `command`? (fields: one of …)` for serde's "unknown
+/// field `comand`, expected one of `name`, `when`, …", as action fields say.
+fn unknown_field_fix(message: &str) -> Option<String> {
+    let (head, list) = message.split_once(", expected ")?;
+    let word = head.split('`').nth(1)?;
+    let names: Vec<&str> = list.split('`').skip(1).step_by(2).collect();
+    let near = did_you_mean(word, &names)?;
+    Some(format!("did you mean `{near}`? (fields: {})", one_of(&names)))
 }
 
 /// `a`, `b` or `c`, as serde lists names.

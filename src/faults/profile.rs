@@ -10,7 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::action::params::Fields;
-use super::action::{Step, StepError};
+use super::action::{Action, Step, StepError};
 pub use super::error::ProfileError;
 use super::trigger::Trigger;
 use crate::codec::command;
@@ -116,7 +116,7 @@ struct RawRule {
     when: Option<Spanned<Trigger>>,
     command: Option<Spanned<String>>,
     nth: Option<Spanned<u32>>,
-    state: Option<State>,
+    state: Option<Spanned<State>>,
     #[serde(default)]
     min_retrieved: u64,
     #[serde(default)]
@@ -244,6 +244,15 @@ fn validate(r: RawRule, i: usize, span: Range<usize>, err: &ErrFn<'_>) -> Result
             ));
         }
     }
+    if let Some(p) = r.probability.as_ref().filter(|p| *p.get_ref() == 0.0) {
+        return Err(err(
+            p.span(),
+            &at("probability"),
+            "probability 0 never fires: the rule could never do anything".into(),
+            "use a chance above 0 (e.g. 0.1), or remove the rule",
+        ));
+    }
+    never_fires(when, r.command.as_ref(), r.state.as_ref(), &at, err)?;
     if let Some(nth) = &r.nth {
         if *nth.get_ref() == 0 {
             return Err(err(
@@ -272,6 +281,14 @@ fn validate(r: RawRule, i: usize, span: Range<usize>, err: &ErrFn<'_>) -> Result
                 &at("sessions.probability"),
                 format!("{p} is not a probability"),
                 "use a number from 0.0 to 1.0",
+            ));
+        }
+        if p == 0.0 {
+            return Err(err(
+                sessions_span,
+                &at("sessions.probability"),
+                "probability 0 picks no session: the rule could never fire".into(),
+                "use a chance above 0 (e.g. 0.1), or remove the rule",
             ));
         }
     }
@@ -358,6 +375,14 @@ fn validate(r: RawRule, i: usize, span: Range<usize>, err: &ErrFn<'_>) -> Result
                 "e.g. window = { every_ms = 20000, down_ms = 5000 }",
             ));
         }
+        if w2.down_ms == 0 {
+            return Err(err(
+                w.span(),
+                &at("window.down_ms"),
+                "down_ms = 0: the window is never down, so the rule could never fire".into(),
+                "give down_ms more than 0 (e.g. down_ms = 2000), or remove `window`",
+            ));
+        }
     }
     let actions_span = r.actions.as_ref().map_or(span.clone(), |a| a.span());
     let actions: Vec<Spanned<Fields>> = r.actions.map(Spanned::into_inner).unwrap_or_default();
@@ -379,6 +404,29 @@ fn validate(r: RawRule, i: usize, span: Range<usize>, err: &ErrFn<'_>) -> Result
         if let Err(p) = step.action.check(when) {
             return Err(err(a.span(), &f, p.message, &p.fix));
         }
+        if step.probability == 0.0 {
+            return Err(err(
+                a.span(),
+                &f,
+                "probability 0: this step could never happen".into(),
+                "use a chance above 0 (e.g. 0.4), or remove the step",
+            ));
+        }
+        // A certain disconnect ends the session: nothing after it runs.
+        if let Some(k0) =
+            out.iter().position(|s: &Step| matches!(s.action, Action::Disconnect(_)) && s.probability >= 1.0)
+        {
+            return Err(err(
+                a.span(),
+                &f,
+                format!(
+                    "`{}` comes after the `disconnect` of step {}, which ends the session: it could never run",
+                    step.action.name(),
+                    k0 + 1
+                ),
+                "move it before the `disconnect`, give the `disconnect` a probability below 1, or remove it",
+            ));
+        }
         out.push(step);
     }
     Ok(Rule {
@@ -386,7 +434,7 @@ fn validate(r: RawRule, i: usize, span: Range<usize>, err: &ErrFn<'_>) -> Result
         when,
         command: r.command.map(|c| c.into_inner().to_ascii_uppercase()),
         nth: r.nth.map(Spanned::into_inner),
-        state: r.state,
+        state: r.state.map(Spanned::into_inner),
         min_retrieved: r.min_retrieved,
         min_deleted: r.min_deleted,
         sessions,
@@ -398,4 +446,83 @@ fn validate(r: RawRule, i: usize, span: Range<usize>, err: &ErrFn<'_>) -> Result
         window: r.window.map(Spanned::into_inner),
         actions: out,
     })
+}
+
+/// Commands whose `+OK` answer has a body (`Command::multiline_on_ok`;
+/// `AUTH` without a mechanism lists them on common servers).
+const WITH_BODY: [&str; 6] = ["RETR", "TOP", "LIST", "UIDL", "CAPA", "AUTH"];
+/// Valid only once logged in (RFC 1939 §5; `LAST`: RFC 1460).
+const TRANSACTION_ONLY: [&str; 9] = ["STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "TOP", "UIDL", "LAST"];
+/// Valid only before a login (RFC 1939 §4, `AUTH` RFC 5034, `STLS`
+/// RFC 2595, `UTF8` RFC 6856).
+const AUTHORIZATION_ONLY: [&str; 6] = ["USER", "PASS", "APOP", "AUTH", "STLS", "UTF8"];
+/// Logins: at `response` their `+OK` has been delivered, so the state
+/// there is already TRANSACTION.
+const LOGINS: [&str; 3] = ["PASS", "APOP", "AUTH"];
+
+/// Rules whose point, command and state can never meet in a session that
+/// follows RFC 1939: a rule that can never fire is a mistake, not a no-op.
+fn never_fires(
+    when: Trigger,
+    command: Option<&Spanned<String>>,
+    state: Option<&Spanned<State>>,
+    at: &dyn Fn(&str) -> String,
+    err: &ErrFn<'_>,
+) -> Result<(), ProfileError> {
+    let cmd = command.map(|c| (c.get_ref().to_ascii_uppercase(), c.span()));
+    if let (Trigger::Body, Some((c, span))) = (when, &cmd) {
+        if !WITH_BODY.contains(&c.as_str()) {
+            return Err(err(
+                span.clone(),
+                &at("command"),
+                format!("the answer to {c} has no body, so a body rule for it could never fire"),
+                &format!("use a command with a multi-line answer ({}), or another `when`", WITH_BODY.join(", ")),
+            ));
+        }
+    }
+    let Some(state) = state else { return Ok(()) };
+    let s = *state.get_ref();
+    let state_fix = |valid: &str| format!("use state = \"{valid}\", or remove `state`");
+    match (when, s) {
+        (Trigger::Accept | Trigger::Greeting, State::Transaction | State::Update) => {
+            return Err(err(
+                state.span(),
+                &at("state"),
+                format!("at when = \"{when}\" the session is always in AUTHORIZATION, never {s}"),
+                &state_fix("AUTHORIZATION"),
+            ));
+        }
+        (Trigger::Command, State::Update) => {
+            return Err(err(
+                state.span(),
+                &at("state"),
+                "no command is sent in UPDATE: the session enters it when its QUIT is forwarded".into(),
+                "use when = \"forwarded\", \"status\" or \"response\" for QUIT in UPDATE, or state = \"TRANSACTION\"",
+            ));
+        }
+        _ => {}
+    }
+    let Some((c, _)) = cmd else { return Ok(()) };
+    let c = c.as_str();
+    let wrong = if TRANSACTION_ONLY.contains(&c) && s != State::Transaction {
+        Some(("TRANSACTION", "only valid in TRANSACTION (after a login)"))
+    } else if AUTHORIZATION_ONLY.contains(&c)
+        && s != State::Authorization
+        && !(s == State::Transaction && when == Trigger::Response && LOGINS.contains(&c))
+    {
+        Some(("AUTHORIZATION", "only valid in AUTHORIZATION (before a login)"))
+    } else if c != "QUIT" && s == State::Update {
+        Some(("TRANSACTION", "never sent in UPDATE (only QUIT's answer is)"))
+    } else {
+        None
+    };
+    if let Some((valid, why)) = wrong {
+        return Err(err(
+            state.span(),
+            &at("state"),
+            format!("{c} is {why}, so a rule for it in {s} could never fire"),
+            &state_fix(valid),
+        ));
+    }
+    Ok(())
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::action::{Action, Delay, Disconnect, How, Noise, Refuse, RefuseHow, Reply, Side, Step, Throttle, Truncate};
 use super::builtin;
 use super::engine::{BodyCut, Decision, Engine, Facts};
-use super::profile::{Millis, Profile};
+use super::profile::{Millis, Profile, Window};
 use super::trigger::{LineSoFar, Point, Trigger};
 use crate::codec::Command;
 use crate::session::State;
@@ -21,6 +21,15 @@ fn profile(text: &str) -> Arc<Profile> {
 
 fn engine(text: &str, seed: u64, session: u64) -> Engine {
     Engine::new(profile(text), seed, session)
+}
+
+/// An engine on `text` edited after validation: a `Profile` built in code
+/// (the library API takes one) may hold what `check-profile` refuses as
+/// unable to fire, and the engine must still honour it.
+fn edited_engine(text: &str, edit: impl FnOnce(&mut Profile), seed: u64, session: u64) -> Engine {
+    let mut p = Profile::from_toml(text, "test.toml", "test").unwrap_or_else(|e| panic!("{e}\n--- in:\n{text}"));
+    edit(&mut p);
+    Engine::new(Arc::new(p), seed, session)
 }
 
 fn builtin_engine(name: &str, seed: u64, session: u64) -> Engine {
@@ -413,10 +422,12 @@ fn rule_probability_over_many_sessions_is_roughly_right() {
 
 #[test]
 fn probability_zero_never_fires_and_one_always_does() {
-    let never = "[[rule]]\nwhen = \"greeting\"\nprobability = 0.0\nactions = [{ do = \"disconnect\" }]\n";
+    // check-profile refuses probability = 0 as a rule that cannot fire.
+    let never = "[[rule]]\nwhen = \"greeting\"\nprobability = 0.5\nactions = [{ do = \"disconnect\" }]\n";
     let always = "[[rule]]\nwhen = \"greeting\"\nprobability = 1\nactions = [{ do = \"disconnect\" }]\n";
     for s in 1..=500 {
-        assert!(!fires(&mut engine(never, 9, s), Point::Greeting, &facts()));
+        let mut never = edited_engine(never, |p| p.rules[0].probability = 0.0, 9, s);
+        assert!(!fires(&mut never, Point::Greeting, &facts()));
         assert!(fires(&mut engine(always, 9, s), Point::Greeting, &facts()));
     }
 }
@@ -443,8 +454,8 @@ fn each_step_rolls_its_own_probability() {
 
 #[test]
 fn a_rule_whose_only_step_loses_still_fires_with_no_actions() {
-    let text = "[[rule]]\nwhen = \"greeting\"\nactions = [{ do = \"disconnect\", probability = 0.0 }]\n";
-    let mut e = engine(text, 1, 1);
+    let text = "[[rule]]\nwhen = \"greeting\"\nactions = [{ do = \"disconnect\", probability = 0.5 }]\n";
+    let mut e = edited_engine(text, |p| p.rules[0].actions[0].probability = 0.0, 1, 1);
     let d = e.decide(&Point::Greeting, &facts());
     assert_eq!(d.len(), 1);
     assert!(d[0].actions.is_empty());
@@ -483,9 +494,9 @@ fn window_applies_at_other_points_too() {
     for ms in [0, 999, 1000, 123_456] {
         assert!(fires(&mut e, Point::Command(&Command::Noop), &at_ms(ms)), "{ms}");
     }
-    let never = "[[rule]]\nwhen = \"command\"\nrepeat = true\nwindow = { every_ms = 1000, down_ms = 0 }\n\
+    let never = "[[rule]]\nwhen = \"command\"\nrepeat = true\nwindow = { every_ms = 1000, down_ms = 1 }\n\
                  actions = [{ do = \"swallow\" }]\n";
-    let mut e = engine(never, 1, 1);
+    let mut e = edited_engine(never, |p| p.rules[0].window = Some(Window { every_ms: 1000, down_ms: 0 }), 1, 1);
     for ms in [0, 999, 1000] {
         assert!(!fires(&mut e, Point::Command(&Command::Noop), &at_ms(ms)), "down_ms = 0 at {ms}");
     }
@@ -847,7 +858,8 @@ fn demo_fires_each_rule_at_its_point() {
 
 #[test]
 fn rule_defaults() {
-    let p = profile("[[rule]]\nwhen = \"response\"\nactions = [{ do = \"disconnect\" }, { do = \"noise\" }]\n");
+    // Noise first: a step after a certain disconnect could never run.
+    let p = profile("[[rule]]\nwhen = \"response\"\nactions = [{ do = \"noise\" }, { do = \"disconnect\" }]\n");
     assert_eq!(p.name, "test", "name defaults to the given default");
     assert_eq!(p.summary, "");
     let r = &p.rules[0];
@@ -859,8 +871,8 @@ fn rule_defaults() {
     assert_eq!(
         r.actions,
         [
-            Step::always(Action::Disconnect(Disconnect { side: Side::Both, how: How::Rst })),
             Step::always(Action::Noise(Noise { bytes: 16, toward: Side::Client })),
+            Step::always(Action::Disconnect(Disconnect { side: Side::Both, how: How::Rst })),
         ]
     );
     let p = profile("[[rule]]\nwhen = \"accept\"\nactions = [{ do = \"refuse\" }]\n");

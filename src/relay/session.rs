@@ -78,7 +78,15 @@ pub(super) fn run_session(mut client: TcpStream, ctx: SessionCtx, driver: Driver
         }
         for ev in events {
             if let Event::SessionEnd(end) = &ev {
-                info!(session = end.session, outcome = %end.outcome, user = ?end.user, ended_by = %end.ended_by, "session ended");
+                // Plain key=value for grep and log tools: `-` for no user,
+                // quotes where a value has spaces.
+                info!(
+                    session = end.session,
+                    outcome = %end.outcome,
+                    user = %end.user.as_deref().unwrap_or("-"),
+                    ended_by = ?end.ended_by.to_string(),
+                    "session ended"
+                );
             }
             ctx.sink.emit(ev);
         }

@@ -446,6 +446,46 @@ async fn server_expunging_on_disconnect_fails_after_dele() {
     }
 }
 
+// === the table's width ===
+
+/// The table part of a report: its header, rules and rows.
+fn table_lines(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| l.contains(" | ") || l.contains("-+-")).collect()
+}
+
+/// Piped, the table is 100 columns at most; in narrower terminals its cells
+/// wrap, and no word of a cell is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_table_fits_the_width_it_is_given() {
+    let srv = embedded(3, "secret").await;
+    let ran = run_bin_async(audit_args(srv.addr, "user1", &["--pass", "secret"]), vec![]).await;
+    assert_eq!(ran.code, Some(0), "{}\n{}", ran.stdout, ran.stderr);
+    let rows = table_lines(&ran.stdout);
+    assert!(rows.len() > 10, "{}", ran.stdout);
+    for line in ran.stdout.lines().filter(|l| !l.starts_with("  greeting:")) {
+        assert!(line.chars().count() <= 100, "piped: {} columns:\n{line}\n{}", line.chars().count(), ran.stdout);
+    }
+    let report = run_audit(&config(srv.addr, "user1", "secret", false)).await.expect("the audit ran");
+    for width in [80, 100] {
+        let table = report.to_table_width(width);
+        for line in table_lines(&table) {
+            assert!(line.chars().count() <= width, "at {width}: {} columns:\n{line}\n{table}", line.chars().count());
+        }
+        let words: BTreeSet<&str> = table_lines(&table).iter().flat_map(|l| l.split([' ', '|'])).collect();
+        for s in &report.scenarios {
+            let cells =
+                [s.title.as_str(), s.expected.as_str(), s.observed.as_str(), s.proxy_outcome.as_deref().unwrap_or("-")];
+            for word in cells.iter().flat_map(|c| c.split_whitespace()) {
+                assert!(words.contains(word), "at {width}: {word:?} of {} lost or cut:\n{table}", s.name);
+            }
+        }
+    }
+    assert!(
+        table_lines(&report.to_table_width(80)).len() > table_lines(&report.to_table_width(100)).len(),
+        "narrower wraps more"
+    );
+}
+
 // === the JSON report, bad input, secrets ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -152,6 +152,18 @@ const BROKEN: &[Broken] = &[
     b("sessions-probability", 7, 12, "rule[1].sessions.probability", "not a probability", "0.0 to 1.0"),
     b("stall-jitter", 6, 12, "rule[1].actions[1]", "jitter_ms at most ms", "jitter_ms = 300"),
     b("truncate-not-body", 7, 12, "rule[1].actions[1]", "only happens inside one", "when = \"body\""),
+    // Rules that could never fire (docs/PROFILES.md, "The file").
+    b("body-without-body", 6, 11, "rule[1].command", "DELE has no body", "RETR, TOP, LIST, UIDL, CAPA, AUTH"),
+    b("state-retr-authorization", 7, 9, "rule[1].state", "RETR is only valid in TRANSACTION", "\"TRANSACTION\""),
+    b("state-pass-transaction", 7, 9, "rule[1].state", "PASS is only valid in AUTHORIZATION", "\"AUTHORIZATION\""),
+    b("command-in-update", 7, 9, "rule[1].state", "no command is sent in UPDATE", "when = \"forwarded\""),
+    b("window-never-down", 6, 10, "rule[1].window.down_ms", "never down", "down_ms more than 0"),
+    b("probability-zero", 6, 15, "rule[1].probability", "probability 0 never fires", "above 0"),
+    b("step-probability-zero", 8, 3, "rule[1].actions[2]", "could never happen", "above 0"),
+    b("after-disconnect", 8, 3, "rule[1].actions[2]", "after the `disconnect` of step 1", "before the `disconnect`"),
+    // nth counts from 1: the type's "0 or more" would invite nth = 0.
+    b("nth-string", 6, 7, "rule[1].nth", "a whole number (1 or more)", "1 or more"),
+    b("rule-key-typo", 6, 1, "rule[1].repet", "unknown field `repet`", "did you mean `repeat`?"),
 ];
 
 /// Mistakes that `src/faults/profile.rs` reports wrongly today: each row is
@@ -321,6 +333,32 @@ fn valid_custom_profiles_pass() {
         assert!(stdout.starts_with(&format!("{rel}: ok: profile '{stem}'")), "{stdout}");
         assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
     }
+}
+
+#[test]
+fn an_empty_profile_passes_and_is_called_a_passthrough() {
+    let tmp = TempFile::new("empty.toml", "name = \"empty\"\nsummary = \"nothing yet\"\n");
+    let out = popfault(&["check-profile", tmp.path()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("ok: profile 'empty' with 0 rule(s)"), "{stdout}");
+    assert!(stdout.contains("passthrough") && stdout.contains("no faults"), "says what it does: {stdout}");
+}
+
+/// The state checks refuse only what cannot happen: a login's answer is
+/// delivered in TRANSACTION, QUIT's answer in UPDATE.
+#[test]
+fn rules_on_reachable_states_pass() {
+    let profile = "[[rule]]\nwhen = \"response\"\ncommand = \"PASS\"\nstate = \"TRANSACTION\"\n\
+                   actions = [{ do = \"stall\", ms = 10 }]\n\n\
+                   [[rule]]\nwhen = \"status\"\ncommand = \"QUIT\"\nstate = \"UPDATE\"\n\
+                   actions = [{ do = \"stall\", ms = 10 }, { do = \"disconnect\" }]\n\n\
+                   [[rule]]\nwhen = \"body\"\ncommand = \"uidl\"\noffset = 0\n\
+                   actions = [{ do = \"disconnect\", probability = 0.5 }, { do = \"stall\", ms = 10 }]\n";
+    let tmp = TempFile::new("reachable.toml", profile);
+    let out = popfault(&["check-profile", tmp.path()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("with 3 rule(s)"), "{}", text(&out.stdout));
 }
 
 // === profiles / profiles show ===

@@ -115,3 +115,94 @@ async fn sigterm_drains_cuts_and_summarises() {
     assert_eq!(w.maildrop().remaining("user1").len(), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--listen` takes a host name as `--upstream` does, and says which
+/// address it bound.
+#[tokio::test]
+async fn listen_takes_a_host_name_and_names_the_address_bound() {
+    let w = World::start(1, 1).await;
+    let up = w.server.addr.to_string();
+    let mut proxy = Proc::spawn_with(&["proxy", "--headless", "--listen", "localhost:0", "--upstream", &up], &[], None);
+    let addr = proxy.addr_after("popfault: proxy");
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut greet = [0u8; 3];
+    tokio::time::timeout(LIMIT, c.read_exact(&mut greet)).await.expect("greeted in time").unwrap();
+    assert_eq!(&greet, b"+OK", "relayed through the address bound");
+    drop(c);
+    let out = tokio::task::spawn_blocking(move || proxy.stop()).await.unwrap();
+    assert!(out.contains(&format!("--listen localhost:0 resolved to {addr}")), "{out}");
+}
+
+/// HOST:PORT whose host does not resolve is a name problem, not a syntax one.
+#[test]
+fn an_unresolvable_upstream_says_the_host_could_not_be_resolved() {
+    let (code, _, err) = popfault(&["proxy", "--headless", "--upstream", "no-such-host.invalid:110"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("cannot resolve the host 'no-such-host.invalid'"), "{err}");
+    assert!(!err.contains("expected HOST:PORT"), "the input was HOST:PORT: {err}");
+    let (code, _, err) =
+        popfault(&["proxy", "--headless", "--listen", "no-such-host.invalid:1110", "--upstream", "127.0.0.1:1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("cannot resolve the host 'no-such-host.invalid'"), "{err}");
+}
+
+/// An upstream that refuses at start: a warning, then the run goes on and
+/// its sessions end `refused`.
+#[tokio::test]
+async fn a_closed_upstream_is_a_warning_at_start_and_the_proxy_keeps_running() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let dir = std::env::temp_dir().join(format!("popfault-cli-closed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let events = dir.join("events.jsonl");
+    let mut proxy = Proc::spawn_with(
+        &["proxy", "--headless", "--listen", "127.0.0.1:0", "--upstream", &up, "--events", events.to_str().unwrap()],
+        &[],
+        None,
+    );
+    let addr = proxy.addr_after("popfault: proxy");
+    let mut c = tokio::net::TcpStream::connect(addr).await.expect("still listening after the warning");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(LIMIT, c.read_to_end(&mut rest)).await.expect("the session ends");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let out = tokio::task::spawn_blocking(move || proxy.stop()).await.unwrap();
+    let warning = out.lines().find(|l| l.contains("warning: upstream")).unwrap_or_else(|| panic!("{out}"));
+    assert!(warning.contains(&up) && warning.contains("not accepting connections"), "{warning}");
+    assert!(warning.contains("refused"), "says what sessions will do: {warning}");
+    let text = std::fs::read_to_string(&events).unwrap();
+    let end = text.lines().find(|l| l.contains("\"session_end\"")).unwrap_or_else(|| panic!("{text}"));
+    assert!(end.contains("\"outcome\":\"refused\""), "{end}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Headless, piped: `--progress` writes a status line every few seconds;
+/// `-v` session-end lines are plain key=value, without colour or Rust debug.
+#[tokio::test]
+async fn headless_progress_and_plain_logs() {
+    let w = World::start(1, 1).await;
+    let up = w.server.addr.to_string();
+    let mut proxy = Proc::spawn_with(
+        &["proxy", "--headless", "--progress", "-v", "--listen", "127.0.0.1:0", "--upstream", &up],
+        &[],
+        None,
+    );
+    let addr = proxy.addr_after("popfault: proxy");
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut greet = [0u8; 3];
+    c.read_exact(&mut greet).await.unwrap();
+    c.write_all(b"USER user1\r\nPASS secret\r\nQUIT\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(LIMIT, c.read_to_end(&mut rest)).await.expect("QUIT answered");
+    drop(c);
+    tokio::time::sleep(popfault::cli::common::PROGRESS_EVERY * 2).await;
+    let out = tokio::task::spawn_blocking(move || proxy.stop()).await.unwrap();
+    let progress: Vec<&str> = out.lines().filter(|l| l.starts_with("popfault: ") && l.contains(" live, ")).collect();
+    assert!(!progress.is_empty(), "a progress line:\n{out}");
+    let last = progress.last().unwrap();
+    assert!(last.contains("0 live, 1 ended") && last.contains("clean-quit 1") && last.contains("faults 0"), "{last}");
+    let end = out.lines().find(|l| l.contains("session ended")).unwrap_or_else(|| panic!("{out}"));
+    assert!(end.contains("user=user1") && end.contains("outcome=clean-quit") && end.contains("session=1"), "{end}");
+    assert!(!end.contains("Some(") && !end.contains('\x1b'), "plain text: {end:?}");
+    assert!(end.contains("ended_by=\""), "a value with spaces is quoted: {end}");
+}

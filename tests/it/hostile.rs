@@ -25,6 +25,13 @@ fn proxy_to(upstream: std::net::SocketAddr, extra: &[&str], nofile: Option<u64>)
     (p, addr)
 }
 
+/// The session's connection: `popfault proxy` first tries the upstream
+/// once at start-up (to warn when it is down), and closes that connection.
+async fn accept_past_probe(l: &TcpListener) -> (TcpStream, std::net::SocketAddr) {
+    let _probe = l.accept().await.unwrap();
+    l.accept().await.unwrap()
+}
+
 async fn read_line(s: &mut TcpStream) -> Vec<u8> {
     let mut line = Vec::new();
     let mut b = [0u8; 1];
@@ -42,7 +49,7 @@ async fn client_sending_100_mib_without_crlf_is_relayed_in_bounded_memory() {
     let l = TcpListener::bind(loopback()).await.unwrap();
     let up = l.local_addr().unwrap();
     let server = tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.unwrap();
+        let (mut s, _) = accept_past_probe(&l).await;
         s.write_all(b"+OK hi\r\n").await.unwrap();
         let mut n = 0u64;
         let mut buf = vec![0u8; 1 << 16];
@@ -79,7 +86,7 @@ async fn endless_body_from_the_server_streams_in_bounded_memory() {
     let l = TcpListener::bind(loopback()).await.unwrap();
     let up = l.local_addr().unwrap();
     tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.unwrap();
+        let (mut s, _) = accept_past_probe(&l).await;
         s.write_all(b"+OK hi\r\n").await.unwrap();
         let mut cmd = [0u8; 8];
         s.read_exact(&mut cmd).await.unwrap();
@@ -124,7 +131,7 @@ async fn a_client_that_never_reads_gets_backpressure_not_buffering() {
     let written = Arc::new(AtomicU64::new(0));
     let w = written.clone();
     tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.unwrap();
+        let (mut s, _) = accept_past_probe(&l).await;
         let chunk = vec![b'y'; 1 << 16];
         let _ = s.write_all(b"+OK hi\r\n").await;
         while w.load(Ordering::Relaxed) < 100_000_000 {

@@ -137,9 +137,19 @@ pub async fn run(a: AuditArgs) -> Result<ExitCode, RunError> {
     if json {
         println!("{}", report.to_json());
     } else {
-        print!("{}", report.to_table());
+        print!("{}", report.to_table_width(table_width()));
     }
     Ok(ExitCode::from(report.exit_code()))
+}
+
+/// The width of stdout's terminal, or [`report::DEFAULT_WIDTH`] when
+/// stdout is not one (a pipe or a file has no width to fit).
+fn table_width() -> usize {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() {
+        return report::DEFAULT_WIDTH;
+    }
+    crossterm::terminal::size().map_or(report::DEFAULT_WIDTH, |(w, _)| usize::from(w).max(40))
 }
 
 #[cfg(test)]

@@ -6,9 +6,29 @@ use std::fmt;
 
 use serde::Serialize;
 
-/// Width of the text table's columns: scenario, expected, observed,
-/// outcome, verdict.
-const WIDTHS: [usize; 5] = [18, 40, 40, 12, 7];
+/// Widest the text table's columns get: scenario, expected, observed,
+/// outcome, verdict (129 characters in all, with the separators).
+const WIDTHS: [usize; 5] = [18, 40, 40, 16, 7];
+/// Narrowest: an outcome (`nothing-at-stake`) and a verdict are never cut.
+const MIN_WIDTHS: [usize; 5] = [10, 12, 12, 16, 7];
+/// `" | "` between five columns.
+const SEPARATORS: usize = 3 * 4;
+/// The table's width when stdout is not a terminal.
+pub const DEFAULT_WIDTH: usize = 100;
+
+/// Column widths for a table at most `total` characters wide. The two
+/// text columns keep 16 (a word such as `(AUTHORIZATION)` whole) while the
+/// scenario's column gives way, then share what is left up to 40 each;
+/// below the minimum the table is as narrow as it can be.
+fn widths(total: usize) -> [usize; 5] {
+    let mut w = WIDTHS;
+    let avail = total.saturating_sub(w[3] + w[4] + SEPARATORS);
+    w[0] = if avail >= WIDTHS[0] + 2 * 16 { WIDTHS[0] } else { avail.saturating_sub(2 * 16).max(MIN_WIDTHS[0]) };
+    let text = avail.saturating_sub(w[0]);
+    w[1] = (text / 2).clamp(MIN_WIDTHS[1], WIDTHS[1]);
+    w[2] = (text - text / 2).clamp(MIN_WIDTHS[2], WIDTHS[2]);
+    w
+}
 
 /// A scenario's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -120,8 +140,15 @@ impl Report {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     }
 
-    /// The report as a text table, for humans.
+    /// The report as a text table, for humans, at its widest.
     pub fn to_table(&self) -> String {
+        self.to_table_width(usize::MAX)
+    }
+
+    /// The report as a text table that fits `width` characters: cells wrap
+    /// in narrower columns.
+    pub fn to_table_width(&self, width: usize) -> String {
+        let widths = widths(width);
         let mut out = String::new();
         let mode = if self.destructive { "destructive" } else { "non-destructive" };
         out.push_str(&format!("popfault audit of {} ({mode}, seed {})\n", self.server, self.seed));
@@ -129,8 +156,8 @@ impl Report {
         let uidl = if self.uidl { "UIDL supported" } else { "no UIDL: counts compared" };
         out.push_str(&format!("  mailbox:  {} message(s) at the start; {uidl}\n\n", self.messages));
         let header = ["scenario", "expected (RFC 1939)", "observed (fresh session)", "outcome", "verdict"];
-        push_row(&mut out, &header.map(String::from));
-        let rule: Vec<String> = WIDTHS.iter().map(|w| "-".repeat(*w)).collect();
+        push_row(&mut out, &header.map(String::from), &widths);
+        let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
         out.push_str(&rule.join("-+-"));
         out.push('\n');
         for s in &self.scenarios {
@@ -141,7 +168,7 @@ impl Report {
                 s.proxy_outcome.clone().unwrap_or_else(|| "-".into()),
                 s.verdict.to_string(),
             ];
-            push_row(&mut out, &cells);
+            push_row(&mut out, &cells, &widths);
             out.push_str(&rule.join("-+-"));
             out.push('\n');
         }
@@ -151,27 +178,35 @@ impl Report {
         ));
         out.push_str("\nwhat the audit's client saw in each cut session:\n");
         for s in &self.scenarios {
-            out.push_str(&format!("  {:<24} {}\n", format!("{}:", s.name), s.client_saw));
+            let name = format!("{}:", s.name);
+            // Under the name when the line is narrow, beside it otherwise.
+            let (indent, first) =
+                if width >= 60 { (27, format!("  {name:<24} ")) } else { (4, format!("  {name}\n    ")) };
+            let lines = wrap(&s.client_saw, width.saturating_sub(indent).max(20));
+            out.push_str(&first);
+            out.push_str(&lines.join(&format!("\n{}", " ".repeat(indent))));
+            out.push('\n');
         }
         if !self.destructive {
-            out.push_str(
-                "\nnot checked: the QUIT commit itself, and a lost QUIT answer with a message marked \
-                 (they delete mail: --destructive)\n",
-            );
+            let note = "not checked: the QUIT commit itself, and a lost QUIT answer with a message marked \
+                        (they delete mail: --destructive)";
+            out.push('\n');
+            out.push_str(&wrap(note, width.max(20)).join("\n"));
+            out.push('\n');
         }
         out
     }
 }
 
 /// Writes one row, each cell wrapped to its column width.
-fn push_row(out: &mut String, cells: &[String; 5]) {
-    let wrapped: Vec<Vec<String>> = cells.iter().zip(WIDTHS).map(|(c, w)| wrap(c, w)).collect();
+fn push_row(out: &mut String, cells: &[String; 5], widths: &[usize; 5]) {
+    let wrapped: Vec<Vec<String>> = cells.iter().zip(widths).map(|(c, w)| wrap(c, *w)).collect();
     let lines = wrapped.iter().map(Vec::len).max().unwrap_or(1);
     for i in 0..lines {
         let parts: Vec<String> = wrapped
             .iter()
-            .zip(WIDTHS)
-            .map(|(cell, w)| format!("{:<w$}", cell.get(i).map(String::as_str).unwrap_or("")))
+            .zip(widths)
+            .map(|(cell, &w)| format!("{:<w$}", cell.get(i).map(String::as_str).unwrap_or("")))
             .collect();
         out.push_str(parts.join(" | ").trim_end());
         out.push('\n');
