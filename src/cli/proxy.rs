@@ -17,6 +17,7 @@ use super::common::{
 use crate::aggregate::Aggregator;
 use crate::control::Control;
 use crate::relay::{self, ProxyConfig};
+use crate::transcripts::Transcripts;
 
 /// Options shared by the commands that run the proxy.
 #[derive(Debug, Args)]
@@ -77,6 +78,11 @@ pub struct ProxyArgs {
     /// Write every event as a JSON line to this file (see docs/EVENTS.md).
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
+    /// Write each session's transcript (its commands with secrets as
+    /// `***`, status lines, body sizes, faults, the end and why) to
+    /// DIR/session-NNNNNN.txt when it ends: for a bug report.
+    #[arg(long, value_name = "DIR")]
+    pub transcripts: Option<PathBuf>,
 }
 
 fn non_negative_secs(s: &str) -> Result<f64, String> {
@@ -100,6 +106,12 @@ pub async fn run(a: ProxyArgs) -> Result<ExitCode, RunError> {
     let mut ui = Ui::with_progress(a.headless, a.progress);
     let agg = Aggregator::with_model(a.events.as_deref(), ui.model.clone(), false)
         .map_err(|e| RunError::Usage(e.to_string()))?;
+    let transcripts = match &a.transcripts {
+        Some(dir) => Some(
+            Transcripts::start(dir).map_err(|e| RunError::Usage(format!("--transcripts {}: {e}", dir.display())))?,
+        ),
+        None => None,
+    };
     let config = |addr: SocketAddr| {
         let mut cfg = ProxyConfig::new(addr, a.upstream.clone());
         cfg.connect_timeout = Duration::from_secs_f64(a.connect_timeout);
@@ -107,6 +119,7 @@ pub async fn run(a: ProxyArgs) -> Result<ExitCode, RunError> {
         cfg.greeting_timeout = Duration::from_secs_f64(a.greeting_timeout);
         cfg.max_sessions = a.max_sessions as usize;
         cfg.backlog = a.backlog;
+        cfg.transcripts = transcripts.as_ref().map(Transcripts::sink);
         cfg
     };
     // A name may resolve to several addresses (localhost: 127.0.0.1 and
@@ -152,6 +165,15 @@ pub async fn run(a: ProxyArgs) -> Result<ExitCode, RunError> {
         again = signals.recv() => say_err(&format!("popfault: {again} again: cutting the live sessions now")),
     }
     handle.shutdown().await;
+    if let Some(t) = transcripts {
+        match t.finish() {
+            Ok((files, 0)) => say_err(&format!("popfault: {files} transcript(s) written")),
+            Ok((files, dropped)) => say_err(&format!(
+                "popfault: {files} transcript(s) written; {dropped} line(s) dropped (the writer fell behind)"
+            )),
+            Err(e) => say_err(&format!("popfault: warning: transcripts incomplete: {e}")),
+        }
+    }
     let (summary, _, report) =
         agg.finish_report(seed, &profile_name).await.map_err(|e| RunError::Failed(format!("summarising: {e}")))?;
     let mut out = summary.to_table();

@@ -478,3 +478,28 @@ fn listen_backlog(addr: SocketAddr) -> Option<u64> {
     let line = text.lines().next()?;
     line.split_whitespace().nth(2)?.parse().ok()
 }
+
+/// `--transcripts DIR` through the real binary: each session leaves its
+/// file, in order, with the password shown as `***`.
+#[test]
+fn transcripts_are_written_one_file_a_session() {
+    let (_up, up) = upstream(2);
+    let dir = temp_dir("transcripts");
+    let (p, addr) = proxy(up, &["--drain", "1", "--transcripts", dir.to_str().expect("utf-8 path")]);
+    full_session(addr, "user1");
+    full_session(addr, "user2");
+    thread::sleep(Duration::from_millis(200));
+    p.signal("TERM");
+    let end = p.wait(LIMIT);
+    assert_eq!(end.code, Some(0), "{end:?}");
+    assert!(end.stderr.contains("2 transcript(s) written"), "{}", end.stderr);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+    let first = std::fs::read_to_string(&files[0]).unwrap();
+    for want in ["S: +OK", "C: USER user1", "C: PASS ***", "C: STAT", "C: QUIT", "end: clean-quit"] {
+        assert!(first.contains(want), "{want:?} in:\n{first}");
+    }
+    assert!(!first.contains("PASS secret"), "{first}");
+    assert!(std::fs::read_to_string(&files[1]).unwrap().contains("C: USER user2"));
+}
