@@ -124,7 +124,7 @@ impl Aggregator {
             None => None,
         };
         let (sink, rx) = EventSink::channel(crate::events::EVENT_QUEUE);
-        let sink = sink.with_progress(model.is_some());
+        let sink = sink.with_progress(model.is_some()).with_transcripts(model.is_some());
         let stats = if keep_ends { Stats::keeping_ends() } else { Stats::new() };
         let queue = file.as_ref().map(FileWriter::queue);
         let task = tokio::spawn(run(rx, queue, model, stats));
@@ -209,7 +209,10 @@ async fn run(
         answers.extend(batch.iter().map(|ev| stats.apply(ev)));
         if let Some((m, started)) = &model {
             crate::dashboard::feed(m, batch.iter().zip(answers.iter().copied()), started.elapsed());
-            if batch.iter().any(|ev| !matches!(ev, Event::SessionStart { .. } | Event::Progress(_))) {
+            if batch
+                .iter()
+                .any(|ev| !matches!(ev, Event::SessionStart { .. } | Event::Progress(_) | Event::Transcript { .. }))
+            {
                 totals.changed();
             }
             if totals.due().is_some_and(|due| due <= tokio::time::Instant::now()) {
@@ -222,7 +225,7 @@ async fn run(
             // Progress and per-command latency feed the dashboard and the
             // histograms; the file keeps sessions and faults.
             for (ev, folded) in batch.iter().zip(&answers) {
-                if matches!(ev, Event::Progress(_) | Event::Latency { .. }) {
+                if matches!(ev, Event::Progress(_) | Event::Latency { .. } | Event::Transcript { .. }) {
                     continue;
                 }
                 let mark = lines.len();

@@ -59,6 +59,14 @@ pub enum Event {
     },
     /// Live progress of a session (for the dashboard).
     Progress(Box<SessionSnapshot>),
+    /// A line of a session's transcript (for the dashboard's session view;
+    /// never written to the events file).
+    Transcript {
+        /// Session number.
+        session: u64,
+        /// What happened, secrets redacted (see `Driver::take_transcript`).
+        line: String,
+    },
     /// A session ended.
     SessionEnd(Box<SessionEnd>),
 }
@@ -254,17 +262,30 @@ pub struct EventSink {
     dropped: Arc<AtomicU64>,
     /// Someone draws live sessions (the dashboard): send `Progress`.
     progress: bool,
+    /// Someone shows sessions' transcripts: send `Transcript` events.
+    transcripts: bool,
 }
 
 impl EventSink {
     /// A sink and the receiver the aggregator reads.
     pub fn channel(capacity: usize) -> (EventSink, mpsc::Receiver<Event>) {
         let (tx, rx) = mpsc::channel(capacity);
-        (EventSink { tx: Some(tx), dropped: Arc::new(AtomicU64::new(0)), progress: true }, rx)
+        (EventSink { tx: Some(tx), dropped: Arc::new(AtomicU64::new(0)), progress: true, transcripts: false }, rx)
     }
 
     /// The same sink, sending `Progress` only if `progress` (it feeds the
     /// dashboard alone, and costs an allocation per command).
+    /// The same sink, sending `Transcript` events if `transcripts`.
+    pub fn with_transcripts(mut self, transcripts: bool) -> EventSink {
+        self.transcripts = transcripts;
+        self
+    }
+
+    /// Whether `Transcript` events are wanted.
+    pub fn wants_transcripts(&self) -> bool {
+        self.transcripts && self.is_live()
+    }
+
     pub fn with_progress(mut self, progress: bool) -> EventSink {
         self.progress = progress;
         self
@@ -272,7 +293,7 @@ impl EventSink {
 
     /// A sink that discards everything (nobody is listening).
     pub fn discard() -> EventSink {
-        EventSink { tx: None, dropped: Arc::new(AtomicU64::new(0)), progress: false }
+        EventSink { tx: None, dropped: Arc::new(AtomicU64::new(0)), progress: false, transcripts: false }
     }
 
     /// Sends without waiting; a full queue drops the event and counts it.

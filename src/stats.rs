@@ -134,7 +134,7 @@ impl Stats {
     /// it was sent (a `SessionEnd`'s own `duplicates` is not read).
     pub fn apply(&mut self, event: &Event) -> Folded {
         match event {
-            Event::SessionStart { .. } | Event::Progress(_) => Folded::default(),
+            Event::SessionStart { .. } | Event::Progress(_) | Event::Transcript { .. } => Folded::default(),
             Event::Fault { rule, .. } => {
                 // `get_mut` first: a rule that fired before costs no allocation.
                 match self.faults.get_mut(rule) {

@@ -60,6 +60,10 @@ pub struct UiState {
     pub editing: bool,
     /// A profile chosen with tab and not applied yet: name and summary.
     pub choice: Option<(String, String)>,
+    /// The session whose view (its transcript) is open, over the table.
+    pub view: Option<u64>,
+    /// Lines scrolled up from the transcript's end (0: its live end).
+    pub view_scroll: u16,
 }
 
 impl Default for UiState {
@@ -76,6 +80,8 @@ impl Default for UiState {
             filter: String::new(),
             editing: false,
             choice: None,
+            view: None,
+            view_scroll: 0,
         }
     }
 }
@@ -191,6 +197,20 @@ pub fn handle_key(ui: &mut UiState, model: &Model, key: KeyEvent) -> Option<UiCo
         }
         return None;
     }
+    if ui.view.is_some() {
+        // A session's view covers the table: keys scroll it or close it.
+        match key.code {
+            KeyCode::Esc | KeyCode::Enter => ui.view = None,
+            KeyCode::Up => ui.view_scroll = ui.view_scroll.saturating_add(1),
+            KeyCode::Down => ui.view_scroll = ui.view_scroll.saturating_sub(1),
+            KeyCode::PageUp => ui.view_scroll = ui.view_scroll.saturating_add(10),
+            KeyCode::PageDown => ui.view_scroll = ui.view_scroll.saturating_sub(10),
+            KeyCode::End => ui.view_scroll = 0,
+            KeyCode::Char('q') | KeyCode::Char('Q') => return Some(UiCommand::Quit),
+            _ => {}
+        }
+        return None;
+    }
     if ui.help {
         // The help covers the screen: keys scroll it or close it.
         match key.code {
@@ -215,7 +235,20 @@ pub fn handle_key(ui: &mut UiState, model: &Model, key: KeyEvent) -> Option<UiCo
             ui.flash("profile unchanged");
         }
         KeyCode::Esc => ui.filter.clear(),
-        KeyCode::Enter => return ui.choice.take().map(|(name, _)| UiCommand::ApplyProfile(name)),
+        KeyCode::Enter if ui.choice.is_some() => {
+            return ui.choice.take().map(|(name, _)| UiCommand::ApplyProfile(name));
+        }
+        // Enter on a row: that session's view.
+        KeyCode::Enter => {
+            let rows = ui.rows(model);
+            match ui.index_in(&rows) {
+                Some(i) => {
+                    ui.view = Some(rows[i].session);
+                    ui.view_scroll = 0;
+                }
+                None => ui.flash("select a session first (↑/↓), then Enter"),
+            }
+        }
         KeyCode::Char('/') => ui.editing = true,
         KeyCode::Char('f') | KeyCode::Char('F') => {
             ui.follow = true;
@@ -504,6 +537,11 @@ mod tests {
         assert_eq!(handle_key(&mut ui, &m, key(KeyCode::Enter)), Some(UiCommand::ApplyProfile("b".into())));
         assert_eq!(ui.choice, None);
         assert_eq!(handle_key(&mut ui, &m, key(KeyCode::Enter)), None, "nothing chosen: nothing applied");
+        // With nothing chosen, Enter opens the selected session's view;
+        // Esc closes it.
+        assert!(ui.view.is_some(), "Enter on a row opens its session");
+        assert_eq!(handle_key(&mut ui, &m, key(KeyCode::Esc)), None);
+        assert_eq!(ui.view, None);
         ui.choice = Some(("c".into(), "summary of c".into()));
         assert_eq!(handle_key(&mut ui, &m, key(KeyCode::Esc)), None);
         assert_eq!(ui.choice, None);

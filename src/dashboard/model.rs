@@ -32,6 +32,11 @@ pub const MAX_ENDED: usize = 200;
 pub const MAX_LIVE: usize = 10_000;
 /// Lines kept in the event log.
 pub const MAX_LOG: usize = 200;
+/// Sessions whose transcript the screen keeps (the newest), and lines kept
+/// of each (the last): the session view's bound.
+pub const MAX_TRANSCRIPTS: usize = 256;
+/// See [`MAX_TRANSCRIPTS`].
+pub const MAX_TRANSCRIPT_LINES: usize = 300;
 /// Throughput samples kept (at [`SAMPLE_PERIOD`], about four minutes).
 pub const MAX_SAMPLES: usize = 512;
 /// Shortest time between two throughput samples: shorter ticks are folded
@@ -248,6 +253,9 @@ pub struct Model {
     samples: VecDeque<Rate>,
     last_sample: Option<(u64, u64, Duration)>,
     now: Duration,
+    /// Sessions' transcripts, for the session view: shared with snapshots,
+    /// copied on write.
+    transcripts: BTreeMap<u64, Arc<VecDeque<Arc<str>>>>,
 }
 
 impl Default for Model {
@@ -276,7 +284,14 @@ impl Model {
             samples: VecDeque::new(),
             last_sample: None,
             now: Duration::ZERO,
+            transcripts: BTreeMap::new(),
         }
+    }
+
+    /// Session `session`'s transcript so far (its last lines), if the
+    /// screen has it.
+    pub fn transcript(&self, session: u64) -> Option<&VecDeque<Arc<str>>> {
+        self.transcripts.get(&session).map(|t| &**t)
     }
 
     /// Shows one event; `folded` is what the run's fold answered for it
@@ -309,6 +324,22 @@ impl Model {
             }
             // Latency is counted by the fold alone; its totals show it.
             Event::Latency { .. } => {}
+            Event::Transcript { session, line } => {
+                if !self.transcripts.contains_key(session) && self.transcripts.len() >= MAX_TRANSCRIPTS {
+                    // The oldest session makes room for a newer one.
+                    match self.transcripts.keys().next().copied() {
+                        Some(oldest) if oldest < *session => {
+                            self.transcripts.remove(&oldest);
+                        }
+                        _ => return,
+                    }
+                }
+                let lines = Arc::make_mut(self.transcripts.entry(*session).or_default());
+                if lines.len() >= MAX_TRANSCRIPT_LINES {
+                    lines.pop_front();
+                }
+                lines.push_back(Arc::from(escape(line).as_ref()));
+            }
             Event::SessionEnd(e) => self.session_end(e, folded.duplicates, now),
         }
     }

@@ -125,9 +125,55 @@ impl Widget for &Dashboard<'_> {
         render_throughput(a.throughput, buf, self);
         render_log(a.log, buf, self);
         render_footer(a.footer, buf, self);
+        if let Some(session) = self.ui.view {
+            render_session_view(area, buf, self, session);
+        }
         if self.ui.help {
             render_help(area, buf, self.ui.help_scroll);
         }
+    }
+}
+
+/// A session's view, over the table: its transcript so far (commands with
+/// secrets as `***`, status lines, body sizes, faults at their point, the
+/// end and why), live while the session lives, the newest line at the
+/// bottom unless scrolled up.
+pub fn render_session_view(area: Rect, buf: &mut Buffer, d: &Dashboard<'_>, session: u64) {
+    let m = d.model;
+    let row = m.rows().find(|r| r.session == session);
+    let mut title = format!(" session #{session} ");
+    if let Some(r) = row {
+        if let Some(user) = &r.user {
+            title.push_str(&format!("· {user} "));
+        }
+        match &r.end {
+            Some(end) => title.push_str(&format!("· {} ({}) ", end.outcome.as_str(), end.ended_by)),
+            None => title.push_str("· ● live "),
+        }
+    }
+    let popup = Rect {
+        x: area.x + 1,
+        y: area.y + 1,
+        width: area.width.saturating_sub(2),
+        height: area.height.saturating_sub(2),
+    };
+    Clear.render(popup, buf);
+    let block = panel(title).title_bottom(Line::from(" ↑↓ scroll · End live end · Esc close ").right_aligned());
+    let inner = block.inner(popup);
+    block.render(popup, buf);
+    let lines: Vec<&str> = m.transcript(session).map(|t| t.iter().map(|l| &**l).collect()).unwrap_or_default();
+    if lines.is_empty() {
+        Line::styled("no transcript for this session (kept for the newest sessions while the dashboard runs)", DIM)
+            .render(inner, buf);
+        return;
+    }
+    let room = inner.height as usize;
+    let scroll = (d.ui.view_scroll as usize).min(lines.len().saturating_sub(room));
+    let end = lines.len() - scroll;
+    let start = end.saturating_sub(room);
+    for (i, line) in lines[start..end].iter().enumerate() {
+        let at = Rect { y: inner.y + i as u16, height: 1, ..inner };
+        Line::raw(truncate(line, inner.width as usize)).render(at, buf);
     }
 }
 
@@ -1016,6 +1062,7 @@ fn help_lines() -> Vec<Line<'static>> {
         ("tab  ⇧tab", "choose the next / previous profile (shown below)"),
         ("  Enter  Esc", "apply it to new sessions / keep the current one"),
         ("k", "cut the selected live session (lost carrier)"),
+        ("Enter", "open the selected session: what it did, in order"),
         ("↑↓ PgUp PgDn", "select a session (Home / End); stops following"),
         ("f", "follow: keep the top row (newest live) selected"),
         ("/", "filter rows: user, outcome, fault, state; Esc clears"),

@@ -184,7 +184,7 @@ async fn accept_loop(
         idle_timeout: cfg.idle_timeout,
         greeting_timeout: cfg.greeting_timeout,
         wants_progress: sink.wants_progress(),
-        transcripts: cfg.transcripts.is_some(),
+        transcripts: cfg.transcripts.is_some() || sink.wants_transcripts(),
     });
     let counter = AtomicU64::new(0);
     let mut sessions = tokio::task::JoinSet::new();
@@ -227,6 +227,7 @@ async fn accept_loop(
                     cut_seen: AtomicBool::new(false),
                     injected: [AtomicBool::new(false), AtomicBool::new(false)],
                     control: control.clone(),
+                    transcribing: run.transcripts,
                 };
                 sessions.spawn(run_session(client, ctx, driver));
                 live.send_replace(sessions.len());
@@ -294,6 +295,7 @@ mod size_probe {
                 cut_seen: Default::default(),
                 injected: Default::default(),
                 control: control.clone(),
+                transcribing: false,
             };
             let fut = run_session(s, ctx, driver);
             // Every idle session costs at least this much: keep it small

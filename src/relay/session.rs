@@ -37,6 +37,8 @@ pub(super) struct SessionCtx {
     /// own answer): a one-shot permit taken by that direction's wait.
     pub(super) injected: [AtomicBool; 2],
     pub(super) control: Arc<Control>,
+    /// Someone wants the session's transcript (a file or the dashboard).
+    pub(super) transcribing: bool,
 }
 
 fn lock(driver: &Mutex<Driver>) -> MutexGuard<'_, Driver> {
@@ -70,10 +72,10 @@ pub(super) fn run_session(mut client: TcpStream, ctx: SessionCtx, driver: Driver
         ctx.control.unregister(number);
         let mut driver = driver.into_inner().unwrap_or_else(|p| p.into_inner());
         let events = driver.finish(ended_by, Instant::now());
+        if ctx.transcribing {
+            hand_over(&ctx, number, driver.take_transcript());
+        }
         if let Some(t) = &ctx.cfg.transcripts {
-            for line in driver.take_transcript() {
-                t.line(number, line);
-            }
             t.end(number);
         }
         for ev in events {
@@ -89,6 +91,21 @@ pub(super) fn run_session(mut client: TcpStream, ctx: SessionCtx, driver: Driver
                 );
             }
             ctx.sink.emit(ev);
+        }
+    }
+}
+
+/// Transcript lines go to the `--transcripts` writer and to the dashboard
+/// (its session view), whichever wants them.
+fn hand_over(ctx: &SessionCtx, session: u64, lines: Vec<String>) {
+    for line in lines {
+        if ctx.sink.wants_transcripts() {
+            if let Some(t) = &ctx.cfg.transcripts {
+                t.line(session, line.clone());
+            }
+            ctx.sink.emit(Event::Transcript { session, line });
+        } else if let Some(t) = &ctx.cfg.transcripts {
+            t.line(session, line);
         }
     }
 }
@@ -119,10 +136,8 @@ impl Shell<'_> {
     /// ends every wait, and output it queued for a direction is that
     /// direction's to take. Returns whether the task must be polled again.
     fn sync(&self, d: &mut Driver) -> bool {
-        if let Some(t) = &self.ctx.cfg.transcripts {
-            for line in d.take_transcript() {
-                t.line(d.number(), line);
-            }
+        if self.ctx.transcribing {
+            hand_over(self.ctx, d.number(), d.take_transcript());
         }
         if d.has_events() {
             for ev in d.take_events() {

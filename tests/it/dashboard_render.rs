@@ -811,3 +811,39 @@ fn the_event_log_keeps_the_newest_entry_on_the_last_row() {
     assert_eq!(tall[4], "│      @123456                         │", "{}", tall.join("\n"));
     assert!(tall[1].starts_with("│00:01 #1   fault"), "{}", tall.join("\n"));
 }
+
+/// Enter on a row opens that session's view: its transcript, newest line
+/// at the bottom, scrollable, closed with Esc.
+#[test]
+fn enter_opens_the_selected_sessions_transcript() {
+    let mut m = model();
+    for i in 0..40 {
+        m.apply(
+            &Event::Transcript { session: 2, line: format!("{:>9.3}s  C: NOOP {i}", i as f64) },
+            Default::default(),
+            std::time::Duration::from_secs(1),
+        );
+    }
+    m.apply(
+        &Event::Transcript { session: 2, line: "   40.000s  C: PASS ***".into() },
+        Default::default(),
+        std::time::Duration::from_secs(1),
+    );
+    let mut ui = selected(2);
+    let enter = crossterm::event::KeyEvent::from(crossterm::event::KeyCode::Enter);
+    assert!(popfault::dashboard::handle_key(&mut ui, &m, enter).is_none());
+    assert_eq!(ui.view, Some(2));
+    let got = render(&m, &ui, false, (80, 24), whole);
+    let text = got.join("\n");
+    assert!(got[1].contains("session #2") && got[1].contains("bob") && got[1].contains("live"), "{}", got[1]);
+    assert!(text.contains("C: PASS ***"), "the newest line shows:\n{text}");
+    assert!(!text.contains("C: NOOP 0 "), "the oldest are scrolled off:\n{text}");
+    // Scrolled up: older lines.
+    for _ in 0..30 {
+        popfault::dashboard::handle_key(&mut ui, &m, crossterm::event::KeyEvent::from(crossterm::event::KeyCode::Up));
+    }
+    let text = render(&m, &ui, false, (80, 24), whole).join("\n");
+    assert!(text.contains("C: NOOP 0"), "scrolled to the start:\n{text}");
+    popfault::dashboard::handle_key(&mut ui, &m, crossterm::event::KeyEvent::from(crossterm::event::KeyCode::Esc));
+    assert_eq!(ui.view, None);
+}
