@@ -14,7 +14,10 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
-use super::common::{RunError, Signals, Ui, events_verdict, load_profile, positive_secs, say, seed_or_draw};
+use super::common::{
+    RunError, Signals, Ui, events_verdict, listen_arg, load_profile, positive_secs, resolve_listen, say, seed_or_draw,
+    warn_if_exposed,
+};
 use crate::aggregate::Aggregator;
 use crate::client::{self, Mode, SessionReport, UidMemory, WorkloadConfig};
 use crate::control::Control;
@@ -46,8 +49,9 @@ pub struct DemoArgs {
     /// Run for this many seconds (default: 20 headless).
     #[arg(long, value_parser = positive_secs)]
     pub duration: Option<f64>,
-    /// Mailboxes; odd users download-and-delete, even users leave mail on
-    /// the server and track UIDL.
+    /// The demo's clients, one mailbox each; odd users download-and-delete,
+    /// even users leave mail on the server and track UIDL. One more mailbox
+    /// gets mail but no client: it is yours, for your own mail client.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub users: u32,
     /// Messages in each mailbox at start.
@@ -56,6 +60,10 @@ pub struct DemoArgs {
     /// Write every event as a JSON line to this file.
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
+    /// Where the proxy listens, IP:PORT or HOST:PORT, so your own mail
+    /// client can join (default: a free port on 127.0.0.1).
+    #[arg(long, value_parser = listen_arg)]
+    pub listen: Option<String>,
 }
 
 /// What one workload saw, from its own records.
@@ -82,8 +90,17 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, RunError> {
     // Headless, a demo needs an end; with the dashboard it runs until q.
     let duration = if a.headless || ui_off() { Some(a.duration.unwrap_or(DEFAULT_SECS)) } else { a.duration };
     let secs = duration.map_or("until q".to_string(), |d| format!("for {d}s"));
-    let cfg =
-        ServerConfig { users: a.users as usize, messages: a.messages as usize, size: 2048, password: "secret".into() };
+    let listen = match &a.listen {
+        Some(l) => resolve_listen(l).await?,
+        None => vec![([127, 0, 0, 1], 0).into()],
+    };
+    // The last mailbox has no demo client: a visitor's own.
+    let cfg = ServerConfig {
+        users: a.users as usize + 1,
+        messages: a.messages as usize,
+        size: 2048,
+        password: "secret".into(),
+    };
     let maildrop = Maildrop::new(&cfg);
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
     let srv = server::spawn(loopback, maildrop.clone())
@@ -96,12 +113,34 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, RunError> {
     let mut ui = Ui::with_progress(a.headless, a.progress);
     let agg = Aggregator::with_model(a.events.as_deref(), ui.model.clone(), true)
         .map_err(|e| RunError::Usage(e.to_string()))?;
-    let proxy = relay::start(ProxyConfig::new(loopback, srv.addr.to_string()), control.clone(), agg.sink())
-        .await
-        .map_err(|e| RunError::Failed(format!("proxy: {e}")))?;
+    // A name may resolve to several addresses: the first that binds is used.
+    let mut proxy = None;
+    let mut last_error = String::new();
+    for addr in &listen {
+        match relay::start(ProxyConfig::new(*addr, srv.addr.to_string()), control.clone(), agg.sink()).await {
+            Ok(h) => {
+                proxy = Some(h);
+                break;
+            }
+            Err(e) => last_error = format!("proxy: cannot listen on {addr}: {e}"),
+        }
+    }
+    let Some(proxy) = proxy else {
+        srv.shutdown().await;
+        return Err(RunError::Usage(last_error));
+    };
+    warn_if_exposed(proxy.local_addr);
     eprintln!(
         "popfault demo: server {} ← proxy {} ← {} clients, profile {profile_name}, seed {seed}, {secs}",
         srv.addr, proxy.local_addr, a.users
+    );
+    eprintln!(
+        "popfault demo: join with your own POP3 client at {}: user user{} (yours alone), password {}; \
+         user1…user{} work too but share their mail with the demo's clients",
+        proxy.local_addr,
+        a.users + 1,
+        maildrop.password(),
+        a.users
     );
 
     let stop = CancellationToken::new();
@@ -114,9 +153,16 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, RunError> {
             timeout: Duration::from_secs(10),
             max_messages: None,
         };
-        clients.spawn(client_loop(proxy.local_addr, wl, stop.clone()));
+        let rng = SmallRng::seed_from_u64(seed ^ u64::from(i));
+        clients.spawn(client_loop(proxy.local_addr, wl, rng, stop.clone()));
     }
-    let mail = tokio::spawn(new_mail(maildrop.clone(), a.users, seed, stop.clone()));
+    let mut mail = tokio::task::JoinSet::new();
+    for i in 1..=a.users + 1 {
+        // The visitor's mailbox gets less: a person's client polls rarely.
+        let pace = if i > a.users { VISITOR_MAIL } else { CLIENT_MAIL };
+        let rng = SmallRng::seed_from_u64(seed.rotate_left(32) ^ u64::from(i));
+        mail.spawn(new_mail(maildrop.clone(), format!("user{i}"), pace, rng, stop.clone()));
+    }
 
     ui.start(control, proxy.local_addr.to_string(), format!("embedded server {}", srv.addr));
     ui.wait(duration, &mut signals).await;
@@ -131,13 +177,14 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, RunError> {
             reports.push(r);
         }
     }
-    let _ = mail.await;
+    mail.join_all().await;
     srv.shutdown().await;
     let (summary, stats, report) =
         agg.finish_report(seed, &profile_name).await.map_err(|e| RunError::Failed(format!("summarising: {e}")))?;
 
     let tallies = tally(&reports);
-    let checks = check(&maildrop, &reports, stats.ends(), &summary);
+    let (ours, visitors) = split_ends(&reports, stats.ends());
+    let checks = check(&maildrop, &reports, &ours, &visitors, &summary);
     // One string, written once and without panicking: the terminal may be
     // gone (SIGHUP).
     use std::fmt::Write;
@@ -158,6 +205,20 @@ pub async fn run(a: DemoArgs) -> Result<ExitCode, RunError> {
         "  lesson: download-and-delete got {dnd} duplicate(s), leave-on-server with UIDL got {uidl}: \
          a line that drops before QUIT rolls back every DELE, and only a client that tracks UIDs notices."
     );
+    if !visitors.is_empty() {
+        let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+        for e in &visitors {
+            *seen.entry(format!("{} {}", e.user.as_deref().unwrap_or("?"), e.outcome)).or_default() += 1;
+        }
+        let list: Vec<String> = seen.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
+        let _ = writeln!(
+            out,
+            "  your own clients: {} session(s) logged in ({}); left out of the checks below \
+             (as a demo user, their mail can still show in that client's figures)",
+            visitors.len(),
+            list.join(", ")
+        );
+    }
     let _ = writeln!(out, "  invariants (server ledger and client records, not the proxy's counters):");
     let mut ok = true;
     for c in &checks {
@@ -177,8 +238,19 @@ pub struct Check {
     pub text: String,
 }
 
+/// The proxy's session ends split into the demo clients' (`ours`) and the
+/// logged-in sessions of anyone else who joined (`visitors`), told apart by
+/// client address and user. Sessions that never logged in stay in `ours`:
+/// a refused demo client never learns its own address.
+pub fn split_ends(reports: &[(Mode, Vec<SessionReport>)], ends: &[SessionEnd]) -> (Vec<SessionEnd>, Vec<SessionEnd>) {
+    let known: HashSet<(SocketAddr, &str)> =
+        reports.iter().flat_map(|(_, s)| s.iter()).filter_map(|s| Some((s.local?, s.user.as_str()))).collect();
+    ends.iter().cloned().partition(|e| e.user.as_deref().is_none_or(|u| known.contains(&(e.client, u))))
+}
+
 /// The demo's invariants, from the server's ledger, the clients' records
-/// and the proxy's session ends:
+/// and the proxy's session ends (`ends`, the demo clients' own; `visitors`,
+/// those of anyone who joined, left out of the totals):
 /// no message lost; every duplicate a client received traces to an earlier
 /// session of that client the proxy reported rolled-back or in-doubt; the
 /// proxy's duplicate and at-risk totals equal the clients' ground truth.
@@ -186,10 +258,11 @@ pub fn check(
     maildrop: &Maildrop,
     reports: &[(Mode, Vec<SessionReport>)],
     ends: &[SessionEnd],
+    visitors: &[SessionEnd],
     summary: &Summary,
 ) -> Vec<Check> {
     let mut out = Vec::new();
-    let lost = lost_messages(maildrop, reports);
+    let lost = lost_messages(maildrop, reports, visitors);
     out.push(Check {
         holds: lost.is_empty(),
         text: if lost.is_empty() {
@@ -242,21 +315,33 @@ pub fn check(
             )
         },
     });
+    // The proxy's totals less what it counted for visitors (their own
+    // mailbox, or a demo one shared with a demo client).
+    let proxy_dups = summary.duplicates - visitors.iter().map(|e| e.duplicates).sum::<u64>();
+    let proxy_at_risk = summary.at_risk - visitors.iter().map(|e| e.at_risk as u64).sum::<u64>();
     out.push(Check {
-        holds: summary.duplicates == dups,
-        text: format!("proxy counted {} duplicate(s); the clients received {dups}", summary.duplicates),
+        holds: proxy_dups == dups,
+        text: format!("proxy counted {proxy_dups} duplicate(s); the clients received {dups}"),
     });
     out.push(Check {
-        holds: summary.at_risk == at_risk,
+        holds: proxy_at_risk == at_risk,
         text: format!(
-            "proxy counted {} message(s) at risk; the clients' unfinished sessions hold {at_risk}",
-            summary.at_risk
+            "proxy counted {proxy_at_risk} message(s) at risk; the clients' unfinished sessions hold {at_risk}"
         ),
     });
     out
 }
 
-async fn client_loop(proxy: SocketAddr, wl: WorkloadConfig, stop: CancellationToken) -> (Mode, Vec<SessionReport>) {
+/// How often a demo client checks its mail, in ms (drawn afresh each time,
+/// so the clients do not march in step).
+const POLL_MS: std::ops::RangeInclusive<u64> = 700..=1300;
+
+async fn client_loop(
+    proxy: SocketAddr,
+    wl: WorkloadConfig,
+    mut rng: SmallRng,
+    stop: CancellationToken,
+) -> (Mode, Vec<SessionReport>) {
     let mut memory = UidMemory::new();
     let mut reports = Vec::new();
     // A session in progress is never abandoned: at the end the proxy cuts
@@ -264,24 +349,39 @@ async fn client_loop(proxy: SocketAddr, wl: WorkloadConfig, stop: CancellationTo
     while !stop.is_cancelled() {
         reports.push(client::run_session(proxy, &wl, &mut memory).await);
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(rng.gen_range(POLL_MS))) => {}
             _ = stop.cancelled() => break,
         }
     }
     (wl.mode, reports)
 }
 
-/// New mail arrives in bursts, so there is always something to fetch and
-/// sessions often have several messages (where a lost carrier hurts).
-async fn new_mail(maildrop: Maildrop, users: u32, seed: u64, stop: CancellationToken) {
-    let mut rng = SmallRng::seed_from_u64(seed);
+/// How mail arrives in one mailbox: a burst of `burst` messages every
+/// `every_ms`, both drawn afresh each time.
+#[derive(Debug, Clone)]
+struct MailPace {
+    every_ms: std::ops::RangeInclusive<u64>,
+    burst: std::ops::RangeInclusive<u32>,
+}
+
+/// A demo client's mailbox: a burst about as often as the client polls
+/// (a little more often), so most sessions have mail to fetch, and often
+/// two or more messages, where a lost carrier mid-download hurts. About
+/// 2 messages a second a mailbox.
+const CLIENT_MAIL: MailPace = MailPace { every_ms: 500..=1300, burst: 1..=3 };
+
+/// The visitor's mailbox: a person's client polls now and then; a message
+/// or two every few seconds keeps it from piling up.
+const VISITOR_MAIL: MailPace = MailPace { every_ms: 3000..=7000, burst: 1..=2 };
+
+/// Delivers new mail to `user` at `pace` until stopped.
+async fn new_mail(maildrop: Maildrop, user: String, pace: MailPace, mut rng: SmallRng, stop: CancellationToken) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(1500)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(rng.gen_range(pace.every_ms.clone()))) => {}
             _ = stop.cancelled() => return,
         }
-        let user = format!("user{}", rng.gen_range(1..=users));
-        for _ in 0..rng.gen_range(2..=6) {
+        for _ in 0..rng.gen_range(pace.burst.clone()) {
             let _ = maildrop.generate_message(&user);
         }
     }
@@ -334,21 +434,32 @@ pub fn tally(reports: &[(Mode, Vec<SessionReport>)]) -> BTreeMap<String, Workloa
     out
 }
 
-/// Messages the server had that no client received and the server no longer
-/// holds: lost mail. Must be empty.
-pub fn lost_messages(maildrop: &Maildrop, reports: &[(Mode, Vec<SessionReport>)]) -> Vec<String> {
+/// Messages delivered to the demo clients' mailboxes that no client
+/// received and the server no longer holds: lost mail. Must be empty. A
+/// message the proxy relayed to a visitor who logged in as a demo user
+/// counts as received (by them); the visitor's own mailbox is theirs.
+pub fn lost_messages(
+    maildrop: &Maildrop,
+    reports: &[(Mode, Vec<SessionReport>)],
+    visitors: &[SessionEnd],
+) -> Vec<String> {
+    let users: HashSet<&str> = reports.iter().flat_map(|(_, s)| s.iter()).map(|s| s.user.as_str()).collect();
     let received: HashSet<&str> = reports
         .iter()
         .flat_map(|(_, s)| s.iter())
         .flat_map(|s| s.received.iter())
         .filter_map(|m| m.message_id.as_deref())
         .collect();
+    let by_visitors: HashSet<crate::session::MessageKey> =
+        visitors.iter().flat_map(|e| e.fingerprints.iter()).map(|f| f.key).collect();
     let remaining: HashSet<String> =
         maildrop.users().iter().flat_map(|u| maildrop.remaining(u)).map(|m| m.message_id).collect();
     maildrop
         .delivered()
         .into_iter()
+        .filter(|m| users.contains(m.user.as_str()))
         .filter(|m| !received.contains(m.message_id.as_str()) && !remaining.contains(&m.message_id))
+        .filter(|m| !by_visitors.contains(&crate::session::MessageKey::message_id(m.message_id.as_bytes())))
         .map(|m| m.message_id)
         .collect()
 }
