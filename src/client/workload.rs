@@ -68,6 +68,10 @@ impl fmt::Display for Mode {
     }
 }
 
+/// Messages a [`Mode::LeaveOnServer`] client leaves on the server; past
+/// them it deletes the oldest it has already downloaded.
+pub const KEEP_ON_SERVER: usize = 30;
+
 /// Per-user memory of UIDs already downloaded, for [`Mode::LeaveOnServer`].
 ///
 /// Bounded to [`UidMemory::CAPACITY`] entries; beyond that the oldest UID is
@@ -263,16 +267,26 @@ async fn work(
         }
         Mode::LeaveOnServer => {
             let listing = client.uidl().await?;
-            for (n, uid) in listing {
+            for (n, uid) in &listing {
                 if report.received.len() >= limit {
                     break;
                 }
-                if memory.contains(&uid) {
+                if memory.contains(uid) {
                     continue;
                 }
-                let content = client.retr(n).await?;
-                report.received.push(ReceivedMessage::new(n, Some(uid.clone()), &content));
-                memory.insert(uid);
+                let content = client.retr(*n).await?;
+                report.received.push(ReceivedMessage::new(*n, Some(uid.clone()), &content));
+                memory.insert(uid.clone());
+            }
+            // "Remove from server after a while", as such clients are set
+            // up: past KEEP_ON_SERVER messages the oldest already downloaded
+            // are deleted, so a mailbox does not grow for ever.
+            let excess = listing.len().saturating_sub(KEEP_ON_SERVER);
+            for (n, uid) in listing.iter().take(excess) {
+                if memory.contains(uid) {
+                    client.dele(*n).await?;
+                    report.marked.push(*n);
+                }
             }
         }
     }
