@@ -674,11 +674,11 @@ mod properties {
 
     /// Feeds both streams through the driver, interleaved in chunks of the
     /// given sizes, then closes both sides.
-    fn play(profile: Profile, up: &[u8], down: &[u8], sizes: &[usize]) -> Sim {
-        let mut s = Sim::new(profile);
+    fn play(mut s: Sim, up: &[u8], down: &[u8], sizes: &[usize]) -> Sim {
         let (mut u, mut d) = (0, 0);
         let mut k = 0;
-        while u < up.len() || d < down.len() {
+        // Until both streams are fed, or a fault cut the session.
+        while (u < up.len() || d < down.len()) && !s.d.is_stopped() {
             let n = sizes[k % sizes.len()].max(1);
             k += 1;
             if k % 2 == 0 && u < up.len() {
@@ -710,7 +710,7 @@ mod properties {
         /// bytes written.
         #[test]
         fn passthrough_is_byte_exact(up in stream(), down in stream(), sizes in prop::collection::vec(1usize..64, 1..6)) {
-            let mut s = play(Profile::passthrough(), &up, &down, &sizes);
+            let mut s = play(Sim::new(Profile::passthrough()), &up, &down, &sizes);
             prop_assert_eq!(s.up(), &up[..]);
             prop_assert_eq!(s.down(), &down[..]);
             let end = s.end();
@@ -726,7 +726,7 @@ mod properties {
                  [[rule]]\nwhen = \"command\"\ncommand = \"QUIT\"\nrepeat = true\nactions = [{ do = \"stall\", ms = 3 }]\n\n\
                  [[rule]]\nwhen = \"status\"\ncommand = \"RETR\"\nrepeat = true\nactions = [{ do = \"stall\", ms = 2 }]\n",
             );
-            let mut s = play(profile, &up, &down, &sizes);
+            let mut s = play(Sim::new(profile), &up, &down, &sizes);
             prop_assert_eq!(s.up(), &up[..]);
             prop_assert_eq!(s.down(), &down[..]);
             let end = s.end();
@@ -740,25 +740,7 @@ mod properties {
         #[test]
         fn builtins_never_panic(up in stream(), down in stream(), sizes in prop::collection::vec(1usize..64, 1..6), which in 0usize..7, number in 1u64..200) {
             let names = ["passthrough", "lost-carrier", "lost-carrier-at-quit", "call-waiting", "modem-28k8", "flaky-line", "busy-mailbox"];
-            let mut s = Sim::numbered(built_in(names[which]), 3, number);
-            let (mut u, mut d, mut k) = (0, 0, 0);
-            while (u < up.len() || d < down.len()) && !s.d.is_stopped() {
-                let n = sizes[k % sizes.len()];
-                k += 1;
-                if k % 2 == 0 && u < up.len() {
-                    let end = (u + n).min(up.len());
-                    s.c(&up[u..end]);
-                    u = end;
-                } else if d < down.len() {
-                    let end = (d + n).min(down.len());
-                    s.s(&down[d..end]);
-                    d = end;
-                } else {
-                    let end = (u + n).min(up.len());
-                    s.c(&up[u..end]);
-                    u = end;
-                }
-            }
+            let mut s = play(Sim::numbered(built_in(names[which]), 3, number), &up, &down, &sizes);
             let (up_out, down_out) = (s.up().len(), s.down().len());
             let end = s.end();
             prop_assert_eq!((end.bytes_up as usize, end.bytes_down as usize), (up_out, down_out));
