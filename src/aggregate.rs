@@ -565,39 +565,23 @@ mod tests {
     use super::*;
     use crate::dashboard::shared_model;
     use crate::events::SessionEnd;
-    use crate::session::{Fingerprint, MessageKey, Outcome, State};
+    use crate::session::{Fingerprints, Outcome, State};
 
     fn end(session: u64, outcome: Outcome, ids: &[&str]) -> Event {
         Event::SessionEnd(Box::new(SessionEnd {
-            session,
             client: ([127, 0, 0, 1], 4000).into(),
-            upstream: "up:110".into(),
             user: Some("u".into()),
             outcome,
             state: State::Transaction,
             downloaded: ids.len() as u64,
             marked: 1,
             at_risk: session as usize % 3,
-            duplicates: 0,
             bytes_up: 10 * session,
             bytes_down: 100 * session,
             duration_ms: 7 * session,
-            faults: Vec::new(),
-            encrypted: false,
-            violations: 0,
-            profile: "p".into(),
-            fingerprints: ids
-                .iter()
-                .enumerate()
-                .map(|(i, id)| Fingerprint {
-                    number: i as u32 + 1,
-                    uid: None,
-                    key: MessageKey::message_id(id.as_bytes()),
-                })
-                .collect::<Vec<_>>()
-                .into(),
-            delivery: Default::default(),
+            fingerprints: Fingerprints::from_message_ids(ids),
             ended_by: "closed by client".into(),
+            ..SessionEnd::example(session)
         }))
     }
 

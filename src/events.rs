@@ -241,6 +241,37 @@ pub struct SessionEnd {
     pub ended_by: String,
 }
 
+#[cfg(test)]
+impl SessionEnd {
+    /// A session that ended quietly before a login, nothing moved: tests
+    /// name over it the fields they are about, so a new field is added here
+    /// once.
+    pub(crate) fn example(session: u64) -> SessionEnd {
+        SessionEnd {
+            session,
+            client: ([127, 0, 0, 1], 1).into(),
+            upstream: "up:110".into(),
+            user: None,
+            outcome: Outcome::NoLogin,
+            state: State::Authorization,
+            downloaded: 0,
+            marked: 0,
+            at_risk: 0,
+            duplicates: 0,
+            bytes_up: 0,
+            bytes_down: 0,
+            duration_ms: 0,
+            faults: Vec::new(),
+            encrypted: false,
+            violations: 0,
+            profile: "p".into(),
+            fingerprints: Fingerprints::default(),
+            delivery: Delivery::default(),
+            ended_by: "client closed".into(),
+        }
+    }
+}
+
 /// What faults did to the messages that crossed the wire: counts of
 /// responses to RETR or TOP, as the client received them (what a client
 /// then does with them is its own: fetchmail and mpop store a fragment
@@ -333,26 +364,19 @@ mod tests {
     fn an_end_line_is_the_event_with_the_runs_duplicates() {
         let key = MessageKey::message_id(b"<a@x>");
         let mut end = SessionEnd {
-            session: 7,
-            client: ([127, 0, 0, 1], 1).into(),
-            upstream: "up:110".into(),
             user: Some("u".into()),
             outcome: Outcome::Committed,
             state: State::Update,
             downloaded: 1,
             marked: 1,
-            at_risk: 0,
-            duplicates: 0,
             bytes_up: 2,
             bytes_down: 3,
             duration_ms: 4,
             faults: vec!["r".into()],
-            encrypted: false,
             violations: 5,
-            profile: "p".into(),
             fingerprints: vec![Fingerprint { number: 1, uid: None, key }].into(),
-            delivery: Default::default(),
             ended_by: "closed by client".into(),
+            ..SessionEnd::example(7)
         };
         let mut line = Vec::new();
         let ev = Event::SessionEnd(Box::new(end.clone()));

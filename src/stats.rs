@@ -517,26 +517,14 @@ mod tests {
 
     fn end(fingerprints: Fingerprints) -> Event {
         Event::SessionEnd(Box::new(SessionEnd {
-            session: 1,
-            client: ([127, 0, 0, 1], 1).into(),
-            upstream: "up:110".into(),
             user: Some("u".into()),
             outcome: Outcome::Committed,
             state: State::Update,
-            downloaded: 0,
-            marked: 0,
-            at_risk: 0,
-            duplicates: 0,
-            bytes_up: 0,
-            bytes_down: 0,
             duration_ms: 1,
             faults: vec!["r\x1b[2J".into()],
-            encrypted: false,
-            violations: 0,
-            profile: "p".into(),
             fingerprints,
-            delivery: Default::default(),
             ended_by: "closed".into(),
+            ..SessionEnd::example(1)
         }))
     }
 

@@ -473,39 +473,20 @@ fn ui_off() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::{Fingerprint, MessageKey, State};
+    use crate::session::{Fingerprints, State};
 
     fn end(session: u64, client: SocketAddr, user: &str, outcome: Outcome, ids: &[&str]) -> SessionEnd {
         SessionEnd {
-            session,
             client,
             upstream: "127.0.0.1:110".into(),
             user: Some(user.into()),
             outcome,
             state: State::Transaction,
             downloaded: ids.len() as u64,
-            marked: 0,
-            at_risk: 0,
-            duplicates: 0,
-            bytes_up: 0,
-            bytes_down: 0,
-            duration_ms: 0,
-            faults: Vec::new(),
-            encrypted: false,
-            violations: 0,
             profile: "demo".into(),
-            fingerprints: ids
-                .iter()
-                .enumerate()
-                .map(|(i, id)| Fingerprint {
-                    number: i as u32 + 1,
-                    uid: None,
-                    key: MessageKey::message_id(id.as_bytes()),
-                })
-                .collect::<Vec<_>>()
-                .into(),
-            delivery: Default::default(),
+            fingerprints: Fingerprints::from_message_ids(ids),
             ended_by: "closed".into(),
+            ..SessionEnd::example(session)
         }
     }
 

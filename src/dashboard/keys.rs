@@ -308,7 +308,7 @@ mod tests {
 
     use super::*;
     use crate::events::{Event, SessionEnd, SessionSnapshot};
-    use crate::session::{Outcome, State};
+    use crate::session::State;
     use crate::stats::Folded;
 
     fn key(code: KeyCode) -> KeyEvent {
@@ -325,28 +325,7 @@ mod tests {
             m.apply(&ev, Folded::default(), t);
         }
         for n in [1, 2] {
-            let end = SessionEnd {
-                session: n,
-                client,
-                upstream: "u".into(),
-                user: None,
-                outcome: Outcome::NoLogin,
-                state: State::Authorization,
-                downloaded: 0,
-                marked: 0,
-                at_risk: 0,
-                duplicates: 0,
-                bytes_up: 0,
-                bytes_down: 0,
-                duration_ms: 0,
-                faults: Vec::new(),
-                encrypted: false,
-                violations: 0,
-                profile: "p".into(),
-                fingerprints: Default::default(),
-                delivery: Default::default(),
-                ended_by: "client closed".into(),
-            };
+            let end = SessionEnd { client, upstream: "u".into(), ..SessionEnd::example(n) };
             // Keys see rows only: no fold needed for the counts.
             m.apply(&Event::SessionEnd(Box::new(end)), Folded::default(), t);
         }

@@ -540,27 +540,20 @@ mod tests {
     fn end(n: u64, outcome: Outcome) -> Event {
         let key = MessageKey::message_id(format!("<{n}@x>").as_bytes());
         Event::SessionEnd(Box::new(SessionEnd {
-            session: n,
             client: addr(),
-            upstream: "up:110".into(),
             user: Some("alice".into()),
             outcome,
             state: State::Transaction,
             downloaded: 2,
             marked: 1,
             at_risk: 2,
-            duplicates: 0,
             bytes_up: 10,
             bytes_down: 100,
             duration_ms: 5,
             faults: vec!["cut".into()],
-            encrypted: false,
-            violations: 0,
-            profile: "p".into(),
             fingerprints: vec![Fingerprint { number: 1, uid: None, key }, Fingerprint { number: 2, uid: None, key }]
                 .into(),
-            delivery: Default::default(),
-            ended_by: "client closed".into(),
+            ..SessionEnd::example(n)
         }))
     }
 

@@ -76,17 +76,6 @@ fn rule_at(when: Trigger) -> String {
     )
 }
 
-const ALL_WHENS: [Trigger; 8] = [
-    Trigger::Accept,
-    Trigger::Greeting,
-    Trigger::Command,
-    Trigger::Forwarded,
-    Trigger::Status,
-    Trigger::Body,
-    Trigger::Response,
-    Trigger::Timer,
-];
-
 /// Every point `decide` can be asked about, for `cmd`.
 fn every_point(cmd: &Command) -> Vec<(Trigger, Point<'_>)> {
     vec![
@@ -155,7 +144,7 @@ fn script(e: &mut Engine) -> (Vec<Decision>, Vec<BodyCut>, Vec<(Duration, usize)
 #[test]
 fn each_trigger_point_matches_only_its_point() {
     let cmd = retr();
-    for when in ALL_WHENS {
+    for when in Trigger::ALL {
         let mut e = engine(&rule_at(when), 1, 1);
         for (at, point) in every_point(&cmd) {
             assert_eq!(fires(&mut e, point, &facts()), at == when, "a `{when}` rule asked at `{at}`");

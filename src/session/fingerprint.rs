@@ -95,6 +95,18 @@ impl From<Vec<Fingerprint>> for Fingerprints {
     }
 }
 
+#[cfg(test)]
+impl Fingerprints {
+    /// Messages 1, 2, … known by these Message-IDs, for tests.
+    pub(crate) fn from_message_ids(ids: &[&str]) -> Fingerprints {
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| Fingerprint { number: i as u32 + 1, uid: None, key: MessageKey::message_id(id.as_bytes()) })
+            .collect::<Vec<_>>()
+            .into()
+    }
+}
+
 impl std::ops::Deref for Fingerprints {
     type Target = [Fingerprint];
     fn deref(&self) -> &[Fingerprint] {
