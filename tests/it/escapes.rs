@@ -8,8 +8,9 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
+use crate::support::line_server;
 use crate::support::proc::Proc;
 
 /// Clear the screen, set the window title, colour red, CSI as one C1 byte.
@@ -18,44 +19,21 @@ const ESC: &str = "\x1b[2J\x1b]0;owned\x07\x1b[31m\u{9b}1m";
 /// A server that puts `ESC` in its greeting and every answer, in the UIDL
 /// listing and in the Message-ID of every message.
 async fn hostile_server() -> std::net::SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let _ = s.write_all(format!("+OK {ESC} ready <1.2@x{ESC}>\r\n").as_bytes()).await;
-                let mut buf = vec![0u8; 4096];
-                let mut pending = Vec::new();
-                loop {
-                    let n = match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    pending.extend_from_slice(&buf[..n]);
-                    while let Some(i) = pending.iter().position(|&b| b == b'\n') {
-                        let line: Vec<u8> = pending.drain(..=i).collect();
-                        let text = String::from_utf8_lossy(&line).trim_end().to_ascii_uppercase();
-                        let reply = if text.starts_with("RETR") {
-                            format!("+OK {ESC}\r\nMessage-ID: <{ESC}@x>\r\nSubject: {ESC}\r\n\r\n{ESC}\r\n.\r\n")
-                        } else if text == "UIDL" {
-                            format!("+OK {ESC}\r\n1 uid{ESC}\r\n.\r\n")
-                        } else if text == "QUIT" {
-                            format!("+OK bye {ESC}\r\n")
-                        } else if text.starts_with("AUTH") {
-                            format!("-ERR {ESC}\r\n")
-                        } else {
-                            format!("+OK {ESC}\r\n")
-                        };
-                        let _ = s.write_all(reply.as_bytes()).await;
-                        if text == "QUIT" {
-                            return;
-                        }
-                    }
-                }
-            });
+    line_server(format!("+OK {ESC} ready <1.2@x{ESC}>\r\n"), |lines| {
+        let text = lines.last().unwrap().to_ascii_uppercase();
+        if text.starts_with("RETR") {
+            format!("+OK {ESC}\r\nMessage-ID: <{ESC}@x>\r\nSubject: {ESC}\r\n\r\n{ESC}\r\n.\r\n")
+        } else if text == "UIDL" {
+            format!("+OK {ESC}\r\n1 uid{ESC}\r\n.\r\n")
+        } else if text == "QUIT" {
+            format!("+OK bye {ESC}\r\n")
+        } else if text.starts_with("AUTH") {
+            format!("-ERR {ESC}\r\n")
+        } else {
+            format!("+OK {ESC}\r\n")
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// Where a raw ESC or a C1 CSI (U+009B, as UTF-8) is, with some context.

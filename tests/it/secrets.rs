@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use popfault::client::{Pop3Client, apop_digest, apop_timestamp};
 
-use crate::support::b64;
 use crate::support::proc::Proc;
+use crate::support::{b64, line_server};
 
 const SECRET: &str = "Zebra-Tangerine-4417";
 
@@ -222,43 +222,17 @@ fn unrecognised_lines_and_odd_user_names_leak_nothing() {
 /// user, `+ UGFzc3dvcmQ6`, the password, `+OK`; `QUIT` gets `+OK` and the
 /// connection is closed.
 async fn auth_login_server() -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let _ = s.write_all(b"+OK login server\r\n").await;
-                let mut step = 0;
-                let mut buf = vec![0u8; 4096];
-                let mut pending = Vec::new();
-                loop {
-                    let n = match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    pending.extend_from_slice(&buf[..n]);
-                    while let Some(i) = pending.iter().position(|&b| b == b'\n') {
-                        let line: Vec<u8> = pending.drain(..=i).collect();
-                        let text = String::from_utf8_lossy(&line).trim_end().to_string();
-                        let reply: &[u8] = match (step, text.as_str()) {
-                            (_, "QUIT") => b"+OK bye\r\n",
-                            (0, "AUTH LOGIN") => b"+ VXNlcm5hbWU6\r\n",
-                            (1, _) => b"+ UGFzc3dvcmQ6\r\n",
-                            (2, _) => b"+OK logged in\r\n",
-                            _ => b"-ERR what\r\n",
-                        };
-                        step += 1;
-                        let _ = s.write_all(reply).await;
-                        if text == "QUIT" {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
+    line_server("+OK login server\r\n".into(), |lines| {
+        let reply = match (lines.len() - 1, lines.last().unwrap().as_str()) {
+            (_, "QUIT") => "+OK bye\r\n",
+            (0, "AUTH LOGIN") => "+ VXNlcm5hbWU6\r\n",
+            (1, _) => "+ UGFzc3dvcmQ6\r\n",
+            (2, _) => "+OK logged in\r\n",
+            _ => "-ERR what\r\n",
+        };
+        reply.into()
+    })
+    .await
 }
 
 /// AUTH LOGIN with the user and password pipelined behind it (before the

@@ -19,8 +19,6 @@ use popfault::server::{self, Maildrop, ServerConfig};
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
 use ratatui::widgets::Widget;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 const SECRET: &str = "Quokka-Saffron-9931";
 /// Secrets in lines the parser cannot know are secrets.
@@ -50,45 +48,22 @@ impl Write for Captured {
 /// A server that speaks AUTH LOGIN (the embedded one does PLAIN only):
 /// `AUTH LOGIN [user]`, `+ VXNlcm5hbWU6`, `+ UGFzc3dvcmQ6`, `+OK`.
 async fn login_server() -> std::net::SocketAddr {
-    let l = TcpListener::bind(loopback()).await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut lines = Vec::new();
-                let _ = s.write_all(b"+OK login server\r\n").await;
-                let mut buf = vec![0u8; 4096];
-                let mut pending = Vec::new();
-                loop {
-                    let n = match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    pending.extend_from_slice(&buf[..n]);
-                    while let Some(i) = pending.iter().position(|&b| b == b'\n') {
-                        let line: Vec<u8> = pending.drain(..=i).collect();
-                        let text = String::from_utf8_lossy(&line).trim_end().to_string();
-                        lines.push(text.clone());
-                        let reply: &[u8] = if text == "AUTH CRAM-MD5" {
-                            b"+ PDEyMzRAdGVzdD4=\r\n"
-                        } else if text == "AUTH LOGIN" {
-                            b"+ VXNlcm5hbWU6\r\n"
-                        } else if text.starts_with("AUTH LOGIN ")
-                            || lines.len() >= 2 && lines[lines.len() - 2] == "AUTH LOGIN"
-                        {
-                            b"+ UGFzc3dvcmQ6\r\n"
-                        } else if text == "QUIT" {
-                            b"+OK bye\r\n"
-                        } else {
-                            b"+OK logged in\r\n"
-                        };
-                        let _ = s.write_all(reply).await;
-                    }
-                }
-            });
-        }
-    });
-    addr
+    line_server("+OK login server\r\n".into(), |lines| {
+        let text = lines.last().unwrap().as_str();
+        let reply = if text == "AUTH CRAM-MD5" {
+            "+ PDEyMzRAdGVzdD4=\r\n"
+        } else if text == "AUTH LOGIN" {
+            "+ VXNlcm5hbWU6\r\n"
+        } else if text.starts_with("AUTH LOGIN ") || lines.len() >= 2 && lines[lines.len() - 2] == "AUTH LOGIN" {
+            "+ UGFzc3dvcmQ6\r\n"
+        } else if text == "QUIT" {
+            "+OK bye\r\n"
+        } else {
+            "+OK logged in\r\n"
+        };
+        reply.into()
+    })
+    .await
 }
 
 async fn auth_login(addr: std::net::SocketAddr, initial: bool) {

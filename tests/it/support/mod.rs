@@ -200,6 +200,44 @@ pub async fn converse(addr: SocketAddr, script: &[u8]) -> Vec<u8> {
     .expect("conversation finished in time")
 }
 
+/// A scripted server on 127.0.0.1 port 0: `greeting`, then for each line
+/// the client sends, `answer` given the connection's lines so far (trimmed,
+/// the newest last) says what to write back. The connection is closed
+/// after the answer to `QUIT`, or when the client closes.
+pub async fn line_server<F>(greeting: String, answer: F) -> SocketAddr
+where
+    F: Fn(&[String]) -> String + Send + Sync + 'static,
+{
+    let l = TcpListener::bind(loopback()).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let (answer, greeting) = (answer.clone(), greeting.clone());
+            tokio::spawn(async move {
+                let _ = s.write_all(greeting.as_bytes()).await;
+                let (mut lines, mut pending, mut buf) = (Vec::new(), Vec::new(), vec![0u8; 4096]);
+                loop {
+                    let n = match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    pending.extend_from_slice(&buf[..n]);
+                    while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+                        let line: Vec<u8> = pending.drain(..=i).collect();
+                        lines.push(String::from_utf8_lossy(&line).trim_end().to_string());
+                        let _ = s.write_all(answer(&lines).as_bytes()).await;
+                        if lines.last().is_some_and(|l| l.eq_ignore_ascii_case("QUIT")) {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 pub fn sha256(b: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
