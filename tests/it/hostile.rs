@@ -178,23 +178,33 @@ fn raise_nofile(want: u64) -> u64 {
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn five_thousand_logged_in_sessions_are_held() {
-    const N: usize = 5000;
-    let limit = raise_nofile(2 * N as u64 + 512);
-    assert!(limit >= N as u64 + 256, "need {N}+ open files, the hard limit allows {limit}");
+/// `n` clients logged in through a proxy to an embedded server, each then
+/// sent `then`, with the proxy's RSS before they came and how long they
+/// took to come.
+struct Held {
+    server: Proc,
+    proxy: Proc,
+    rss_before: u64,
+    clients: Vec<TcpStream>,
+    opened_in: Duration,
+}
+
+async fn held_sessions(n: usize, then: &'static [u8]) -> Held {
+    let limit = raise_nofile(2 * n as u64 + 512);
+    assert!(limit >= n as u64 + 256, "need {n}+ open files, the hard limit allows {limit}");
+    let users = n.to_string();
     let mut server = Proc::spawn_with(
-        &["serve", "--listen", "127.0.0.1:0", "--users", "5000", "--messages", "1", "--size", "200"],
+        &["serve", "--listen", "127.0.0.1:0", "--users", &users, "--messages", "1", "--size", "200"],
         &[],
-        Some(3 * N as u64),
+        Some(3 * n as u64),
     );
     let up = server.addr_after("POP3 server on");
-    let (proxy, addr) = proxy_to(up, &["--max-sessions", "6000"], Some(3 * N as u64));
+    let (proxy, addr) = proxy_to(up, &["--max-sessions", "6000"], Some(3 * n as u64));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let before = proxy.status_kib("VmRSS");
-    let mut clients = Vec::with_capacity(N);
+    let rss_before = proxy.status_kib("VmRSS");
+    let mut clients = Vec::with_capacity(n);
     let started = std::time::Instant::now();
-    for chunk in (1..=N).collect::<Vec<_>>().chunks(250) {
+    for chunk in (1..=n).collect::<Vec<_>>().chunks(250) {
         let mut set = tokio::task::JoinSet::new();
         for &i in chunk {
             set.spawn(async move {
@@ -204,6 +214,7 @@ async fn five_thousand_logged_in_sessions_are_held() {
                 assert!(read_line(&mut c).await.starts_with(b"+OK"));
                 let pass = read_line(&mut c).await;
                 assert!(pass.starts_with(b"+OK"), "user{i}: {}", String::from_utf8_lossy(&pass));
+                c.write_all(then).await.unwrap();
                 c
             });
         }
@@ -211,13 +222,19 @@ async fn five_thousand_logged_in_sessions_are_held() {
             clients.push(c.expect("a logged-in session"));
         }
     }
-    assert_eq!(clients.len(), N);
+    assert_eq!(clients.len(), n);
+    Held { server, proxy, rss_before, clients, opened_in: started.elapsed() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_logged_in_sessions_are_held() {
+    const N: usize = 5000;
+    let Held { server, proxy, rss_before: before, mut clients, opened_in } = held_sessions(N, b"").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = proxy.status_kib("VmRSS");
     let per = (after.saturating_sub(before)) as f64 / N as f64;
     eprintln!(
-        "FIGURE {N} logged-in sessions held (opened in {:?}): proxy RSS {before} -> {after} KiB, {per:.2} KiB per session",
-        started.elapsed()
+        "FIGURE {N} logged-in sessions held (opened in {opened_in:?}): proxy RSS {before} -> {after} KiB, {per:.2} KiB per session"
     );
     // Every session still answers through the proxy.
     for c in clients.iter_mut().step_by(500) {
@@ -237,36 +254,8 @@ async fn five_thousand_logged_in_sessions_are_held() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_sessions_cost_what_idle_ones_do() {
     const N: usize = 2000;
-    let limit = raise_nofile(2 * N as u64 + 512);
-    assert!(limit >= N as u64 + 256, "need {N}+ open files, the hard limit allows {limit}");
-    let mut server = Proc::spawn_with(
-        &["serve", "--listen", "127.0.0.1:0", "--users", "2000", "--messages", "1", "--size", "200"],
-        &[],
-        Some(3 * N as u64),
-    );
-    let up = server.addr_after("POP3 server on");
-    let (proxy, addr) = proxy_to(up, &["--max-sessions", "6000"], Some(3 * N as u64));
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let before = proxy.status_kib("VmRSS");
-    let mut clients = Vec::with_capacity(N);
-    for chunk in (1..=N).collect::<Vec<_>>().chunks(250) {
-        let mut set = tokio::task::JoinSet::new();
-        for &i in chunk {
-            set.spawn(async move {
-                let mut c = TcpStream::connect(addr).await.expect("connect");
-                assert!(read_line(&mut c).await.starts_with(b"+OK"));
-                c.write_all(format!("USER user{i}\r\nPASS secret\r\n").as_bytes()).await.unwrap();
-                assert!(read_line(&mut c).await.starts_with(b"+OK"));
-                assert!(read_line(&mut c).await.starts_with(b"+OK"));
-                // The start of a command, then silence.
-                c.write_all(b"NO").await.unwrap();
-                c
-            });
-        }
-        while let Some(c) = set.join_next().await {
-            clients.push(c.expect("a slow session"));
-        }
-    }
+    // The start of a command, then silence.
+    let Held { server, proxy, rss_before: before, mut clients, .. } = held_sessions(N, b"NO").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = proxy.status_kib("VmRSS");
     let per = (after.saturating_sub(before)) as f64 / N as f64;
