@@ -7,148 +7,32 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use crate::support::proc::Proc;
 
 /// Every wait is bounded by this.
 const LIMIT: Duration = Duration::from_secs(20);
 /// The exit code of a run whose events file is incomplete (docs/RELIABILITY.md).
 const EVENTS_INCOMPLETE: i32 = 3;
 
-/// A running `popfault` with its stderr read line by line.
-struct Run {
-    child: Option<Child>,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-    stdout: Option<thread::JoinHandle<String>>,
-}
-
-/// How a run ended.
-#[derive(Debug)]
-struct Ended {
-    code: Option<i32>,
-    signal: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn spawn(args: &[&str]) -> Run {
-        let mut child = Command::new(crate::support::BIN)
-            .args(args)
-            .env_remove("POPFAULT_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn popfault");
-        let (tx, lines) = mpsc::channel();
-        let err = child.stderr.take().expect("stderr");
-        thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut out = child.stdout.take().expect("stdout");
-        let stdout = thread::spawn(move || {
-            let mut s = String::new();
-            let _ = out.read_to_string(&mut s);
-            s
-        });
-        Run { child: Some(child), lines, seen: Vec::new(), stdout: Some(stdout) }
-    }
-
-    /// Reads stderr until a line contains `marker`; returns that line.
-    fn line_with(&mut self, marker: &str) -> String {
-        let until = Instant::now() + LIMIT;
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(marker) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("no stderr line with {marker:?}; got:\n{}", self.seen.join("\n")),
-            }
-        }
-    }
-
-    /// The first `127.0.0.1:PORT` on the stderr line containing `marker`.
-    fn addr_after(&mut self, marker: &str) -> SocketAddr {
-        let line = self.line_with(marker);
-        let start = line.find("127.0.0.1:").unwrap_or_else(|| panic!("an address in {line}"));
-        let tail = &line[start..];
-        let end = tail.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':')).unwrap_or(tail.len());
-        tail[..end].trim_end_matches(':').parse().expect("a socket address")
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    fn signal(&self, name: &str) {
-        let ok = Command::new("kill").args([&format!("-{name}"), &self.pid().to_string()]).status().expect("kill");
-        assert!(ok.success(), "kill -{name}");
-    }
-
-    /// Waits up to `limit` for the process to end (killing it and failing
-    /// the test if it does not); returns everything it printed.
-    fn wait(mut self, limit: Duration) -> Ended {
-        let mut child = self.child.take().expect("running");
-        let until = Instant::now() + limit;
-        let status = loop {
-            if let Some(s) = child.try_wait().expect("try_wait") {
-                break s;
-            }
-            if Instant::now() >= until {
-                let _ = child.kill();
-                let _ = child.wait();
-                while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
-                    self.seen.push(l);
-                }
-                panic!("popfault did not end within {limit:?}; stderr:\n{}", self.seen.join("\n"));
-            }
-            thread::sleep(Duration::from_millis(20));
-        };
-        let stdout = self.stdout.take().map(|t| t.join().unwrap_or_default()).unwrap_or_default();
-        while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(500)) {
-            self.seen.push(l);
-        }
-        Ended { code: status.code(), signal: status.signal(), stdout, stderr: self.seen.join("\n") }
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// `popfault serve` on an ephemeral port.
-fn upstream(users: u32) -> (Run, SocketAddr) {
+fn upstream(users: u32) -> (Proc, SocketAddr) {
     let users = users.to_string();
-    let mut s = Run::spawn(&["serve", "--listen", "127.0.0.1:0", "--users", &users, "--messages", "2"]);
+    let mut s = Proc::spawn(&["serve", "--listen", "127.0.0.1:0", "--users", &users, "--messages", "2"]);
     let addr = s.addr_after("POP3 server on");
     (s, addr)
 }
 
 /// `popfault proxy --headless` to `up` with `extra` options.
-fn proxy(up: SocketAddr, extra: &[&str]) -> (Run, SocketAddr) {
+fn proxy(up: SocketAddr, extra: &[&str]) -> (Proc, SocketAddr) {
     let up = up.to_string();
     let mut args = vec!["proxy", "--headless", "--listen", "127.0.0.1:0", "--upstream", &up];
     args.extend_from_slice(extra);
-    let mut p = Run::spawn(&args);
+    let mut p = Proc::spawn(&args);
     let addr = p.addr_after("popfault: proxy");
     (p, addr)
 }
@@ -427,7 +311,7 @@ fn logs_on_a_pipe_carry_no_colour() {
     let (_up, up) = upstream(1);
     let up = up.to_string();
     let mut p =
-        Run::spawn(&["proxy", "--headless", "-v", "--listen", "127.0.0.1:0", "--upstream", &up, "--drain", "0"]);
+        Proc::spawn(&["proxy", "--headless", "-v", "--listen", "127.0.0.1:0", "--upstream", &up, "--drain", "0"]);
     let addr = p.addr_after("popfault: proxy");
     full_session(addr, "user1");
     p.line_with("session ended");
@@ -451,7 +335,7 @@ fn the_listen_backlog_is_an_option_with_a_large_default() {
     full_session(addr, "user1");
     let (d, daddr) = proxy(up, &["--drain", "0"]);
     let (s, saddr) = {
-        let mut s = Run::spawn(&["serve", "--listen", "127.0.0.1:0", "--backlog", "1234"]);
+        let mut s = Proc::spawn(&["serve", "--listen", "127.0.0.1:0", "--backlog", "1234"]);
         let a = s.addr_after("POP3 server on");
         (s, a)
     };

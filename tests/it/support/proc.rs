@@ -1,22 +1,42 @@
-//! Running the real binary as a child process.
+//! Running the real binary as a child process: the one wrapper every test
+//! that launches `popfault` uses.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// A running binary whose stderr is collected; `addr` is parsed from the
-/// first stderr line containing `marker`.
+/// How long a wait for a line or an exit may take by default.
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// A running binary whose stdout and stderr are collected as it runs (a
+/// full pipe never holds it up); stderr is also read line by line.
 pub struct Proc {
-    /// The child process (taken by `stop`; killed on drop otherwise).
+    /// The child process (taken by `wait`; killed on drop otherwise).
     child: Option<Child>,
     stderr: mpsc::Receiver<String>,
     collected: Vec<String>,
+    stdout: Option<thread::JoinHandle<String>>,
+}
+
+/// How a run ended, and everything it printed.
+#[derive(Debug)]
+pub struct Ended {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 impl Proc {
+    /// Runs `popfault ARGS` (with no `POPFAULT_LOG` from the environment).
+    pub fn spawn(args: &[&str]) -> Proc {
+        Proc::spawn_with(args, &[], None)
+    }
+
     /// Runs `popfault ARGS` with trace logging.
     pub fn spawn_traced(args: &[&str]) -> Proc {
         Proc::spawn_with(args, &[("POPFAULT_LOG", "trace")], None)
@@ -39,6 +59,7 @@ impl Proc {
             }
         };
         let mut child = cmd
+            .env_remove("POPFAULT_LOG")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -54,48 +75,85 @@ impl Proc {
                 }
             }
         });
-        Proc { child: Some(child), stderr: rx, collected: Vec::new() }
+        let mut out = child.stdout.take().expect("stdout");
+        let stdout = thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        Proc { child: Some(child), stderr: rx, collected: Vec::new(), stdout: Some(stdout) }
     }
 
-    /// Reads stderr until a line contains `marker`; returns the first
-    /// `127.0.0.1:PORT` in it.
-    pub fn addr_after(&mut self, marker: &str) -> SocketAddr {
+    /// Reads stderr until a line contains `marker`; returns that line.
+    pub fn line_with(&mut self, marker: &str) -> String {
+        let until = Instant::now() + LIMIT;
         loop {
-            let line = self.stderr.recv_timeout(Duration::from_secs(20)).expect("the process printed its address");
-            self.collected.push(line.clone());
-            if line.contains(marker) {
-                let start = line.find("127.0.0.1:").expect("an address");
-                let tail = &line[start..];
-                let end = tail.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':')).unwrap_or(tail.len());
-                return tail[..end].trim_end_matches(':').parse().expect("a socket address");
+            let left = until.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    self.collected.push(line.clone());
+                    if line.contains(marker) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no stderr line with {marker:?}; got:\n{}", self.collected.join("\n")),
             }
         }
     }
 
-    /// Sends SIGTERM and returns everything it printed.
-    pub fn stop(mut self) -> String {
-        let Some(mut child) = self.child.take() else { return String::new() };
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        let (done_tx, done_rx) = mpsc::channel();
-        thread::spawn(move || {
-            let _ = done_tx.send(child.wait().map(|_| child));
-        });
-        let mut child = match done_rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(Ok(c)) => c,
-            _ => panic!("the process did not stop on SIGTERM"),
+    /// The first `127.0.0.1:PORT` on the stderr line containing `marker`.
+    pub fn addr_after(&mut self, marker: &str) -> SocketAddr {
+        let line = self.line_with(marker);
+        let start = line.find("127.0.0.1:").unwrap_or_else(|| panic!("an address in {line}"));
+        let tail = &line[start..];
+        let end = tail.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':')).unwrap_or(tail.len());
+        tail[..end].trim_end_matches(':').parse().expect("a socket address")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends signal `name` (`TERM`, `INT`, …).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill").args([&format!("-{name}"), &self.pid().to_string()]).status().expect("kill");
+        assert!(ok.success(), "kill -{name}");
+    }
+
+    /// Waits up to `limit` for the process to end (killing it and failing
+    /// the test if it does not); returns everything it printed.
+    pub fn wait(mut self, limit: Duration) -> Ended {
+        let mut child = self.child.take().expect("running");
+        let until = Instant::now() + limit;
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("try_wait") {
+                break s;
+            }
+            if Instant::now() >= until {
+                let _ = child.kill();
+                let _ = child.wait();
+                while let Ok(l) = self.stderr.recv_timeout(Duration::from_millis(200)) {
+                    self.collected.push(l);
+                }
+                panic!("popfault did not end within {limit:?}; stderr:\n{}", self.collected.join("\n"));
+            }
+            thread::sleep(Duration::from_millis(20));
         };
-        let mut out = String::new();
-        if let Some(mut o) = child.stdout.take() {
-            let _ = o.read_to_string(&mut out);
-        }
+        let stdout = self.stdout.take().map(|t| t.join().unwrap_or_default()).unwrap_or_default();
         while let Ok(l) = self.stderr.recv_timeout(Duration::from_millis(500)) {
             self.collected.push(l);
         }
-        out + "\n" + &self.collected.join("\n")
+        Ended { code: status.code(), signal: status.signal(), stdout, stderr: self.collected.join("\n") }
     }
-}
 
-impl Proc {
+    /// Sends SIGTERM and returns everything it printed: stdout, then stderr.
+    pub fn stop(self) -> String {
+        // Not `signal`: a process that has already ended is fine here.
+        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        let end = self.wait(LIMIT);
+        end.stdout + "\n" + &end.stderr
+    }
+
     /// A line of the process's /proc status (`VmRSS`, `VmHWM`) in KiB.
     pub fn status_kib(&self, key: &str) -> u64 {
         let Some(child) = &self.child else { return 0 };
