@@ -71,24 +71,7 @@ async fn sigterm_drains_cuts_and_summarises() {
     let dir = std::env::temp_dir().join(format!("popfault-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let events = dir.join("events.jsonl");
-    let up = w.server.addr.to_string();
-    let mut proxy = Proc::spawn_with(
-        &[
-            "proxy",
-            "--headless",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &up,
-            "--drain",
-            "0.5",
-            "--events",
-            events.to_str().unwrap(),
-        ],
-        &[],
-        None,
-    );
-    let addr = proxy.addr_after("popfault: proxy");
+    let (proxy, addr) = Proc::proxy(w.server.addr, &["--drain", "0.5", "--events", events.to_str().unwrap()]);
     let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut greet = [0u8; 3];
     c.read_exact(&mut greet).await.unwrap();
@@ -156,12 +139,7 @@ async fn a_closed_upstream_is_a_warning_at_start_and_the_proxy_keeps_running() {
     let dir = std::env::temp_dir().join(format!("popfault-cli-closed-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let events = dir.join("events.jsonl");
-    let mut proxy = Proc::spawn_with(
-        &["proxy", "--headless", "--listen", "127.0.0.1:0", "--upstream", &up, "--events", events.to_str().unwrap()],
-        &[],
-        None,
-    );
-    let addr = proxy.addr_after("popfault: proxy");
+    let (proxy, addr) = Proc::proxy(&up, &["--events", events.to_str().unwrap()]);
     // Still listening after the warning: the connection is accepted, then
     // reset as the upstream refused it — which may already have happened
     // when the connect completes (a closed listener would say "refused").
@@ -188,13 +166,7 @@ async fn a_closed_upstream_is_a_warning_at_start_and_the_proxy_keeps_running() {
 #[tokio::test]
 async fn headless_progress_and_plain_logs() {
     let w = World::start(1, 1).await;
-    let up = w.server.addr.to_string();
-    let mut proxy = Proc::spawn_with(
-        &["proxy", "--headless", "--progress", "-v", "--listen", "127.0.0.1:0", "--upstream", &up],
-        &[],
-        None,
-    );
-    let addr = proxy.addr_after("popfault: proxy");
+    let (proxy, addr) = Proc::proxy(w.server.addr, &["--progress", "-v"]);
     let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut greet = [0u8; 3];
     c.read_exact(&mut greet).await.unwrap();

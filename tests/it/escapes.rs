@@ -64,26 +64,12 @@ fn wire_escapes_never_reach_a_terminal() {
     let upstream = rt.block_on(hostile_server());
     // NO_COLOR: the log's own colour codes are not from the wire (plain
     // logs when stderr is not a terminal are another change's).
-    let mut proxy = Proc::spawn_with(
-        &[
-            "proxy",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &upstream.to_string(),
-            "--headless",
-            "--drain",
-            "1",
-            "--profile",
-            profile.to_str().unwrap(),
-            "--events",
-            events.to_str().unwrap(),
-            "-vvv",
-        ],
+    let (proxy, addr) = Proc::proxy_with(
+        upstream,
+        &["--drain", "1", "--profile", profile.to_str().unwrap(), "--events", events.to_str().unwrap(), "-vvv"],
         &[("POPFAULT_LOG", "trace"), ("NO_COLOR", "1")],
         None,
     );
-    let addr = proxy.addr_after("popfault: proxy");
     rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(30), async {
             let lines = [

@@ -99,24 +99,7 @@ async fn retr_of_a_long_message_id_again_and_again_stays_bounded() {
     let dir = std::env::temp_dir().join(format!("popfault-fp-mem-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let events = dir.join("events.jsonl");
-    let up = srv.addr.to_string();
-    let mut proxy = Proc::spawn_with(
-        &[
-            "proxy",
-            "--headless",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &up,
-            "--drain",
-            "1",
-            "--events",
-            events.to_str().unwrap(),
-        ],
-        &[],
-        None,
-    );
-    let addr = proxy.addr_after("popfault: proxy");
+    let (proxy, addr) = Proc::proxy(srv.addr, &["--drain", "1", "--events", events.to_str().unwrap()]);
     let start_kib = proxy.status_kib("VmRSS");
 
     let (warm_tx, mut warm_rx) = tokio::sync::mpsc::channel(sessions);

@@ -17,12 +17,7 @@ const MIB: u64 = 1 << 20;
 const PEAK_LIMIT_KIB: u64 = 48 * 1024;
 
 fn proxy_to(upstream: std::net::SocketAddr, extra: &[&str], nofile: Option<u64>) -> (Proc, std::net::SocketAddr) {
-    let up = upstream.to_string();
-    let mut args = vec!["proxy", "--headless", "--listen", "127.0.0.1:0", "--upstream", &up, "--drain", "0"];
-    args.extend_from_slice(extra);
-    let mut p = Proc::spawn_with(&args, &[], nofile);
-    let addr = p.addr_after("popfault: proxy");
-    (p, addr)
+    Proc::proxy_with(upstream, &[&["--drain", "0"], extra].concat(), &[], nofile)
 }
 
 /// The session's connection: `popfault proxy` first tries the upstream

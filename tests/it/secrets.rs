@@ -11,6 +11,12 @@ use crate::support::{b64, line_server};
 
 const SECRET: &str = "Zebra-Tangerine-4417";
 
+/// The proxy to `upstream`, logging at trace level, writing `events`.
+fn traced_proxy(upstream: std::net::SocketAddr, events: &std::path::Path) -> (Proc, std::net::SocketAddr) {
+    let extra = ["--drain", "1", "--events", events.to_str().unwrap(), "-vvv"];
+    Proc::proxy_with(upstream, &extra, &[("POPFAULT_LOG", "trace")], None)
+}
+
 #[test]
 fn no_secret_in_logs_events_or_summary() {
     let dir = std::env::temp_dir().join(format!("popfault-secrets-{}", std::process::id()));
@@ -28,20 +34,7 @@ fn no_secret_in_logs_events_or_summary() {
         SECRET,
     ]);
     let upstream = server.addr_after("POP3 server on");
-    let mut proxy = Proc::spawn_traced(&[
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &upstream.to_string(),
-        "--headless",
-        "--drain",
-        "1",
-        "--events",
-        events.to_str().unwrap(),
-        "-vvv",
-    ]);
-    let addr = proxy.addr_after("popfault: proxy");
+    let (proxy, addr) = traced_proxy(upstream, &events);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let digests = rt.block_on(async {
@@ -154,20 +147,7 @@ fn unrecognised_lines_and_odd_user_names_leak_nothing() {
         SECRET,
     ]);
     let upstream = server.addr_after("POP3 server on");
-    let mut proxy = Proc::spawn_traced(&[
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &upstream.to_string(),
-        "--headless",
-        "--drain",
-        "1",
-        "--events",
-        events.to_str().unwrap(),
-        "-vvv",
-    ]);
-    let addr = proxy.addr_after("popfault: proxy");
+    let (proxy, addr) = traced_proxy(upstream, &events);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -247,20 +227,7 @@ fn pipelined_auth_login_leaks_nothing_and_quits_clean() {
     let events = dir.join("events.jsonl");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let upstream = rt.block_on(auth_login_server());
-    let mut proxy = Proc::spawn_traced(&[
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &upstream.to_string(),
-        "--headless",
-        "--drain",
-        "1",
-        "--events",
-        events.to_str().unwrap(),
-        "-vvv",
-    ]);
-    let addr = proxy.addr_after("popfault: proxy");
+    let (proxy, addr) = traced_proxy(upstream, &events);
     let got = rt.block_on(async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         tokio::time::timeout(Duration::from_secs(30), async {

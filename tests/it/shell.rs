@@ -27,16 +27,6 @@ fn upstream(users: u32) -> (Proc, SocketAddr) {
     (s, addr)
 }
 
-/// `popfault proxy --headless` to `up` with `extra` options.
-fn proxy(up: SocketAddr, extra: &[&str]) -> (Proc, SocketAddr) {
-    let up = up.to_string();
-    let mut args = vec!["proxy", "--headless", "--listen", "127.0.0.1:0", "--upstream", &up];
-    args.extend_from_slice(extra);
-    let mut p = Proc::spawn(&args);
-    let addr = p.addr_after("popfault: proxy");
-    (p, addr)
-}
-
 /// A POP3 conversation, one line at a time.
 struct Pop {
     r: BufReader<TcpStream>,
@@ -119,7 +109,7 @@ fn summary_sessions(stdout: &str) -> u64 {
 #[test]
 fn events_to_dev_full_warn_once_and_the_summary_still_prints() {
     let (_up, up) = upstream(2);
-    let (p, addr) = proxy(up, &["--drain", "1", "--events", "/dev/full"]);
+    let (p, addr) = Proc::proxy(up, &["--drain", "1", "--events", "/dev/full"]);
     for _ in 0..5 {
         full_session(addr, "user1");
     }
@@ -148,7 +138,7 @@ fn a_stalled_events_fifo_cannot_hold_up_shutdown() {
     // Opened read-write (Linux never blocks on that): a reader that never reads.
     let _reader = std::fs::OpenOptions::new().read(true).write(true).open(&fifo).expect("open the fifo");
     let (_up, up) = upstream(4);
-    let (p, addr) = proxy(up, &["--drain", "0.5", "--events", fifo.to_str().unwrap()]);
+    let (p, addr) = Proc::proxy(up, &["--drain", "0.5", "--events", fifo.to_str().unwrap()]);
     // Far more than a pipe's 64 KiB of event lines.
     let workers: Vec<_> = (1..=4)
         .map(|u| {
@@ -180,7 +170,7 @@ fn an_events_fifo_without_a_reader_blocks_neither_start_nor_shutdown() {
     let fifo = dir.join("events.fifo");
     assert!(Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
     let (_up, up) = upstream(1);
-    let (p, addr) = proxy(up, &["--drain", "0.5", "--events", fifo.to_str().unwrap()]);
+    let (p, addr) = Proc::proxy(up, &["--drain", "0.5", "--events", fifo.to_str().unwrap()]);
     full_session(addr, "user1");
     p.signal("TERM");
     let end = p.wait(Duration::from_secs(15));
@@ -196,7 +186,7 @@ fn after_sigterm_new_connects_are_refused_while_a_session_drains() {
     let dir = temp_dir("refuse");
     let events = dir.join("events.jsonl");
     let (_up, up) = upstream(1);
-    let (mut p, addr) = proxy(up, &["--drain", "60", "--events", events.to_str().unwrap()]);
+    let (mut p, addr) = Proc::proxy(up, &["--drain", "60", "--events", events.to_str().unwrap()]);
     let mut live = Pop::login(addr, "user1");
     p.signal("TERM");
     p.line_with("draining");
@@ -225,7 +215,7 @@ fn a_second_signal_ends_the_drain_now() {
     let dir = temp_dir("second");
     let events = dir.join("events.jsonl");
     let (_up, up) = upstream(1);
-    let (mut p, addr) = proxy(up, &["--drain", "300", "--events", events.to_str().unwrap()]);
+    let (mut p, addr) = Proc::proxy(up, &["--drain", "300", "--events", events.to_str().unwrap()]);
     let _live = Pop::login(addr, "user1");
     p.signal("TERM");
     p.line_with("draining");
@@ -248,7 +238,7 @@ fn hangup_quit_and_user_signals_end_the_run_with_a_summary() {
     for sig in ["HUP", "QUIT", "USR1", "USR2"] {
         let dir = temp_dir(&format!("sig-{sig}"));
         let events = dir.join("events.jsonl");
-        let (mut p, addr) = proxy(up, &["--drain", "0.5", "--events", events.to_str().unwrap()]);
+        let (mut p, addr) = Proc::proxy(up, &["--drain", "0.5", "--events", events.to_str().unwrap()]);
         full_session(addr, "user1");
         let _live = Pop::login(addr, "user2");
         p.signal(sig);
@@ -269,7 +259,7 @@ fn hangup_quit_and_user_signals_end_the_run_with_a_summary() {
 fn a_flood_past_max_sessions_logs_counts_not_a_line_per_client() {
     const FLOOD: usize = 2000;
     let (_up, up) = upstream(10);
-    let (p, addr) = proxy(up, &["--drain", "0", "--max-sessions", "10"]);
+    let (p, addr) = Proc::proxy(up, &["--drain", "0", "--max-sessions", "10"]);
     let held: Vec<Pop> = (1..=10).map(|u| Pop::login(addr, &format!("user{u}"))).collect();
     let floods: Vec<_> = (0..4)
         .map(|_| {
@@ -309,10 +299,7 @@ fn a_flood_past_max_sessions_logs_counts_not_a_line_per_client() {
 #[test]
 fn logs_on_a_pipe_carry_no_colour() {
     let (_up, up) = upstream(1);
-    let up = up.to_string();
-    let mut p =
-        Proc::spawn(&["proxy", "--headless", "-v", "--listen", "127.0.0.1:0", "--upstream", &up, "--drain", "0"]);
-    let addr = p.addr_after("popfault: proxy");
+    let (mut p, addr) = Proc::proxy(up, &["-v", "--drain", "0"]);
     full_session(addr, "user1");
     p.line_with("session ended");
     p.signal("TERM");
@@ -331,9 +318,9 @@ fn the_listen_backlog_is_an_option_with_a_large_default() {
         assert!(help.contains("--backlog"), "{cmd} --help:\n{help}");
     }
     let (_up, up) = upstream(1);
-    let (p, addr) = proxy(up, &["--drain", "0", "--backlog", "1500"]);
+    let (p, addr) = Proc::proxy(up, &["--drain", "0", "--backlog", "1500"]);
     full_session(addr, "user1");
-    let (d, daddr) = proxy(up, &["--drain", "0"]);
+    let (d, daddr) = Proc::proxy(up, &["--drain", "0"]);
     let (s, saddr) = {
         let mut s = Proc::spawn(&["serve", "--listen", "127.0.0.1:0", "--backlog", "1234"]);
         let a = s.addr_after("POP3 server on");
@@ -369,7 +356,7 @@ fn listen_backlog(addr: SocketAddr) -> Option<u64> {
 fn transcripts_are_written_one_file_a_session() {
     let (_up, up) = upstream(2);
     let dir = temp_dir("transcripts");
-    let (p, addr) = proxy(up, &["--drain", "1", "--transcripts", dir.to_str().expect("utf-8 path")]);
+    let (p, addr) = Proc::proxy(up, &["--drain", "1", "--transcripts", dir.to_str().expect("utf-8 path")]);
     full_session(addr, "user1");
     full_session(addr, "user2");
     thread::sleep(Duration::from_millis(200));

@@ -84,6 +84,28 @@ impl Proc {
         Proc { child: Some(child), stderr: rx, collected: Vec::new(), stdout: Some(stdout) }
     }
 
+    /// `popfault proxy --headless --listen 127.0.0.1:0 --upstream UP
+    /// EXTRA…`, and the address it listens on.
+    pub fn proxy(up: impl ToString, extra: &[&str]) -> (Proc, SocketAddr) {
+        Proc::proxy_with(up, extra, &[], None)
+    }
+
+    /// [`Proc::proxy`] with `env` and an open-file limit as for
+    /// [`Proc::spawn_with`].
+    pub fn proxy_with(
+        up: impl ToString,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> (Proc, SocketAddr) {
+        let up = up.to_string();
+        let mut args = vec!["proxy", "--headless", "--listen", "127.0.0.1:0", "--upstream", &up];
+        args.extend_from_slice(extra);
+        let mut p = Proc::spawn_with(&args, env, nofile);
+        let addr = p.addr_after("popfault: proxy");
+        (p, addr)
+    }
+
     /// Reads stderr until a line contains `marker`; returns that line.
     pub fn line_with(&mut self, marker: &str) -> String {
         let until = Instant::now() + LIMIT;
