@@ -40,6 +40,21 @@ fn built_in(name: &str) -> Profile {
     builtin::builtin(name).expect("a built-in").unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A session's driver, numbered `number`, for a run that began at
+/// `run_started`; the session begins at `started`.
+fn driver(profile: Profile, seed: u64, number: u64, run_started: Instant, started: Instant) -> Driver {
+    let run = RunInfo {
+        upstream: "upstream:110".into(),
+        run_started,
+        idle_timeout: Duration::from_secs(600),
+        greeting_timeout: Duration::from_secs(30),
+        wants_progress: false,
+        transcripts: TRANSCRIPTS.get(),
+    };
+    let info = SessionInfo { number, peer: ([127, 0, 0, 1], 40000).into(), seed, started, run: Arc::new(run) };
+    Driver::new(info, Engine::new(Arc::new(profile), seed, number))
+}
+
 impl Sim {
     fn new(profile: Profile) -> Sim {
         Sim::numbered(profile, 1, 1)
@@ -47,17 +62,7 @@ impl Sim {
 
     fn numbered(profile: Profile, seed: u64, number: u64) -> Sim {
         let start = Instant::now();
-        let run = RunInfo {
-            upstream: "upstream:110".into(),
-            run_started: start,
-            idle_timeout: Duration::from_secs(600),
-            greeting_timeout: Duration::from_secs(30),
-            wants_progress: false,
-            transcripts: TRANSCRIPTS.get(),
-        };
-        let info =
-            SessionInfo { number, peer: ([127, 0, 0, 1], 40000).into(), seed, started: start, run: Arc::new(run) };
-        let mut d = Driver::new(info, Engine::new(Arc::new(profile), seed, number));
+        let mut d = driver(profile, seed, number, start, start);
         assert_eq!(d.accept(start), Accept::Connect);
         let mut sim = Sim {
             d,
@@ -542,17 +547,7 @@ fn passthrough_changes_nothing() {
 fn server_down_variants_refuse_at_accept() {
     let start = Instant::now();
     for (name, want) in [("server-down", "rst"), ("server-down-err", "err"), ("server-down-hang", "hang")] {
-        let run = RunInfo {
-            upstream: "u:110".into(),
-            run_started: start,
-            idle_timeout: Duration::from_secs(600),
-            greeting_timeout: Duration::from_secs(30),
-            wants_progress: false,
-            transcripts: false,
-        };
-        let info =
-            SessionInfo { number: 1, peer: ([127, 0, 0, 1], 1).into(), seed: 1, started: start, run: Arc::new(run) };
-        let mut d = Driver::new(info, Engine::new(Arc::new(built_in(name)), 1, 1));
+        let mut d = driver(built_in(name), 1, 1, start, start);
         match d.accept(start) {
             Accept::Refuse { how, .. } => assert_eq!(format!("{how:?}").to_lowercase(), want, "{name}"),
             other => panic!("{name}: {other:?}"),
@@ -567,18 +562,8 @@ fn server_down_variants_refuse_at_accept() {
 fn server_flapping_refuses_only_in_its_down_windows() {
     let start = Instant::now();
     let accept_at = |ms: u64| {
-        let run = RunInfo {
-            upstream: "u:110".into(),
-            run_started: start,
-            idle_timeout: Duration::from_secs(600),
-            greeting_timeout: Duration::from_secs(30),
-            wants_progress: false,
-            transcripts: false,
-        };
         let now = start + Duration::from_millis(ms);
-        let info =
-            SessionInfo { number: 1, peer: ([127, 0, 0, 1], 1).into(), seed: 1, started: now, run: Arc::new(run) };
-        let mut d = Driver::new(info, Engine::new(Arc::new(built_in("server-flapping")), 1, 1));
+        let mut d = driver(built_in("server-flapping"), 1, 1, start, now);
         matches!(d.accept(now), Accept::Refuse { .. })
     };
     assert!(accept_at(0) && accept_at(2_999) && accept_at(10_500), "down 3 s of every 10 s");
