@@ -87,6 +87,11 @@ pub struct RunInfo {
     pub wants_progress: bool,
     /// Keep a transcript of each session ([`Driver::take_transcript`]).
     pub transcripts: bool,
+    /// popfault ends the client's TLS itself (`--client-tls stls`): it
+    /// offers `STLS` in CAPA answers before TLS, answers `STLS` in the
+    /// server's stead and asks the shell for the handshake
+    /// ([`Transmit::StartTls`]); the session stays readable after it.
+    pub stls_here: bool,
 }
 
 /// What a session knows that does not change.
@@ -125,6 +130,12 @@ pub enum Transmit {
     Eof,
     /// The session is cut: relay nothing more.
     Stop,
+    /// The client's `STLS` was answered (`RunInfo::stls_here`): end this
+    /// direction's pump; once both have ended, run the TLS handshake with
+    /// the client and tell [`Driver::tls_started`]. The input's unread
+    /// bytes stay the shell's to keep (after the handshake they are the
+    /// server's, or, toward the server, TLS bytes the client sent early).
+    StartTls,
 }
 
 /// What to do with a client that just connected.
@@ -245,6 +256,9 @@ enum Step {
     /// Write the proxy's own `bytes`, which end the body for the client at
     /// body offset `at` (`truncate`).
     Terminator { line: BodyLine, at: u64 },
+    /// Write the proxy's own bytes inside a response (`STLS` offered in a
+    /// CAPA answer).
+    Insert(&'static [u8]),
     /// Run what follows the event's delivery.
     After(After),
 }
@@ -269,6 +283,8 @@ enum InFlight {
     Piece(usize),
     /// A truncate's terminator, ending the body at offset `at`.
     Terminator(BodyLine, u64),
+    /// Bytes the proxy inserted in a response.
+    Insert(usize),
 }
 
 /// What to do with a decision's bytes.
@@ -362,6 +378,21 @@ pub struct Driver {
     body_len: u32,
     /// Something was queued that the shell's other futures must see.
     wake: bool,
+    /// Where the client's TLS stands when popfault ends it (`stls_here`).
+    stls: Stls,
+}
+
+/// The client's STLS, when popfault answers it (`RunInfo::stls_here`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stls {
+    /// Plaintext: STLS is offered.
+    Offered,
+    /// The client asked; the `+OK` is queued.
+    Asked,
+    /// The `+OK` went out: the handshake is the shell's to run.
+    Answered,
+    /// TLS is up with the client.
+    Done,
 }
 
 impl Driver {
@@ -406,6 +437,7 @@ impl Driver {
             transcript: None,
             body_len: 0,
             wake: false,
+            stls: Stls::Offered,
         }
     }
 
@@ -544,6 +576,14 @@ impl Driver {
         Accept::Connect
     }
 
+    /// The TLS handshake with the client, asked for by
+    /// [`Transmit::StartTls`], is done: relaying goes on, inside TLS.
+    pub fn tls_started(&mut self, now: Instant) {
+        self.stls = Stls::Done;
+        self.last_activity = now;
+        self.note(now, format_args!("(TLS with the client is up; the session goes on inside it)"));
+    }
+
     /// The upstream could not be reached (or the client was refused).
     pub fn refused(&mut self) {
         self.tracker.set_refused();
@@ -647,8 +687,16 @@ impl Driver {
             InFlight::Reply(reply) => {
                 let (cmd, seq, reply) = *reply;
                 let status = Status::parse(&reply);
-                self.tracker.on_server(&ServerEvent::Status { cmd, seq, status, multiline: false }, &reply);
+                if cmd == Command::Stls && self.stls == Stls::Asked {
+                    // Not the server's STLS: the session stays readable.
+                    self.tracker.on_unframed(false, reply.len());
+                    self.stls = Stls::Answered;
+                    self.wake = true;
+                } else {
+                    self.tracker.on_server(&ServerEvent::Status { cmd, seq, status, multiline: false }, &reply);
+                }
             }
+            InFlight::Insert(n) => self.tracker.on_unframed(false, n),
             InFlight::Piece(n) => self.piece_written(dir, input, n, now),
             InFlight::Terminator(line, at) => {
                 let bytes = line.terminator();

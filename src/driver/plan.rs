@@ -5,13 +5,14 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::{After, Dir, Driver, Fate, Plan, Step, Track};
+use super::{After, Dir, Driver, Fate, Plan, Step, Stls, Track};
 use crate::codec::command::trim_eol;
 use crate::codec::framer::{MAX_PENDING, NextServerLine};
 use crate::codec::status::announced_size;
 use crate::codec::{ClientEvent, Command, ServerEvent};
 use crate::faults::engine::jittered;
 use crate::faults::{BodyCut, BodyLine, Facts, LineSoFar, Point};
+use crate::session::State;
 use crate::text::escape;
 
 impl Driver {
@@ -48,7 +49,11 @@ impl Driver {
         // end because no rule wanted it whole) can only go on.
         if !*overlong && !started {
             let next = self.codec.next_seq();
-            match self.decide_and_act(Point::Command(cmd), next, Dir::Up, now) {
+            let mut fate = self.decide_and_act(Point::Command(cmd), next, Dir::Up, now);
+            if fate == Fate::Go && *cmd == Command::Stls && self.info.run.stls_here {
+                fate = Fate::Reply(self.answer_stls());
+            }
+            match fate {
                 Fate::Stop => return None,
                 Fate::Go => {}
                 Fate::Swallow => {
@@ -131,6 +136,10 @@ impl Driver {
                     return Some(plan);
                 }
                 self.answering = Some((seq, cmd.clone()));
+                // The client's TLS ends here: STLS is offered in the CAPA
+                // answer, whatever the server says (a server that lists it
+                // too is listed twice, which clients read as once).
+                let offer = cmd == Command::Capa && self.info.run.stls_here && self.stls == Stls::Offered;
                 // Plan the body's cuts first: they depend on nothing the
                 // status line changes. An inert engine never plans one.
                 if !self.paused && !self.engine.is_inert() {
@@ -149,7 +158,8 @@ impl Driver {
                 let plain = self.fx.as_deref().is_none_or(|f| f.body_cuts.is_empty());
                 // With nothing planned inside the body, the status line and
                 // the body bytes already read go out in one write.
-                let body = if plain { self.codec.decode_server(&input[n..]) } else { crate::codec::Step::NEED_MORE };
+                let body =
+                    if plain && !offer { self.codec.decode_server(&input[n..]) } else { crate::codec::Step::NEED_MORE };
                 match body.event {
                     Some(body_ev @ ServerEvent::Body { end, .. }) => {
                         let total = n + body.consumed;
@@ -160,7 +170,12 @@ impl Driver {
                             plan.steps.push_back(Step::After(After::BodyEnd));
                         }
                     }
-                    _ => plan.steps.push_back(Step::Relay { range: 0..n, track: Track::Server(ev), done: 0 }),
+                    _ => {
+                        plan.steps.push_back(Step::Relay { range: 0..n, track: Track::Server(ev), done: 0 });
+                        if offer {
+                            plan.steps.push_back(Step::Insert(b"STLS\r\n"));
+                        }
+                    }
                 }
             }
             ServerEvent::Body { offset, end } => {
@@ -192,6 +207,19 @@ impl Driver {
             _ => plan.steps.push_back(Step::Relay { range: 0..n, track: Track::Server(ev), done: 0 }),
         }
         Some(plan)
+    }
+
+    /// popfault's own answer to the client's STLS (`stls_here`): yes once,
+    /// in the AUTHORIZATION state (RFC 2595 §4), no otherwise.
+    fn answer_stls(&mut self) -> Vec<u8> {
+        if self.stls != Stls::Offered {
+            return b"-ERR TLS is already active\r\n".to_vec();
+        }
+        if self.tracker.state() != State::Authorization {
+            return b"-ERR STLS only before login\r\n".to_vec();
+        }
+        self.stls = Stls::Asked;
+        b"+OK Begin TLS negotiation now\r\n".to_vec()
     }
 
     /// The next body cut before body offset `before`, if any.
@@ -234,6 +262,10 @@ impl Driver {
     /// goes on. Never once part of it went on, never for SASL data, never
     /// while paused or with no rule in force.
     pub(super) fn must_hold(&self, dir: Dir, rest: &[u8]) -> bool {
+        // A line that may yet be STLS waits whole when popfault answers it.
+        if dir == Dir::Up && self.info.run.stls_here && !self.codec.client_line_started() && could_be_stls(rest) {
+            return true;
+        }
         if self.paused || self.engine.is_inert() {
             return false;
         }
@@ -264,4 +296,10 @@ impl Driver {
         let (ms, jitter) = self.fx.as_deref().and_then(|f| f.delay)?;
         Some(jittered(&mut self.fx().rng, ms, jitter))
     }
+}
+
+/// Whether `rest` (a client line so far, without its end) may still be
+/// `STLS`: a case-insensitive prefix of `STLS\r`.
+fn could_be_stls(rest: &[u8]) -> bool {
+    rest.len() <= 5 && rest.iter().zip(b"STLS\r").all(|(a, b)| a.to_ascii_uppercase() == *b)
 }

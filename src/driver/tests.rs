@@ -15,6 +15,8 @@ use crate::session::Outcome;
 thread_local! {
     /// Sessions made by `Sim` keep a transcript.
     static TRANSCRIPTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Sessions made by `Sim` end the client's TLS themselves (`stls_here`).
+    static STLS_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 struct Sim {
@@ -50,6 +52,7 @@ fn driver(profile: Profile, seed: u64, number: u64, run_started: Instant, starte
         greeting_timeout: Duration::from_secs(30),
         wants_progress: false,
         transcripts: TRANSCRIPTS.get(),
+        stls_here: STLS_HERE.get(),
     };
     let info = SessionInfo { number, peer: ([127, 0, 0, 1], 40000).into(), seed, started, run: Arc::new(run) };
     Driver::new(info, Engine::new(Arc::new(profile), seed, number))
@@ -122,7 +125,7 @@ impl Sim {
                     self.input[i].drain(..n);
                 }
                 Transmit::NeedMore => return,
-                t @ (Transmit::Eof | Transmit::Stop) => {
+                t @ (Transmit::Eof | Transmit::Stop | Transmit::StartTls) => {
                     self.ended[i] = Some(t);
                     return;
                 }
@@ -245,6 +248,57 @@ fn after_stls_both_ways_are_opaque() {
     assert!(s.up().ends_with(b"\x16\x03\x01\x00\x05hello"));
     assert!(s.down().ends_with(b"\x16\x03\x03\x00\x02hi"));
     assert!(s.end().encrypted);
+}
+
+/// A session whose client TLS popfault ends itself (`--client-tls stls`).
+fn stls_here(profile: Profile) -> Sim {
+    STLS_HERE.set(true);
+    let s = Sim::new(profile);
+    STLS_HERE.set(false);
+    s
+}
+
+#[test]
+fn stls_here_is_offered_answered_and_the_session_stays_readable() {
+    let mut s = stls_here(Profile::passthrough());
+    s.s(b"+OK ready\r\n").c(b"CAPA\r\n").s(b"+OK caps\r\nUSER\r\nUIDL\r\n.\r\n");
+    assert_eq!(s.down(), b"+OK ready\r\n+OK caps\r\nSTLS\r\nUSER\r\nUIDL\r\n.\r\n", "STLS offered");
+    // Sent a byte at a time: held until it is STLS, never forwarded.
+    for b in b"STLS\r\n" {
+        s.c(&[*b]);
+    }
+    assert_eq!(s.up(), b"CAPA\r\n", "STLS is popfault's to answer");
+    assert!(s.down().ends_with(b"+OK Begin TLS negotiation now\r\n"));
+    assert_eq!(s.ended, [Some(Transmit::StartTls), Some(Transmit::StartTls)], "both pumps end for the handshake");
+
+    // The handshake (the shell's) is done: the session goes on, readable.
+    s.d.tls_started(s.now);
+    s.ended = [None, None];
+    s.c(b"CAPA\r\n").s(b"+OK caps\r\nUSER\r\n.\r\n");
+    assert!(s.down().ends_with(b"+OK caps\r\nUSER\r\n.\r\n"), "no STLS offered inside TLS");
+    s.c(b"STLS\r\n");
+    assert!(s.down().ends_with(b"-ERR TLS is already active\r\n"));
+    assert_eq!(s.up(), b"CAPA\r\nCAPA\r\n", "a second STLS is not forwarded either");
+    s.c(b"USER user1\r\n").s(b"+OK\r\n").c(b"PASS secret\r\n").s(b"+OK in\r\n");
+    s.c(b"RETR 1\r\nDELE 1\r\nQUIT\r\n").s(&retr_answer(BODY)).s(b"+OK marked\r\n+OK bye\r\n");
+    assert_eq!(s.ended, [None, None]);
+    let end = s.end();
+    assert!(!end.encrypted, "popfault saw inside the TLS");
+    assert_eq!((end.outcome, end.downloaded, end.marked), (Outcome::Committed, 1, 1));
+}
+
+#[test]
+fn stls_here_keeps_other_lines_and_rules_as_they_were() {
+    // A line that cannot be STLS is not held for it.
+    let mut s = stls_here(Profile::passthrough());
+    s.s(b"+OK ready\r\n").c(b"US");
+    assert_eq!(s.up(), b"US");
+    // A rule at STLS still fires before popfault answers it.
+    let cut = "[[rule]]\nwhen = \"command\"\ncommand = \"STLS\"\nactions = [{ do = \"disconnect\" }]\n";
+    let mut s = stls_here(profile(cut));
+    s.s(b"+OK ready\r\n").c(b"STLS\r\n");
+    assert_eq!(s.ended, [Some(Transmit::Stop), Some(Transmit::Stop)]);
+    assert_eq!(s.down(), b"+OK ready\r\n");
 }
 
 #[test]

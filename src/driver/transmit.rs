@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use super::{After, Dir, Driver, Fate, InFlight, Step, Track, Transmit};
+use super::{After, Dir, Driver, Fate, InFlight, Step, Stls, Track, Transmit};
 use crate::codec::ServerEvent;
 use crate::faults::BodyLine;
 
@@ -32,6 +32,11 @@ impl Driver {
         {
             self.in_flight[1] = Some(InFlight::Reply(Box::new((cmd, seq, reply.clone()))));
             return Transmit::Own(reply);
+        }
+        // STLS answered by popfault: the client's next bytes are a TLS
+        // handshake, for the shell; the server's wait until it is done.
+        if (dir == Dir::Up && self.stls == Stls::Asked) || self.stls == Stls::Answered {
+            return Transmit::StartTls;
         }
         if input.is_empty() {
             return if self.eof[dir as usize] { Transmit::Eof } else { Transmit::NeedMore };
@@ -91,6 +96,12 @@ impl Driver {
                     let (line, at) = (*line, *at);
                     let bytes = line.terminator();
                     self.in_flight[dir as usize] = Some(InFlight::Terminator(line, at));
+                    return Transmit::Own(bytes.to_vec());
+                }
+                Some(Step::Insert(bytes)) => {
+                    let bytes = *bytes;
+                    plan.steps.pop_front();
+                    self.in_flight[dir as usize] = Some(InFlight::Insert(bytes.len()));
                     return Transmit::Own(bytes.to_vec());
                 }
                 Some(Step::After(_)) => {

@@ -426,6 +426,7 @@ impl Shell<'_> {
                     break End::Eof;
                 }
                 Transmit::Stop => break End::Cut,
+                Transmit::StartTls => break End::Cut,
                 Transmit::NeedMore => {
                     if self.is_cut() {
                         // Cut from outside (shutdown): the driver learns it
