@@ -72,6 +72,23 @@ impl Dir {
     }
 }
 
+/// What becomes of the client's `STLS` (RFC 2595).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientStls {
+    /// Relayed to the server; if it succeeds, the rest of the session is
+    /// relayed unread (`encrypted`).
+    #[default]
+    Relay,
+    /// popfault ends the client's TLS itself (`--client-tls stls`): it
+    /// offers `STLS` in CAPA answers before TLS, answers `STLS` in the
+    /// server's stead and asks the shell for the handshake
+    /// ([`Transmit::StartTls`]); the session stays readable after it.
+    Answer,
+    /// Never TLS with the client (`--client-tls none`, or the client's
+    /// TLS is implicit): popfault answers `STLS` with `-ERR` itself.
+    Refuse,
+}
+
 /// What every session of a run shares (one allocation for all of them).
 #[derive(Debug, Clone)]
 pub struct RunInfo {
@@ -87,11 +104,8 @@ pub struct RunInfo {
     pub wants_progress: bool,
     /// Keep a transcript of each session ([`Driver::take_transcript`]).
     pub transcripts: bool,
-    /// popfault ends the client's TLS itself (`--client-tls stls`): it
-    /// offers `STLS` in CAPA answers before TLS, answers `STLS` in the
-    /// server's stead and asks the shell for the handshake
-    /// ([`Transmit::StartTls`]); the session stays readable after it.
-    pub stls_here: bool,
+    /// What becomes of the client's `STLS`.
+    pub client_stls: ClientStls,
 }
 
 /// What a session knows that does not change.

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::{After, Dir, Driver, Fate, Plan, Step, Stls, Track};
+use super::{After, ClientStls, Dir, Driver, Fate, Plan, Step, Stls, Track};
 use crate::codec::command::trim_eol;
 use crate::codec::framer::{MAX_PENDING, NextServerLine};
 use crate::codec::status::announced_size;
@@ -50,7 +50,7 @@ impl Driver {
         if !*overlong && !started {
             let next = self.codec.next_seq();
             let mut fate = self.decide_and_act(Point::Command(cmd), next, Dir::Up, now);
-            if fate == Fate::Go && *cmd == Command::Stls && self.info.run.stls_here {
+            if fate == Fate::Go && *cmd == Command::Stls && self.info.run.client_stls != ClientStls::Relay {
                 fate = Fate::Reply(self.answer_stls());
             }
             match fate {
@@ -139,7 +139,9 @@ impl Driver {
                 // The client's TLS ends here: STLS is offered in the CAPA
                 // answer, whatever the server says (a server that lists it
                 // too is listed twice, which clients read as once).
-                let offer = cmd == Command::Capa && self.info.run.stls_here && self.stls == Stls::Offered;
+                let offer = cmd == Command::Capa
+                    && self.info.run.client_stls == ClientStls::Answer
+                    && self.stls == Stls::Offered;
                 // Plan the body's cuts first: they depend on nothing the
                 // status line changes. An inert engine never plans one.
                 if !self.paused && !self.engine.is_inert() {
@@ -209,9 +211,13 @@ impl Driver {
         Some(plan)
     }
 
-    /// popfault's own answer to the client's STLS (`stls_here`): yes once,
+    /// popfault's own answer to the client's STLS (`ClientStls::Answer`,
+    /// `Refuse`): yes once,
     /// in the AUTHORIZATION state (RFC 2595 §4), no otherwise.
     fn answer_stls(&mut self) -> Vec<u8> {
+        if self.info.run.client_stls == ClientStls::Refuse {
+            return b"-ERR STLS not available here\r\n".to_vec();
+        }
         if self.stls != Stls::Offered {
             return b"-ERR TLS is already active\r\n".to_vec();
         }
@@ -263,7 +269,11 @@ impl Driver {
     /// while paused or with no rule in force.
     pub(super) fn must_hold(&self, dir: Dir, rest: &[u8]) -> bool {
         // A line that may yet be STLS waits whole when popfault answers it.
-        if dir == Dir::Up && self.info.run.stls_here && !self.codec.client_line_started() && could_be_stls(rest) {
+        if dir == Dir::Up
+            && self.info.run.client_stls != ClientStls::Relay
+            && !self.codec.client_line_started()
+            && could_be_stls(rest)
+        {
             return true;
         }
         if self.paused || self.engine.is_inert() {

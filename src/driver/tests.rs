@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Accept, Dir, Driver, RunInfo, SessionInfo, Transmit};
+use super::{Accept, ClientStls, Dir, Driver, RunInfo, SessionInfo, Transmit};
 use crate::events::{Event, SessionEnd};
 use crate::faults::{Engine, How, Profile, builtin};
 use crate::session::Outcome;
@@ -15,8 +15,8 @@ use crate::session::Outcome;
 thread_local! {
     /// Sessions made by `Sim` keep a transcript.
     static TRANSCRIPTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    /// Sessions made by `Sim` end the client's TLS themselves (`stls_here`).
-    static STLS_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Sessions made by `Sim` end the client's TLS themselves (`ClientStls::Answer`).
+    static STLS: std::cell::Cell<ClientStls> = const { std::cell::Cell::new(ClientStls::Relay) };
 }
 
 struct Sim {
@@ -52,7 +52,7 @@ fn driver(profile: Profile, seed: u64, number: u64, run_started: Instant, starte
         greeting_timeout: Duration::from_secs(30),
         wants_progress: false,
         transcripts: TRANSCRIPTS.get(),
-        stls_here: STLS_HERE.get(),
+        client_stls: STLS.get(),
     };
     let info = SessionInfo { number, peer: ([127, 0, 0, 1], 40000).into(), seed, started, run: Arc::new(run) };
     Driver::new(info, Engine::new(Arc::new(profile), seed, number))
@@ -252,10 +252,23 @@ fn after_stls_both_ways_are_opaque() {
 
 /// A session whose client TLS popfault ends itself (`--client-tls stls`).
 fn stls_here(profile: Profile) -> Sim {
-    STLS_HERE.set(true);
+    with_stls(ClientStls::Answer, profile)
+}
+
+fn with_stls(mode: ClientStls, profile: Profile) -> Sim {
+    STLS.set(mode);
     let s = Sim::new(profile);
-    STLS_HERE.set(false);
+    STLS.set(ClientStls::Relay);
     s
+}
+
+#[test]
+fn stls_refused_by_popfault_is_never_forwarded() {
+    let mut s = with_stls(ClientStls::Refuse, Profile::passthrough());
+    s.s(b"+OK ready\r\n").c(b"CAPA\r\n").s(b"+OK\r\nSTLS\r\n.\r\n").c(b"STLS\r\nUSER a\r\n").s(b"+OK\r\n");
+    assert_eq!(s.up(), b"CAPA\r\nUSER a\r\n");
+    assert_eq!(s.down(), b"+OK ready\r\n+OK\r\nSTLS\r\n.\r\n-ERR STLS not available here\r\n+OK\r\n");
+    assert!(!s.end().encrypted);
 }
 
 #[test]

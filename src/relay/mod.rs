@@ -185,7 +185,7 @@ async fn accept_loop(
         greeting_timeout: cfg.greeting_timeout,
         wants_progress: sink.wants_progress(),
         transcripts: cfg.transcripts.is_some() || sink.wants_transcripts(),
-        stls_here: false,
+        client_stls: Default::default(),
     });
     let counter = AtomicU64::new(0);
     let mut sessions = tokio::task::JoinSet::new();
@@ -279,7 +279,7 @@ mod size_probe {
                 greeting_timeout: std::time::Duration::from_secs(30),
                 wants_progress: false,
                 transcripts: false,
-                stls_here: false,
+                client_stls: Default::default(),
             };
             let info = super::SessionInfo {
                 number: 1,
