@@ -16,7 +16,8 @@ use super::common::{
 };
 use crate::aggregate::Aggregator;
 use crate::control::Control;
-use crate::relay::{self, ProxyConfig};
+use crate::relay::{self, ClientTls, ProxyConfig, TlsConfig, UpstreamTls};
+use crate::tls;
 use crate::transcripts::Transcripts;
 
 /// Options shared by the commands that run the proxy.
@@ -83,6 +84,169 @@ pub struct ProxyArgs {
     /// DIR/session-NNNNNN.txt when it ends: for a bug report.
     #[arg(long, value_name = "DIR")]
     pub transcripts: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// popfault's own TLS with the client and with the upstream (docs/TLS.md).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "TLS (docs/TLS.md)")]
+pub struct TlsArgs {
+    /// TLS with clients. passthrough (the default: nothing to set up, never
+    /// worse than a direct connection): plain POP3, a client's STLS goes to
+    /// the server and the rest of its session is relayed unread. stls:
+    /// popfault offers STLS and carries it out with its own certificate, so
+    /// faults and outcomes work inside TLS. implicit: the listener is POP3S.
+    /// none: plain only, popfault refuses STLS. stls and implicit need
+    /// clients to trust popfault's CA (`popfault ca`).
+    #[arg(long, value_enum, default_value_t = ClientTlsArg::Passthrough, verbatim_doc_comment)]
+    pub client_tls: ClientTlsArg,
+    /// TLS with the upstream: none, implicit (POP3S, e.g. port 995) or stls
+    /// (popfault sends STLS before the client's first command).
+    #[arg(long, value_enum, default_value_t = UpstreamTlsArg::None)]
+    pub upstream_tls: UpstreamTlsArg,
+    /// The directory of popfault's CA (made there if missing); default:
+    /// what `popfault ca` shows.
+    #[arg(long, value_name = "DIR")]
+    pub ca: Option<PathBuf>,
+    /// Trust the CA certificates in FILE (PEM) for the upstream instead of
+    /// the system's.
+    #[arg(long, value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
+    /// Accept any upstream certificate and name (test servers with
+    /// self-signed certificates); warned about at start.
+    #[arg(long, conflicts_with = "upstream_ca")]
+    pub upstream_insecure: bool,
+    /// The name the upstream's certificate must carry, sent as SNI
+    /// (default: the host of --upstream).
+    #[arg(long, value_name = "NAME")]
+    pub upstream_name: Option<String>,
+    /// Write TLS secrets to FILE in the NSS key log format (as
+    /// SSLKEYLOGFILE), to read a capture in Wireshark; warned about at start.
+    #[arg(long, value_name = "FILE")]
+    pub keylog: Option<PathBuf>,
+    /// Seconds a TLS handshake (or the upstream's STLS) may take.
+    #[arg(long, default_value_t = 10.0, value_parser = positive_secs)]
+    pub handshake_timeout: f64,
+}
+
+/// `--client-tls`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientTlsArg {
+    Passthrough,
+    None,
+    Implicit,
+    Stls,
+}
+
+/// `--upstream-tls`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UpstreamTlsArg {
+    None,
+    Implicit,
+    Stls,
+}
+
+impl TlsArgs {
+    /// The relay's TLS configuration; `None` when popfault speaks no TLS.
+    /// Makes popfault's CA when a client side needs it and it is missing.
+    pub fn config(&self, upstream: &str) -> Result<Option<Arc<TlsConfig>>, RunError> {
+        let client = match self.client_tls {
+            ClientTlsArg::Passthrough => ClientTls::Passthrough,
+            ClientTlsArg::None => ClientTls::None,
+            ClientTlsArg::Implicit => ClientTls::Implicit,
+            ClientTlsArg::Stls => ClientTls::Stls,
+        };
+        let up = match self.upstream_tls {
+            UpstreamTlsArg::None => UpstreamTls::None,
+            UpstreamTlsArg::Implicit => UpstreamTls::Implicit,
+            UpstreamTlsArg::Stls => UpstreamTls::Stls,
+        };
+        let upstream_opts = self.upstream_ca.is_some() || self.upstream_insecure || self.upstream_name.is_some();
+        if up == UpstreamTls::None && upstream_opts {
+            return Err(RunError::Usage(
+                "--upstream-ca, --upstream-insecure and --upstream-name need --upstream-tls implicit or stls".into(),
+            ));
+        }
+        let client_side = matches!(client, ClientTls::Implicit | ClientTls::Stls);
+        if self.ca.is_some() && !client_side {
+            return Err(RunError::Usage("--ca needs --client-tls implicit or stls".into()));
+        }
+        if client == ClientTls::Passthrough && up == UpstreamTls::None {
+            if self.keylog.is_some() {
+                return Err(RunError::Usage(
+                    "--keylog needs TLS of popfault's own (--client-tls implicit|stls or --upstream-tls implicit|stls)"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        }
+        let keylog = match &self.keylog {
+            Some(path) => {
+                let k = tls::KeyLogFile::create(path)
+                    .map_err(|e| RunError::Usage(format!("--keylog {}: {e}", path.display())))?;
+                say_err(&format!(
+                    "popfault: warning: writing TLS secrets to {} (--keylog): anyone who reads it can decrypt                      these sessions, passwords included",
+                    path.display()
+                ));
+                Some(Arc::new(k))
+            }
+            None => None,
+        };
+        let leaves = if client_side {
+            let dir = match &self.ca {
+                Some(d) => d.clone(),
+                None => tls::Ca::default_dir().map_err(|e| RunError::Usage(e.to_string()))?,
+            };
+            let (ca, created) = tls::Ca::load_or_create(&dir).map_err(|e| RunError::Usage(e.to_string()))?;
+            if created {
+                say_err(&format!(
+                    "popfault: made a new CA in {}: clients must trust {} (see `popfault ca`)",
+                    dir.display(),
+                    ca.cert_path().display()
+                ));
+            }
+            Some(Arc::new(tls::Leaves::new(Arc::new(ca), keylog.clone())))
+        } else {
+            None
+        };
+        let host = upstream_host(upstream);
+        let (connector, upstream_name) = if up == UpstreamTls::None {
+            (None, None)
+        } else {
+            let trust = if self.upstream_insecure {
+                say_err(&format!(
+                    "popfault: warning: --upstream-insecure: the upstream's certificate is not checked;                      anyone on the path to {upstream} can read and change these sessions"
+                ));
+                tls::UpstreamTrust::Insecure
+            } else if let Some(file) = &self.upstream_ca {
+                tls::UpstreamTrust::File(file.clone())
+            } else {
+                tls::UpstreamTrust::System
+            };
+            let config = tls::client_config(&trust, keylog.clone()).map_err(|e| RunError::Usage(e.to_string()))?;
+            let name = self.upstream_name.clone().unwrap_or_else(|| host.clone());
+            let spec = if name.contains(':') && !name.starts_with('[') { format!("[{name}]:0") } else { format!("{name}:0") };
+            let name = tls::upstream_name(&spec)
+                .map_err(|e| RunError::Usage(format!("--upstream-name {name}: {e}")))?;
+            (Some(config), Some(name))
+        };
+        Ok(Some(Arc::new(TlsConfig {
+            client,
+            leaves,
+            upstream: up,
+            connector,
+            upstream_name,
+            fallback_names: vec![host],
+            handshake_timeout: Duration::from_secs_f64(self.handshake_timeout),
+        })))
+    }
+}
+
+/// The host of `host:port` (`[v6]:port` too), as a certificate names it.
+fn upstream_host(upstream: &str) -> String {
+    let host = upstream.rsplit_once(':').map_or(upstream, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']').to_string()
 }
 
 fn non_negative_secs(s: &str) -> Result<f64, String> {
@@ -112,6 +276,7 @@ pub async fn run(a: ProxyArgs) -> Result<ExitCode, RunError> {
         ),
         None => None,
     };
+    let tls = a.tls.config(&a.upstream)?;
     let config = |addr: SocketAddr| {
         let mut cfg = ProxyConfig::new(addr, a.upstream.clone());
         cfg.connect_timeout = Duration::from_secs_f64(a.connect_timeout);
@@ -120,6 +285,7 @@ pub async fn run(a: ProxyArgs) -> Result<ExitCode, RunError> {
         cfg.max_sessions = a.max_sessions as usize;
         cfg.backlog = a.backlog;
         cfg.transcripts = transcripts.as_ref().map(Transcripts::sink);
+        cfg.tls = tls.clone();
         cfg
     };
     // A name may resolve to several addresses (localhost: 127.0.0.1 and

@@ -53,7 +53,7 @@ pub(crate) trait Source {
     /// nothing is.
     fn read_draining(&mut self, buf: &mut Vec<u8>) -> io::Result<usize>;
     /// Ready when a read may find something (or an error).
-    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
 impl Source for ReadHalf<'_> {
@@ -77,7 +77,7 @@ impl Source for ReadHalf<'_> {
         }
     }
 
-    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let stream: &TcpStream = self.as_ref();
         stream.poll_read_ready(cx)
     }

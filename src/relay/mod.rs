@@ -8,8 +8,11 @@
 //! one read's worth, or one incomplete line a rule wants whole (bounded by
 //! RFC 2449's limits).
 
+mod conn;
 mod io;
 mod session;
+
+pub use conn::{ClientTls, TlsConfig, UpstreamTls};
 
 use std::io as stdio;
 use std::net::SocketAddr;
@@ -24,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::control::Control;
-use crate::driver::{Driver, RunInfo, SessionInfo};
+use crate::driver::{ClientStls, Driver, RunInfo, SessionInfo};
 use crate::events::EventSink;
 use crate::faults::Engine;
 use crate::transcripts::TranscriptSink;
@@ -61,6 +64,9 @@ pub struct ProxyConfig {
     /// Connections the kernel queues before they are accepted (capped by
     /// `net.core.somaxconn`).
     pub backlog: u32,
+    /// popfault's own TLS with either side; `None`: plain both ways, a
+    /// client's STLS relayed (`ClientTls::Passthrough`).
+    pub tls: Option<Arc<TlsConfig>>,
 }
 
 /// The default listen backlog. 128 (the old default of `listen`) made
@@ -80,6 +86,7 @@ impl ProxyConfig {
             max_sessions: 10_000,
             transcripts: None,
             backlog: DEFAULT_BACKLOG,
+            tls: None,
         }
     }
 }
@@ -185,7 +192,12 @@ async fn accept_loop(
         greeting_timeout: cfg.greeting_timeout,
         wants_progress: sink.wants_progress(),
         transcripts: cfg.transcripts.is_some() || sink.wants_transcripts(),
-        client_stls: Default::default(),
+        client_stls: match cfg.tls.as_deref().map(|t| t.client) {
+            None | Some(ClientTls::Passthrough) => ClientStls::Relay,
+            Some(ClientTls::Stls) => ClientStls::Answer,
+            // Inside a POP3S session, or with TLS off: no STLS.
+            Some(ClientTls::None | ClientTls::Implicit) => ClientStls::Refuse,
+        },
     });
     let counter = AtomicU64::new(0);
     let mut sessions = tokio::task::JoinSet::new();

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use super::conn::{self, ClientTls, Conn, Polled, UpstreamTls};
 use super::io::{Source, futures_select_all, gated, spare};
 use super::{ProxyConfig, READ_MAX, READ_MIN};
 use crate::control::Control;
@@ -56,19 +57,21 @@ enum End {
     Reset,
     /// The session was cut (fault, manual, idle, shutdown).
     Cut,
+    /// The client's STLS was answered by popfault: the handshake is next.
+    StartTls,
 }
 
 /// A session's future. Not an `async fn`: those keep their arguments
 /// twice (as arguments and as moved locals), and every idle session
 /// carries this future whole.
-pub(super) fn run_session(mut client: TcpStream, ctx: SessionCtx, driver: Driver) -> impl Future<Output = ()> + Send {
+pub(super) fn run_session(client: TcpStream, ctx: SessionCtx, driver: Driver) -> impl Future<Output = ()> + Send {
     let _ = client.set_nodelay(true);
     let driver = Mutex::new(driver);
     async move {
         let number = lock(&driver).number();
         let remote = ctx.control.register(number);
         let s = Shell { ctx: &ctx, driver: &driver };
-        let ended_by = s.run(&mut client, &remote).await;
+        let ended_by = s.run(client, &remote).await;
         ctx.control.unregister(number);
         let mut driver = driver.into_inner().unwrap_or_else(|p| p.into_inner());
         let events = driver.finish(ended_by, Instant::now());
@@ -170,8 +173,10 @@ impl Shell<'_> {
     }
 
     /// Returns `ended_by` when the shell knows better than the driver (a
-    /// refusal, a failed connect).
-    async fn run(self, client: &mut TcpStream, remote: &Notify) -> Option<String> {
+    /// refusal, a failed connect, a failed handshake).
+    async fn run(self, client: TcpStream, remote: &Notify) -> Option<String> {
+        let tls = self.ctx.cfg.tls.as_deref();
+        let client_tls = tls.map_or(ClientTls::Passthrough, |t| t.client);
         // === accept ===
         let accept = {
             let mut d = lock(self.driver);
@@ -180,15 +185,25 @@ impl Shell<'_> {
             self.sync(&mut d);
             a
         };
+        let mut client = Conn::Plain(client);
         match accept {
             Accept::Connect => {}
-            Accept::Refuse { how, text, rule } => return Some(Box::pin(self.refuse(client, how, &text, &rule)).await),
+            Accept::Refuse { how, text, rule } => {
+                // A POP3S client reads the -ERR inside TLS.
+                if how == RefuseHow::Err && client_tls == ClientTls::Implicit {
+                    client = match self.client_handshake(client, Vec::new()).await {
+                        Ok(c) => c,
+                        Err(why) => return Some(why),
+                    };
+                }
+                return Some(Box::pin(self.refuse(&mut client, how, &text, &rule)).await);
+            }
             Accept::Cut => {
-                Box::pin(self.finish_cut(client, None)).await;
+                Box::pin(self.finish_cut(&mut client, None)).await;
                 return None;
             }
         }
-        // A stall at accept holds the connect too.
+        // A stall at accept holds the connect (and any handshake) too.
         let hold = lock(self.driver).hold_until();
         if let Some(h) = hold {
             tokio::select! {
@@ -196,69 +211,168 @@ impl Shell<'_> {
                 _ = self.ctx.cut.cancelled() => {}
             }
         }
-        let mut server = match self.connect_upstream().await {
+        if client_tls == ClientTls::Implicit {
+            client = match self.client_handshake(client, Vec::new()).await {
+                Ok(c) => c,
+                Err(why) => {
+                    lock(self.driver).refused();
+                    return Some(why);
+                }
+            };
+        }
+        let server = match self.connect_upstream().await {
             Err(why) => {
                 lock(self.driver).refused();
                 // Mirror what a client sees from a dead server: a reset when
                 // it refused, a close when it never answered.
                 if why.starts_with("refused") {
-                    let _ = client.set_zero_linger();
+                    client.set_zero_linger();
                 }
                 return Some(why);
             }
             Ok(s) => s,
         };
         let _ = server.set_nodelay(true);
-
-        // === relay ===
-        let (up, down) = {
-            let (mut cr, mut cw) = client.split();
-            let (mut sr, mut sw) = server.split();
-            let mut pumps = std::pin::pin!(async {
-                tokio::join!(self.pump(Dir::Up, &mut cr, &mut sw), self.pump(Dir::Down, &mut sr, &mut cw))
-            });
-            // Timers end only by cutting the session, which ends the pumps
-            // too; when the pumps end first, the timers are dropped.
-            tokio::select! {
-                ends = &mut pumps => ends,
-                () = gated(self.timers_and_cuts(remote)) => {
-                    self.ctx.cut_seen.store(true, Ordering::Release);
-                    pumps.await
+        let (mut server, greeting) = match tls.filter(|t| t.upstream != UpstreamTls::None) {
+            None => (Conn::Plain(server), Vec::new()),
+            Some(t) => {
+                let up = tokio::select! {
+                    r = Box::pin(conn::upstream(server, t)) => r,
+                    _ = self.ctx.cut.cancelled() => Err("cut during TLS with the upstream".into()),
+                };
+                match up {
+                    Ok(c) => c,
+                    Err(why) => {
+                        lock(self.driver).refused();
+                        return Some(why);
+                    }
                 }
             }
         };
+
+        // === relay ===
+        // What each direction read and has not yet done with; kept across
+        // a handshake with the client (STLS).
+        let mut input = [Vec::new(), greeting];
+        if !input[1].is_empty() {
+            lock(self.driver).read(Dir::Down, input[1].len(), Instant::now());
+        }
+        let (up, down) = loop {
+            let ends = self.relay(&mut client, &mut server, &mut input, remote).await;
+            if ends != (End::StartTls, End::StartTls) {
+                break ends;
+            }
+            let early = std::mem::take(&mut input[0]);
+            client = match self.client_handshake(client, early).await {
+                Ok(c) => c,
+                Err(why) => return Some(why),
+            };
+            lock(self.driver).tls_started(Instant::now());
+        };
+        for buf in input {
+            spare::give(buf);
+        }
         if self.ctx.shutdown.is_cancelled() {
             lock(self.driver).shutdown();
         }
 
         if lock(self.driver).close().is_some() {
-            Box::pin(self.finish_cut(client, Some(&mut server))).await;
+            Box::pin(self.finish_cut(&mut client, Some(&mut server))).await;
             return None;
         }
         if up == End::Reset || down == End::Reset || self.ctx.shutdown.is_cancelled() {
             // A reset on one side becomes a reset on the other; a session
             // cut at shutdown is reset both ways, like a lost carrier.
-            let _ = client.set_zero_linger();
-            let _ = server.set_zero_linger();
+            client.set_zero_linger();
+            server.set_zero_linger();
         }
         None
+    }
+
+    /// TLS with the client, unless the session is cut meanwhile. `Err`:
+    /// why not (the session's `ended_by`).
+    async fn client_handshake(&self, client: Conn, early: Vec<u8>) -> Result<Conn, String> {
+        let Conn::Plain(tcp) = client else { return Ok(client) };
+        let Some(tls) = self.ctx.cfg.tls.as_deref() else { return Ok(Conn::Plain(tcp)) };
+        tokio::select! {
+            r = Box::pin(conn::accept_client(tcp, early, tls)) => r,
+            _ = self.ctx.cut.cancelled() => Err("cut during TLS with the client".into()),
+        }
+    }
+
+    /// One relaying phase: both pumps until both end, with the timers'
+    /// wait beside them. Plain TCP both ways has its own, leaner path.
+    async fn relay(&self, client: &mut Conn, server: &mut Conn, input: &mut [Vec<u8>; 2], remote: &Notify) -> (End, End) {
+        let [up_in, down_in] = input;
+        match (client, server) {
+            (Conn::Plain(c), Conn::Plain(s)) => {
+                let (mut cr, mut cw) = c.split();
+                let (mut sr, mut sw) = s.split();
+                let pumps = async {
+                    tokio::join!(
+                        self.pump(Dir::Up, &mut cr, &mut sw, up_in),
+                        self.pump(Dir::Down, &mut sr, &mut cw, down_in)
+                    )
+                };
+                self.with_timers(pumps, remote).await
+            }
+            // Boxed: rarer, and every idle plain session carries its state.
+            (c, s) => {
+                Box::pin(async {
+                    let (cr, mut cw) = tokio::io::split(c);
+                    let (sr, mut sw) = tokio::io::split(s);
+                    let (mut cr, mut sr) = (Polled::new(cr), Polled::new(sr));
+                    let pumps = async {
+                        tokio::join!(
+                            self.pump(Dir::Up, &mut cr, &mut sw, up_in),
+                            self.pump(Dir::Down, &mut sr, &mut cw, down_in)
+                        )
+                    };
+                    let ends = self.with_timers(pumps, remote).await;
+                    // Read by a wait, not yet by its pump: still input.
+                    for (dir, src, buf) in [(Dir::Up, cr, up_in), (Dir::Down, sr, down_in)] {
+                        let kept = src.into_kept();
+                        if !kept.is_empty() {
+                            buf.extend_from_slice(&kept);
+                            lock(self.driver).read(dir, kept.len(), Instant::now());
+                        }
+                    }
+                    ends
+                })
+                .await
+            }
+        }
+    }
+
+    /// Runs `pumps` with the timers' wait beside them. Timers end only by
+    /// cutting the session, which ends the pumps too; when the pumps end
+    /// first, the timers are dropped.
+    async fn with_timers(&self, pumps: impl Future<Output = (End, End)>, remote: &Notify) -> (End, End) {
+        let mut pumps = std::pin::pin!(pumps);
+        tokio::select! {
+            ends = &mut pumps => ends,
+            () = gated(self.timers_and_cuts(remote)) => {
+                self.ctx.cut_seen.store(true, Ordering::Release);
+                pumps.await
+            }
+        }
     }
 
     /// Carries out a cut: rst / fin / silent per side, as the driver says.
     /// Silent sides are held open, read and ignored, until they close, the
     /// idle timeout, or shutdown.
-    async fn finish_cut(&self, client: &mut TcpStream, server: Option<&mut TcpStream>) {
+    /// Inside TLS, `fin` sends close_notify before the FIN; `rst` sends
+    /// neither.
+    async fn finish_cut(&self, client: &mut Conn, server: Option<&mut Conn>) {
         let Some((for_client, for_server)) = lock(self.driver).close() else {
-            let _ = client.set_zero_linger();
+            client.set_zero_linger();
             return;
         };
-        let mut silent: Vec<&mut TcpStream> = Vec::new();
+        let mut silent: Vec<&mut Conn> = Vec::new();
         for (how, stream) in [(for_client, Some(client)), (for_server, server)] {
             let Some(stream) = stream else { continue };
             match how {
-                How::Rst => {
-                    let _ = stream.set_zero_linger();
-                }
+                How::Rst => stream.set_zero_linger(),
                 How::Fin => {
                     let _ = stream.shutdown().await;
                 }
@@ -272,7 +386,7 @@ impl Shell<'_> {
 
     /// Keeps `streams` open and unanswered (the half-open line) until a
     /// peer closes, the idle timeout passes, or the proxy shuts down.
-    async fn hold_silent(&self, streams: Vec<&mut TcpStream>) {
+    async fn hold_silent(&self, streams: Vec<&mut Conn>) {
         let idle = self.ctx.cfg.idle_timeout;
         let drain = async {
             let mut futs = Vec::new();
@@ -299,11 +413,9 @@ impl Shell<'_> {
         }
     }
 
-    async fn refuse(&self, client: &mut TcpStream, how: RefuseHow, text: &str, rule: &str) -> String {
+    async fn refuse(&self, client: &mut Conn, how: RefuseHow, text: &str, rule: &str) -> String {
         match how {
-            RefuseHow::Rst => {
-                let _ = client.set_zero_linger();
-            }
+            RefuseHow::Rst => client.set_zero_linger(),
             RefuseHow::Close => {
                 let _ = client.shutdown().await;
             }
@@ -311,6 +423,7 @@ impl Shell<'_> {
                 let mut line = text.as_bytes().to_vec();
                 line.extend_from_slice(b"\r\n");
                 let _ = client.write_all(&line).await;
+                let _ = client.flush().await;
                 let _ = client.shutdown().await;
                 lock(self.driver).refused_with(line.len());
             }
@@ -376,14 +489,13 @@ impl Shell<'_> {
     /// Moves one direction until EOF, reset or a cut, doing what the
     /// driver says. Holds at most one read's worth of bytes, released when
     /// idle so an idle session costs no buffer.
-    async fn pump<R: Source, W: AsyncWrite + Unpin>(&self, dir: Dir, from: &mut R, to: &mut W) -> End {
-        let mut buf: Vec<u8> = Vec::new();
+    async fn pump<R: Source, W: AsyncWrite + Unpin>(&self, dir: Dir, from: &mut R, to: &mut W, buf: &mut Vec<u8>) -> End {
         let mut want = READ_MIN;
         let end = loop {
             let (t, wake) = {
                 let mut d = lock(self.driver);
                 d.set_paused(self.paused());
-                let t = d.poll_transmit(dir, &buf, Instant::now());
+                let t = d.poll_transmit(dir, buf, Instant::now());
                 (t, self.sync(&mut d))
             };
             if wake {
@@ -396,13 +508,13 @@ impl Shell<'_> {
                     if let Err(e) = Box::pin(self.write(dir, to, &buf[range.clone()])).await {
                         break e;
                     }
-                    self.written(dir, &buf, range.len());
+                    self.written(dir, buf, range.len());
                 }
                 Transmit::Own(bytes) => {
                     if let Err(e) = Box::pin(self.write(dir, to, &bytes)).await {
                         break e;
                     }
-                    self.written(dir, &buf, bytes.len());
+                    self.written(dir, buf, bytes.len());
                 }
                 Transmit::Wait(at) => {
                     // Boxed: pacing and stalls are rare, and a sleep is big.
@@ -426,7 +538,7 @@ impl Shell<'_> {
                     break End::Eof;
                 }
                 Transmit::Stop => break End::Cut,
-                Transmit::StartTls => break End::Cut,
+                Transmit::StartTls => break End::StartTls,
                 Transmit::NeedMore => {
                     if self.is_cut() {
                         // Cut from outside (shutdown): the driver learns it
@@ -436,11 +548,11 @@ impl Shell<'_> {
                     // Read first, wait only when there is nothing: a stream
                     // in full flow never builds the wait machinery below.
                     if buf.capacity() == 0 {
-                        buf = spare::take();
+                        *buf = spare::take();
                     }
                     buf.reserve(want);
                     let room = buf.capacity() - buf.len();
-                    match from.read_draining(&mut buf) {
+                    match from.read_draining(buf) {
                         Ok(n) => {
                             lock(self.driver).read(dir, n, Instant::now());
                             want = if n >= room { (want * 2).min(READ_MAX) } else { (want / 2).max(READ_MIN) };
@@ -449,7 +561,7 @@ impl Shell<'_> {
                             if buf.is_empty() {
                                 // Idle: hold no buffer while waiting, nor
                                 // queues that are empty.
-                                spare::give(std::mem::take(&mut buf));
+                                spare::give(std::mem::take(buf));
                                 lock(self.driver).shed();
                             }
                             if let Err(end) = self.wait(dir, from).await {
@@ -467,7 +579,9 @@ impl Shell<'_> {
                 }
             }
         };
-        spare::give(buf);
+        if buf.is_empty() {
+            spare::give(std::mem::take(buf));
+        }
         end
     }
 
@@ -488,7 +602,7 @@ impl Shell<'_> {
     /// every future of a session shares its task, which any of them waking
     /// re-polls whole (`join!`, `select!`), and a cut always wakes the
     /// timers' wait on the cut token. This keeps an idle session small.
-    async fn wait<R: Source>(&self, dir: Dir, from: &R) -> Result<(), End> {
+    async fn wait<R: Source>(&self, dir: Dir, from: &mut R) -> Result<(), End> {
         std::future::poll_fn(|cx| {
             if self.is_cut() {
                 return Poll::Ready(Err(End::Cut));
@@ -520,7 +634,7 @@ impl Shell<'_> {
         }
         tokio::select! {
             biased;
-            r = to.write_all(bytes) => r.map_err(|e| {
+            r = async { to.write_all(bytes).await?; to.flush().await } => r.map_err(|e| {
                 debug!(?dir, error = %e, "write failed");
                 let mut d = lock(self.driver);
                 d.write_failed(dir);

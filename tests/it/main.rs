@@ -35,4 +35,5 @@ mod secrets;
 mod secrets_everywhere;
 mod server;
 mod shell;
+mod tls;
 mod tui_tmux;

@@ -158,6 +158,13 @@ impl Dovecot {
     }
 
     /// The user's Maildir.
+    /// The server's certificate (with [`Dovecot::start_tls`]): self-signed
+    /// for `localhost` and 127.0.0.1, an end-entity certificate a client can
+    /// trust as it is.
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.join("cert.pem")
+    }
+
     pub fn maildir(&self) -> PathBuf {
         self.dir.join("home").join("Maildir")
     }
@@ -607,9 +614,20 @@ fn chown_r(path: &Path, uid: u32, gid: u32) {
 /// A self-signed certificate for `localhost` and 127.0.0.1, made now, in
 /// `dir` (cert.pem, key.pem): no key is ever checked in.
 fn make_certificate(dir: &Path) {
+    // An end-entity certificate (CA:FALSE), so that a verifying client
+    // (popfault's rustls, with --upstream-ca) can take it as its own
+    // trust anchor.
+    let conf = dir.join("cert.cnf");
+    fs::write(
+        &conf,
+        "[req]\ndistinguished_name = dn\nx509_extensions = ext\nprompt = no\n[dn]\nCN = localhost\n\
+         [ext]\nsubjectAltName = DNS:localhost,IP:127.0.0.1\nbasicConstraints = critical,CA:FALSE\n\
+         keyUsage = critical,digitalSignature,keyEncipherment\nextendedKeyUsage = serverAuth\n",
+    )
+    .expect("write cert.cnf");
     let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-config"])
+        .arg(&conf)
         .arg("-keyout")
         .arg(dir.join("key.pem"))
         .arg("-out")
