@@ -53,4 +53,6 @@ pub mod stats;
 #[doc(hidden)]
 pub mod text;
 #[doc(hidden)]
+pub mod tls;
+#[doc(hidden)]
 pub mod transcripts;

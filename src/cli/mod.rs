@@ -1,12 +1,13 @@
 //! The command line: its clap types and the dispatch to one file per
 //! subcommand. The binary is a thin shell around [`main`].
 //!
-//! The subcommand files (`proxy`, `serve`, `demo`, `audit`, `profiles`)
+//! The subcommand files (`proxy`, `serve`, `demo`, `audit`, `profiles`, `ca`)
 //! share what they need through [`common`] and never use each other or
 //! this file, so the shell has no import cycle; nothing outside `cli`
 //! uses it (docs/ARCHITECTURE.md, "Dependencies").
 
 pub mod audit;
+pub mod ca;
 pub mod common;
 pub mod demo;
 pub mod profiles;
@@ -48,6 +49,8 @@ pub enum Command {
     CheckProfile(profiles::CheckProfileArgs),
     /// Check a real server's RFC 1939 behaviour under a matrix of cut points.
     Audit(audit::AuditArgs),
+    /// Make (once) and show popfault's local CA, and how clients trust it.
+    Ca(ca::CaArgs),
 }
 
 /// Runs the command line; the exit code is 0 on success, 2 on bad input
@@ -77,6 +80,7 @@ pub fn main() -> ExitCode {
             Command::Profiles(a) => profiles::profiles(a),
             Command::CheckProfile(a) => profiles::check_profile(a),
             Command::Audit(a) => audit::run(a).await,
+            Command::Ca(a) => ca::run(a),
         }
     });
     crate::logging::flush();
