@@ -106,6 +106,7 @@ struct EndLine<'a> {
     duration_ms: u64,
     faults: &'a [String],
     encrypted: bool,
+    tls: Option<&'a str>,
     violations: u64,
     profile: &'a str,
     #[serde(flatten)]
@@ -135,6 +136,7 @@ impl<'a> EndLine<'a> {
             duration_ms,
             faults,
             encrypted,
+            tls,
             violations,
             profile,
             fingerprints,
@@ -158,6 +160,7 @@ impl<'a> EndLine<'a> {
             duration_ms: *duration_ms,
             faults,
             encrypted: *encrypted,
+            tls: tls.as_deref(),
             violations: *violations,
             profile,
             fingerprints,
@@ -224,6 +227,9 @@ pub struct SessionEnd {
     pub faults: Vec<String>,
     /// STLS succeeded: the rest was not inspected.
     pub encrypted: bool,
+    /// The TLS popfault itself spoke, with each side that had it (`client
+    /// TLS 1.3 (TLS13_AES_256_GCM_SHA384), upstream …`); `None`: none.
+    pub tls: Option<String>,
     /// Over-long lines seen.
     pub violations: u64,
     /// The profile the session ran under.
@@ -263,6 +269,7 @@ impl SessionEnd {
             duration_ms: 0,
             faults: Vec::new(),
             encrypted: false,
+            tls: None,
             violations: 0,
             profile: "p".into(),
             fingerprints: Fingerprints::default(),

@@ -226,9 +226,10 @@ impl TlsArgs {
             };
             let config = tls::client_config(&trust, keylog.clone()).map_err(|e| RunError::Usage(e.to_string()))?;
             let name = self.upstream_name.clone().unwrap_or_else(|| host.clone());
-            let spec = if name.contains(':') && !name.starts_with('[') { format!("[{name}]:0") } else { format!("{name}:0") };
-            let name = tls::upstream_name(&spec)
-                .map_err(|e| RunError::Usage(format!("--upstream-name {name}: {e}")))?;
+            let spec =
+                if name.contains(':') && !name.starts_with('[') { format!("[{name}]:0") } else { format!("{name}:0") };
+            let name =
+                tls::upstream_name(&spec).map_err(|e| RunError::Usage(format!("--upstream-name {name}: {e}")))?;
             (Some(config), Some(name))
         };
         Ok(Some(Arc::new(TlsConfig {

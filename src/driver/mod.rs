@@ -144,7 +144,7 @@ pub enum Transmit {
     Eof,
     /// The session is cut: relay nothing more.
     Stop,
-    /// The client's `STLS` was answered (`RunInfo::stls_here`): end this
+    /// The client's `STLS` was answered (`ClientStls::Answer`): end this
     /// direction's pump; once both have ended, run the TLS handshake with
     /// the client and tell [`Driver::tls_started`]. The input's unread
     /// bytes stay the shell's to keep (after the handshake they are the
@@ -392,11 +392,15 @@ pub struct Driver {
     body_len: u32,
     /// Something was queued that the shell's other futures must see.
     wake: bool,
-    /// Where the client's TLS stands when popfault ends it (`stls_here`).
+    /// Where the client's TLS stands when popfault ends it (`ClientStls::Answer`).
     stls: Stls,
+    /// The TLS popfault spoke, for the session's end (boxed: rare, and
+    /// every session carries the slot).
+    #[allow(clippy::box_collection)]
+    tls: Option<Box<String>>,
 }
 
-/// The client's STLS, when popfault answers it (`RunInfo::stls_here`).
+/// The client's STLS, when popfault answers it (`ClientStls::Answer`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stls {
     /// Plaintext: STLS is offered.
@@ -452,6 +456,7 @@ impl Driver {
             body_len: 0,
             wake: false,
             stls: Stls::Offered,
+            tls: None,
         }
     }
 
@@ -595,7 +600,20 @@ impl Driver {
     pub fn tls_started(&mut self, now: Instant) {
         self.stls = Stls::Done;
         self.last_activity = now;
-        self.note(now, format_args!("(TLS with the client is up; the session goes on inside it)"));
+    }
+
+    /// popfault's own TLS with `side` is up: `what` (version, suite) goes
+    /// into the session's end.
+    pub fn tls_up(&mut self, side: Side, what: &str, now: Instant) {
+        let side = if side == Side::Client { "client" } else { "upstream" };
+        self.note(now, format_args!("(TLS with the {side}: {what})"));
+        let t = self.tls.get_or_insert_default();
+        if !t.is_empty() {
+            t.push_str(", ");
+        }
+        t.push_str(side);
+        t.push(' ');
+        t.push_str(what);
     }
 
     /// The upstream could not be reached (or the client was refused).
@@ -774,6 +792,7 @@ impl Driver {
             duration_ms: now.saturating_duration_since(self.info.started).as_millis() as u64,
             faults: std::mem::take(&mut self.faults),
             encrypted: t.encrypted(),
+            tls: self.tls.take().map(|t| *t),
             violations: t.violations(),
             profile: self.engine.profile().name.clone(),
             fingerprints: self.tracker.take_fingerprints(),

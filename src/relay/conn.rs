@@ -130,10 +130,6 @@ impl Conn {
         let _ = self.tcp().set_zero_linger();
     }
 
-    pub(super) fn is_tls(&self) -> bool {
-        matches!(self, Conn::Tls(_))
-    }
-
     /// The TLS version and cipher suite, for the session's record.
     pub(super) fn tls_summary(&self) -> Option<String> {
         let Conn::Tls(t) = self else { return None };
@@ -196,7 +192,9 @@ pub(super) async fn accept_client(tcp: TcpStream, early: Vec<u8>, cfg: &TlsConfi
         Ok(Ok(tls)) => Ok(Conn::Tls(Box::new(TlsStream::Server(tls)))),
         // The socket is dropped: the client sees the alert rustls sent,
         // then a close.
-        Ok(Err((e, _wire))) => Err(format!("TLS with the client failed: {}", describe_handshake_error(&e, Side::Client))),
+        Ok(Err((e, _wire))) => {
+            Err(format!("TLS with the client failed: {}", describe_handshake_error(&e, Side::Client)))
+        }
         Err(_) => Err(format!("TLS with the client timed out after {:?}", cfg.handshake_timeout)),
     }
 }
@@ -227,8 +225,10 @@ async fn upstream_tls(mut tcp: TcpStream, cfg: &TlsConfig) -> Result<(Conn, Vec<
             tcp.write_all(b"STLS\r\n").await.map_err(|e| format!("upstream STLS failed: {e}"))?;
             let answer = read_line(&mut tcp, "answer to STLS").await?;
             if !answer.starts_with(b"+OK") {
-                let text = String::from_utf8_lossy(crate::codec::command::trim_eol(&answer)).into_owned();
-                return Err(format!("upstream refused STLS: {}", crate::text::escape(&text)));
+                // Shown to people: no control characters, not too long.
+                let text: String =
+                    String::from_utf8_lossy(&answer).chars().filter(|c| !c.is_control()).take(200).collect();
+                return Err(format!("upstream refused STLS: {text}"));
             }
         }
     }

@@ -21,7 +21,7 @@ use super::{ProxyConfig, READ_MAX, READ_MIN};
 use crate::control::Control;
 use crate::driver::{Accept, Dir, Driver, Transmit};
 use crate::events::{Event, EventSink};
-use crate::faults::{How, RefuseHow};
+use crate::faults::{How, RefuseHow, Side};
 
 /// What a session's futures share, apart from its driver.
 pub(super) struct SessionCtx {
@@ -241,7 +241,10 @@ impl Shell<'_> {
                     _ = self.ctx.cut.cancelled() => Err("cut during TLS with the upstream".into()),
                 };
                 match up {
-                    Ok(c) => c,
+                    Ok(c) => {
+                        self.tls_up(Side::Server, &c.0);
+                        c
+                    }
                     Err(why) => {
                         lock(self.driver).refused();
                         return Some(why);
@@ -294,15 +297,29 @@ impl Shell<'_> {
     async fn client_handshake(&self, client: Conn, early: Vec<u8>) -> Result<Conn, String> {
         let Conn::Plain(tcp) = client else { return Ok(client) };
         let Some(tls) = self.ctx.cfg.tls.as_deref() else { return Ok(Conn::Plain(tcp)) };
-        tokio::select! {
-            r = Box::pin(conn::accept_client(tcp, early, tls)) => r,
-            _ = self.ctx.cut.cancelled() => Err("cut during TLS with the client".into()),
+        let c = tokio::select! {
+            r = Box::pin(conn::accept_client(tcp, early, tls)) => r?,
+            _ = self.ctx.cut.cancelled() => return Err("cut during TLS with the client".into()),
+        };
+        self.tls_up(Side::Client, &c);
+        Ok(c)
+    }
+
+    fn tls_up(&self, side: Side, c: &Conn) {
+        if let Some(what) = c.tls_summary() {
+            lock(self.driver).tls_up(side, &what, Instant::now());
         }
     }
 
     /// One relaying phase: both pumps until both end, with the timers'
     /// wait beside them. Plain TCP both ways has its own, leaner path.
-    async fn relay(&self, client: &mut Conn, server: &mut Conn, input: &mut [Vec<u8>; 2], remote: &Notify) -> (End, End) {
+    async fn relay(
+        &self,
+        client: &mut Conn,
+        server: &mut Conn,
+        input: &mut [Vec<u8>; 2],
+        remote: &Notify,
+    ) -> (End, End) {
         let [up_in, down_in] = input;
         match (client, server) {
             (Conn::Plain(c), Conn::Plain(s)) => {
@@ -489,7 +506,13 @@ impl Shell<'_> {
     /// Moves one direction until EOF, reset or a cut, doing what the
     /// driver says. Holds at most one read's worth of bytes, released when
     /// idle so an idle session costs no buffer.
-    async fn pump<R: Source, W: AsyncWrite + Unpin>(&self, dir: Dir, from: &mut R, to: &mut W, buf: &mut Vec<u8>) -> End {
+    async fn pump<R: Source, W: AsyncWrite + Unpin>(
+        &self,
+        dir: Dir,
+        from: &mut R,
+        to: &mut W,
+        buf: &mut Vec<u8>,
+    ) -> End {
         let mut want = READ_MIN;
         let end = loop {
             let (t, wake) = {

@@ -82,6 +82,7 @@ fn end(e: End) -> Event {
         duration_ms: 1000,
         faults: e.faults.iter().map(|f| f.to_string()).collect(),
         encrypted: false,
+        tls: None,
         violations: 0,
         profile: "lost-carrier".into(),
         fingerprints: (0..if e.dup > 0 { e.dup + 1 } else { 0 })

@@ -51,7 +51,11 @@ fn tls_config(ca: &Arc<Ca>, client: ClientTls, upstream: UpstreamTls, trust: Ups
     }
 }
 
-async fn tls_proxy(upstream: SocketAddr, cfg: TlsConfig, profile: Profile) -> (ProxyHandle, mpsc::Receiver<popfault::events::Event>) {
+async fn tls_proxy(
+    upstream: SocketAddr,
+    cfg: TlsConfig,
+    profile: Profile,
+) -> (ProxyHandle, mpsc::Receiver<popfault::events::Event>) {
     let (sink, rx) = EventSink::channel(100_000);
     let control = Arc::new(Control::new(Arc::new(profile), 3));
     let mut pc = ProxyConfig::new(loopback(), upstream.to_string());
@@ -134,6 +138,9 @@ async fn curl_over_pop3s_and_stls_through_popfault_matches_a_direct_download() {
             assert!(!end.encrypted, "{client:?}/{upstream:?}: popfault read the session inside TLS");
             assert_eq!((end.outcome, end.downloaded), (Outcome::CleanQuit, 1), "{client:?}/{upstream:?}: {end:?}");
             assert_eq!(end.user.as_deref(), Some(d.user.as_str()));
+            let tls = end.tls.as_deref().unwrap_or_default();
+            assert_eq!(tls.contains("client TLS 1."), client != ClientTls::None, "{client:?}: {tls}");
+            assert!(tls.contains("upstream TLS 1."), "{upstream:?}: {tls}");
         }
         proxy.shutdown().await;
     }
@@ -160,7 +167,7 @@ async fn a_lost_carrier_inside_tls_is_rolled_back_as_the_server_counts() {
         };
         let mut profile = builtin("lost-carrier");
         // Every session, not half of them.
-        profile.rules[0].sessions = None;
+        profile.rules[0].sessions.probability = None;
         let cfg = tls_config(&ca, client, upstream, dovecot_trust(&d), "localhost");
         let (proxy, mut events) = tls_proxy(addr, cfg, profile).await;
         let out = poplib(&proxy.local_addr, stls, &ca.cert_path(), &d, 4).await;
@@ -255,7 +262,8 @@ async fn untrusted_peers_end_with_a_clear_reason() {
     for (trust, name, why) in cases {
         let cfg = tls_config(&ca, ClientTls::Implicit, UpstreamTls::Implicit, trust, name);
         let (proxy, mut events) = tls_proxy(pop3s, cfg, Profile::passthrough()).await;
-        let args = vec![s("--cacert"), ca_file.clone(), s("--user"), user.clone(), format!("pop3s://{}/1", proxy.local_addr)];
+        let args =
+            vec![s("--cacert"), ca_file.clone(), s("--user"), user.clone(), format!("pop3s://{}/1", proxy.local_addr)];
         let r = curl_async(args).await.expect("curl ran once");
         let end: SessionEnd = next_end(&mut events).await;
         match why {
