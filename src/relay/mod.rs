@@ -315,8 +315,11 @@ mod size_probe {
             // Every idle session costs at least this much: keep it small
             // (rare fault paths and the relaying of a read are boxed; an idle
             // direction waits on its socket alone). See docs/PERFORMANCE.md.
+            // 2304 before TLS; its state is boxed, but each direction's
+            // input now lives in the session (kept across a handshake with
+            // the client): 24 bytes more.
             let size = std::mem::size_of_val(&fut);
-            assert!(size <= 2304, "a session's future is {size} bytes");
+            assert!(size <= 2328, "a session's future is {size} bytes");
         });
     }
 }

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
@@ -175,8 +176,6 @@ impl Shell<'_> {
     /// Returns `ended_by` when the shell knows better than the driver (a
     /// refusal, a failed connect, a failed handshake).
     async fn run(self, client: TcpStream, remote: &Notify) -> Option<String> {
-        let tls = self.ctx.cfg.tls.as_deref();
-        let client_tls = tls.map_or(ClientTls::Passthrough, |t| t.client);
         // === accept ===
         let accept = {
             let mut d = lock(self.driver);
@@ -190,7 +189,7 @@ impl Shell<'_> {
             Accept::Connect => {}
             Accept::Refuse { how, text, rule } => {
                 // A POP3S client reads the -ERR inside TLS.
-                if how == RefuseHow::Err && client_tls == ClientTls::Implicit {
+                if how == RefuseHow::Err && self.client_tls() == ClientTls::Implicit {
                     client = match self.client_handshake(client, Vec::new()).await {
                         Ok(c) => c,
                         Err(why) => return Some(why),
@@ -211,7 +210,7 @@ impl Shell<'_> {
                 _ = self.ctx.cut.cancelled() => {}
             }
         }
-        if client_tls == ClientTls::Implicit {
+        if self.client_tls() == ClientTls::Implicit {
             client = match self.client_handshake(client, Vec::new()).await {
                 Ok(c) => c,
                 Err(why) => {
@@ -233,7 +232,7 @@ impl Shell<'_> {
             Ok(s) => s,
         };
         let _ = server.set_nodelay(true);
-        let (mut server, greeting) = match tls.filter(|t| t.upstream != UpstreamTls::None) {
+        let (mut server, greeting) = match self.ctx.cfg.tls.as_deref().filter(|t| t.upstream != UpstreamTls::None) {
             None => (Conn::Plain(server), Vec::new()),
             Some(t) => {
                 let up = tokio::select! {
@@ -292,6 +291,10 @@ impl Shell<'_> {
         None
     }
 
+    fn client_tls(&self) -> ClientTls {
+        self.ctx.cfg.tls.as_deref().map_or(ClientTls::Passthrough, |t| t.client)
+    }
+
     /// TLS with the client, unless the session is cut meanwhile. `Err`:
     /// why not (the session's `ended_by`).
     async fn client_handshake(&self, client: Conn, early: Vec<u8>) -> Result<Conn, String> {
@@ -325,12 +328,12 @@ impl Shell<'_> {
             (Conn::Plain(c), Conn::Plain(s)) => {
                 let (mut cr, mut cw) = c.split();
                 let (mut sr, mut sw) = s.split();
-                let pumps = async {
+                let pumps = std::pin::pin!(async {
                     tokio::join!(
                         self.pump(Dir::Up, &mut cr, &mut sw, up_in),
                         self.pump(Dir::Down, &mut sr, &mut cw, down_in)
                     )
-                };
+                });
                 self.with_timers(pumps, remote).await
             }
             // Boxed: rarer, and every idle plain session carries its state.
@@ -339,13 +342,15 @@ impl Shell<'_> {
                     let (cr, mut cw) = tokio::io::split(c);
                     let (sr, mut sw) = tokio::io::split(s);
                     let (mut cr, mut sr) = (Polled::new(cr), Polled::new(sr));
-                    let pumps = async {
-                        tokio::join!(
-                            self.pump(Dir::Up, &mut cr, &mut sw, up_in),
-                            self.pump(Dir::Down, &mut sr, &mut cw, down_in)
-                        )
+                    let ends = {
+                        let pumps = std::pin::pin!(async {
+                            tokio::join!(
+                                self.pump(Dir::Up, &mut cr, &mut sw, up_in),
+                                self.pump(Dir::Down, &mut sr, &mut cw, down_in)
+                            )
+                        });
+                        self.with_timers(pumps, remote).await
                     };
-                    let ends = self.with_timers(pumps, remote).await;
                     // Read by a wait, not yet by its pump: still input.
                     for (dir, src, buf) in [(Dir::Up, cr, up_in), (Dir::Down, sr, down_in)] {
                         let kept = src.into_kept();
@@ -364,8 +369,10 @@ impl Shell<'_> {
     /// Runs `pumps` with the timers' wait beside them. Timers end only by
     /// cutting the session, which ends the pumps too; when the pumps end
     /// first, the timers are dropped.
-    async fn with_timers(&self, pumps: impl Future<Output = (End, End)>, remote: &Notify) -> (End, End) {
-        let mut pumps = std::pin::pin!(pumps);
+    /// Takes the pumps pinned by the caller: an `async fn` keeps a future
+    /// argument twice (argument and local), and every idle session carries
+    /// this state.
+    async fn with_timers<F: Future<Output = (End, End)>>(&self, mut pumps: Pin<&mut F>, remote: &Notify) -> (End, End) {
         tokio::select! {
             ends = &mut pumps => ends,
             () = gated(self.timers_and_cuts(remote)) => {
@@ -403,11 +410,11 @@ impl Shell<'_> {
 
     /// Keeps `streams` open and unanswered (the half-open line) until a
     /// peer closes, the idle timeout passes, or the proxy shuts down.
-    async fn hold_silent(&self, streams: Vec<&mut Conn>) {
+    async fn hold_silent(&self, mut streams: Vec<&mut Conn>) {
         let idle = self.ctx.cfg.idle_timeout;
         let drain = async {
             let mut futs = Vec::new();
-            for s in streams {
+            for s in streams.iter_mut() {
                 futs.push(async move {
                     let mut sink = [0u8; 4096];
                     // Read and drop: bounded memory whatever the peer sends.
@@ -427,6 +434,11 @@ impl Shell<'_> {
         tokio::select! {
             _ = drain => {}
             _ = self.ctx.shutdown.cancelled() => {}
+        }
+        // The hold is over: the line closes as with a FIN (inside TLS,
+        // close_notify first, so a client sees the same clean end).
+        for s in streams {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), s.shutdown()).await;
         }
     }
 

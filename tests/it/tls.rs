@@ -349,3 +349,142 @@ async fn the_binary_speaks_tls_both_ways_and_keeps_secrets() {
         assert!(!text.contains("TRAFFIC_SECRET"), "no key in {what}");
     }
 }
+
+/// How a client's conversation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// A clean end of stream (inside TLS: close_notify, then FIN).
+    Eof,
+    /// A TCP reset.
+    Reset,
+    /// Nothing more came and the line stayed open (`silent`).
+    Silence,
+    /// TLS only: a FIN with no close_notify before it (a plain close, as
+    /// TLS sees it).
+    Truncated,
+}
+
+/// Writes `script` at once and reads until the stream ends or stays
+/// silent for 2 s.
+async fn talk<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(stream: S, script: &[u8]) -> (Vec<u8>, Ending) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut r, mut w) = tokio::io::split(stream);
+    let _ = w.write_all(script).await;
+    let _ = w.flush().await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let ending = loop {
+        match tokio::time::timeout(Duration::from_secs(2), r.read(&mut buf)).await {
+            Err(_) => break Ending::Silence,
+            Ok(Ok(0)) => break Ending::Eof,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => break Ending::Reset,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break Ending::Truncated,
+            Ok(Err(e)) => panic!("read failed: {e}"),
+        }
+    };
+    (got, ending)
+}
+
+/// One session of `script` through a proxy running `profile` (seed 7) to
+/// the embedded server: plain, or with POP3S between the client and
+/// popfault (the client trusting popfault's CA).
+async fn one_session(profile: &Profile, tls: Option<&Arc<Ca>>, script: &[u8]) -> (Vec<u8>, Ending, SessionEnd) {
+    use popfault::server::{self, Maildrop, ServerConfig};
+    let cfg = ServerConfig { users: 1, messages: 3, size: 1500, password: "secret".into() };
+    let server = server::spawn(loopback(), Maildrop::new(&cfg)).await.expect("server");
+    let (sink, mut events) = EventSink::channel(100_000);
+    let control = Arc::new(Control::new(Arc::new(profile.clone()), 7));
+    let mut pc = ProxyConfig::new(loopback(), server.addr.to_string());
+    if let Some(ca) = tls {
+        let mut t = tls_config(ca, ClientTls::Implicit, UpstreamTls::None, UpstreamTrust::Insecure, "localhost");
+        t.connector = None;
+        t.upstream_name = None;
+        pc.tls = Some(Arc::new(t));
+    }
+    let proxy = relay::start(pc, control, sink).await.expect("proxy");
+    let tcp = tokio::net::TcpStream::connect(proxy.local_addr).await.expect("connect");
+    let (got, ending) = match tls {
+        None => talk(tcp, script).await,
+        Some(ca) => {
+            let config = tls::client_config(&UpstreamTrust::File(ca.cert_path()), None).expect("client config");
+            let name = tls::upstream_name("127.0.0.1:0").expect("name");
+            let connector = tls::tokio_rustls::TlsConnector::from(config);
+            match connector.connect(name, tcp).await {
+                Ok(s) => talk(s, script).await,
+                // Refused before any TLS (`refuse` rst, a cut at accept).
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => (Vec::new(), Ending::Reset),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => (Vec::new(), Ending::Eof),
+                Err(e) => panic!("TLS with popfault: {e}"),
+            }
+        }
+    };
+    let end = next_end(&mut events).await;
+    proxy.shutdown().await;
+    (got, ending, end)
+}
+
+/// Every built-in profile (but the time-window and hang ones), and a cut of
+/// each kind, does inside popfault's TLS exactly what it does in
+/// plaintext: the same bytes reach the client, the line ends the same way
+/// (rst: a reset with no close_notify; fin: close_notify, then FIN;
+/// silent: nothing), and the session's record is the same.
+#[tokio::test]
+async fn every_fault_does_inside_tls_what_it_does_in_plaintext() {
+    let (_dir, ca) = fresh_ca();
+    let script =
+        b"USER user1\r\nPASS secret\r\nSTAT\r\nRETR 1\r\nDELE 1\r\nRETR 2\r\nDELE 2\r\nRETR 3\r\nDELE 3\r\nQUIT\r\n";
+    let cut = |how: &str| {
+        crate::support::profile(&format!(
+            "[[rule]]\nname = \"cut-{how}\"\nwhen = \"body\"\ncommand = \"RETR\"\nnth = 2\noffset = 700\n\
+             actions = [{{ do = \"disconnect\", how = \"{how}\" }}]\n"
+        ))
+    };
+    // Without QUIT, the server keeps its side open: a silent line stays silent.
+    let no_quit = &script[..script.len() - b"QUIT\r\n".len()];
+    let mut cases: Vec<(String, Profile, &[u8])> = [
+        "passthrough",
+        "lost-carrier",
+        "lost-carrier-at-quit",
+        "call-waiting",
+        "busy-mailbox",
+        "server-down",
+        "server-down-err",
+        "flaky-line",
+        "modem-28k8",
+    ]
+    .iter()
+    .map(|n| (n.to_string(), builtin(n), &script[..]))
+    .collect();
+    for how in ["rst", "fin", "silent"] {
+        cases.push((format!("disconnect {how}"), cut(how), no_quit));
+    }
+    let mut endings = Vec::new();
+    for (name, profile, script) in &cases {
+        let (plain, plain_ending, plain_end) = one_session(profile, None, script).await;
+        let (tls, tls_ending, tls_end) = one_session(profile, Some(&ca), script).await;
+        // Each server's greeting has its own APOP timestamp: the rest must match.
+        let after_greeting = |b: &[u8]| b.iter().position(|&c| c == b'\n').map_or(Vec::new(), |i| b[i + 1..].to_vec());
+        let (t, p) = (after_greeting(&tls), after_greeting(&plain));
+        assert_eq!(t.len(), p.len(), "{name}: the client got as many bytes");
+        assert_eq!(
+            sha256(&after_greeting(&tls)),
+            sha256(&after_greeting(&plain)),
+            "{name}: the client got the same bytes"
+        );
+        assert_eq!(tls_ending, plain_ending, "{name}: the line ended the same way");
+        // bytes_down counts the greeting: without it, the same.
+        let key = |e: &SessionEnd, greeting: usize| {
+            let down = e.bytes_down - greeting as u64;
+            (e.outcome, e.state, e.downloaded, e.marked, e.at_risk, e.bytes_up, down, e.faults.clone())
+        };
+        let (tg, pg) = (tls.len() - t.len(), plain.len() - p.len());
+        assert_eq!(key(&tls_end, tg), key(&plain_end, pg), "{name}: the same record");
+        assert!(tls_end.tls.is_some() || tls_end.outcome == Outcome::Refused, "{name}: {tls_end:?}");
+        endings.push((name.clone(), tls_ending));
+    }
+    let of = |n: &str| endings.iter().find(|(name, _)| name == n).map(|(_, e)| *e);
+    assert_eq!(of("disconnect rst"), Some(Ending::Reset));
+    assert_eq!(of("disconnect fin"), Some(Ending::Eof));
+    assert_eq!(of("disconnect silent"), Some(Ending::Silence));
+}
