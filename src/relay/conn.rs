@@ -177,7 +177,7 @@ impl AsyncWrite for Conn {
 /// TLS with the client: popfault is the server. `early`: bytes the client
 /// sent already (after its STLS). The certificate is made for the name the
 /// client asks for, else for the upstream's host and the address it
-/// reached. `Err`: why not, for `ended_by`.
+/// reached (and `localhost` when that is a loopback address). `Err`: why not, for `ended_by`.
 pub(super) async fn accept_client(tcp: TcpStream, early: Vec<u8>, cfg: &TlsConfig) -> Result<Conn, String> {
     let Some(leaves) = cfg.leaves.as_deref() else {
         return Err("no certificate authority for TLS with the client".into());
@@ -185,6 +185,12 @@ pub(super) async fn accept_client(tcp: TcpStream, early: Vec<u8>, cfg: &TlsConfi
     let mut names = cfg.fallback_names.clone();
     if let Ok(local) = tcp.local_addr() {
         names.push(local.ip().to_string());
+        // A client that reached a loopback address by name asked for
+        // `localhost` (and clients that cannot check IP addresses, such as
+        // fetchmail, are told to check that name).
+        if local.ip().is_loopback() {
+            names.push("localhost".into());
+        }
     }
     let acceptor = TlsAcceptor::from(leaves.server_config(&names));
     let accept = acceptor.accept(Wire { tcp, front: early }).into_fallible();

@@ -20,11 +20,21 @@ fn proxy_to(upstream: std::net::SocketAddr, extra: &[&str], nofile: Option<u64>)
     Proc::proxy_with(upstream, &[&["--drain", "0"], extra].concat(), &[], nofile)
 }
 
-/// The session's connection: `popfault proxy` first tries the upstream
-/// once at start-up (to warn when it is down), and closes that connection.
+/// The session's connection: `popfault proxy` also tries the upstream once
+/// at start-up (to warn when it is down) and closes that connection at
+/// once. The probe goes out after the listening line is printed, so it may
+/// come before or after the session's: a connection the peer closes
+/// within a second is the probe.
 async fn accept_past_probe(l: &TcpListener) -> (TcpStream, std::net::SocketAddr) {
-    let _probe = l.accept().await.unwrap();
-    l.accept().await.unwrap()
+    for _ in 0..2 {
+        let (s, peer) = l.accept().await.unwrap();
+        let mut b = [0u8; 1];
+        match tokio::time::timeout(Duration::from_secs(1), s.peek(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => continue,
+            _ => return (s, peer),
+        }
+    }
+    panic!("two connections closed at once: no session")
 }
 
 async fn read_line(s: &mut TcpStream) -> Vec<u8> {

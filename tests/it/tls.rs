@@ -488,3 +488,58 @@ async fn every_fault_does_inside_tls_what_it_does_in_plaintext() {
     assert_eq!(of("disconnect fin"), Some(Ending::Eof));
     assert_eq!(of("disconnect silent"), Some(Ending::Silence));
 }
+
+/// mpop and fetchmail (where installed), over POP3S and over STLS, each
+/// trusting only the certificate it is given and checking the name: run
+/// once directly against Dovecot (trusting Dovecot's certificate) and once
+/// through popfault (trusting popfault's CA), each against a fresh server.
+/// They store the same messages, delete them all, and popfault reads the
+/// sessions inside TLS: committed, every message downloaded and marked.
+#[tokio::test]
+async fn mpop_and_fetchmail_over_tls_store_through_popfault_what_they_store_directly() {
+    use crate::support::clients::{Account, Client, Kind};
+    let (_dir, ca) = fresh_ca();
+    for kind in [Kind::Mpop, Kind::Fetchmail] {
+        for implicit in [true, false] {
+            let what = format!("{} over {}", kind.name(), if implicit { "POP3S" } else { "STLS" });
+            // Directly.
+            let Some(d) = Dovecot::start_tls(3) else { return };
+            let Some(client) = Client::new(kind) else { return };
+            let mut client = client.with_tls(implicit, &d.cert_path());
+            let addr = if implicit { d.pop3s.expect("POP3S") } else { d.addr };
+            let account = Account { addr, user: d.user.clone(), password: d.password.clone() };
+            let direct = client.run(&account, 3).await;
+            assert_eq!(direct.delivered.len(), 3, "{what} directly: {}", direct.log);
+            // Through popfault.
+            let Some(d) = Dovecot::start_tls(3) else { return };
+            let Some(client) = Client::new(kind) else { return };
+            let mut client = client.with_tls(implicit, &ca.cert_path());
+            let (side, up, addr) = match implicit {
+                true => (ClientTls::Implicit, UpstreamTls::Implicit, d.pop3s.expect("POP3S")),
+                false => (ClientTls::Stls, UpstreamTls::Stls, d.addr),
+            };
+            let cfg = tls_config(&ca, side, up, dovecot_trust(&d), "localhost");
+            let (proxy, mut events) = tls_proxy(addr, cfg, Profile::passthrough()).await;
+            let account = Account { addr: proxy.local_addr, user: d.user.clone(), password: d.password.clone() };
+            let proxied = client.run(&account, 3).await;
+            assert_eq!(proxied.delivered.len(), 3, "{what} through popfault: {}", proxied.log);
+            let body = |b: &[u8]| {
+                // fetchmail's own Received: header names the time and port.
+                let text = String::from_utf8_lossy(b).into_owned();
+                match text.find("\nReturn-Path").or_else(|| text.find("\nMessage-ID")) {
+                    Some(i) if kind == Kind::Fetchmail => text[i + 1..].to_string(),
+                    _ => text,
+                }
+            };
+            for (n, (a, b)) in direct.delivered.iter().zip(&proxied.delivered).enumerate() {
+                assert_eq!(body(&a.bytes), body(&b.bytes), "{what}: message {} the same", n + 1);
+            }
+            let end = next_end(&mut events).await;
+            assert!(!end.encrypted && end.tls.is_some(), "{what}: read inside TLS: {end:?}");
+            assert_eq!((end.outcome, end.downloaded, end.marked), (Outcome::Committed, 3, 3), "{what}: {end:?}");
+            d.wait_idle().await;
+            assert_eq!(d.remaining(), 0, "{what}: Dovecot deleted all three, as popfault says");
+            proxy.shutdown().await;
+        }
+    }
+}

@@ -118,6 +118,9 @@ pub struct Client {
     pub kind: Kind,
     dir: PathBuf,
     runs: usize,
+    /// TLS (mpop and fetchmail only): POP3S (`implicit`) or STLS, trusting
+    /// the CA certificate in the file.
+    tls: Option<(bool, PathBuf)>,
 }
 
 impl Client {
@@ -130,7 +133,15 @@ impl Client {
         let dir = temp_root().join(format!("popfault-client-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create the client's directory");
-        Some(Client { kind, dir, runs: 0 })
+        Some(Client { kind, dir, runs: 0, tls: None })
+    }
+
+    /// The client speaks TLS: POP3S when `implicit`, else STLS; it trusts
+    /// `ca` alone and checks the server's name (mpop and fetchmail).
+    pub fn with_tls(mut self, implicit: bool, ca: &Path) -> Client {
+        assert!(matches!(self.kind, Kind::Mpop | Kind::Fetchmail | Kind::FetchmailAll), "TLS for {:?}", self.kind);
+        self.tls = Some((implicit, ca.to_path_buf()));
+        self
     }
 
     /// Runs the client once against `account`; `count` is the number of
@@ -151,11 +162,22 @@ impl Client {
             Kind::Fetchmail | Kind::FetchmailAll => {
                 let rc = self.dir.join("fetchmailrc");
                 let fetchall = if self.kind == Kind::FetchmailAll { " fetchall" } else { "" };
+                let tls = match &self.tls {
+                    None => "sslproto ''".to_string(),
+                    // fetchmail cannot check an IP address against a
+                    // certificate: it checks the name `localhost` instead.
+                    Some((true, ca)) => {
+                        format!("ssl sslcertck sslcommonname localhost sslcertfile \"{}\"", ca.display())
+                    }
+                    Some((false, ca)) => {
+                        format!("sslproto 'tls1.2+' sslcertck sslcommonname localhost sslcertfile \"{}\"", ca.display())
+                    }
+                };
                 write_mode(
                     &rc,
                     format!(
                         "set no syslog\npoll 127.0.0.1 service {port} proto POP3 timeout 10\n  \
-                         user \"{}\" there with password \"{}\"\n  sslproto ''{fetchall}\n  mda \"{}\"\n",
+                         user \"{}\" there with password \"{}\"\n  {tls}{fetchall}\n  mda \"{}\"\n",
                         account.user,
                         account.password,
                         deliver.display()
@@ -169,10 +191,18 @@ impl Client {
             }
             Kind::Mpop => {
                 let rc = self.dir.join("mpoprc");
+                let tls = match &self.tls {
+                    None => "tls off".to_string(),
+                    Some((implicit, ca)) => format!(
+                        "tls on\ntls_starttls {}\ntls_trust_file {}",
+                        if *implicit { "off" } else { "on" },
+                        ca.display()
+                    ),
+                };
                 write_mode(
                     &rc,
                     format!(
-                        "account test\nhost 127.0.0.1\nport {port}\ntls off\nauth user\nuser {}\npassword {}\n\
+                        "account test\nhost 127.0.0.1\nport {port}\n{tls}\nauth user\nuser {}\npassword {}\n\
                          timeout 10\nkeep off\nonly_new on\nreceived_header off\nuidls_file {}\ndelivery mda {}\n",
                         account.user,
                         account.password,
