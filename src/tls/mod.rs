@@ -75,3 +75,6 @@ pub enum TlsError {
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
 }
+
+#[cfg(test)]
+mod tests;
