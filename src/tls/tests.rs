@@ -126,6 +126,27 @@ fn the_ca_is_created_once_then_reloaded_identical() {
 }
 
 #[test]
+fn racing_creators_end_with_one_ca() {
+    let tmp = TempDir::new();
+    let dir = tmp.path().join("ca");
+    let made: Vec<(String, bool)> = std::thread::scope(|s| {
+        let racers: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let (ca, created) = Ca::load_or_create(&dir).unwrap();
+                    (ca.fingerprint(), created)
+                })
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert!(made.iter().all(|(fp, _)| *fp == made[0].0), "{made:?}");
+    assert_eq!(made.iter().filter(|(_, created)| *created).count(), 1, "{made:?}");
+    assert_eq!(Ca::load(&dir).unwrap().fingerprint(), made[0].0);
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 2, "no temporary file is left");
+}
+
+#[test]
 fn the_key_is_0600_and_a_new_dir_0700() {
     let (tmp, ca) = new_ca();
     let dir = tmp.path().join("ca");
