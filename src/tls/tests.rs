@@ -467,3 +467,79 @@ async fn the_key_log_gets_nss_lines_in_a_0600_file() {
     assert_eq!(mode(&old), 0o600);
     assert_eq!(fs::read_to_string(&old).unwrap(), "# kept\n");
 }
+
+// === more of the surface ===
+
+#[test]
+fn the_shared_types_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Ca>();
+    send_sync::<Leaves>();
+    send_sync::<KeyLogFile>();
+    send_sync::<TlsError>();
+}
+
+#[test]
+fn a_leaf_is_valid_from_a_day_ago_for_397_days() {
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::UnixTime;
+    let (_tmp, ca) = new_ca();
+    let leaves = Leaves::new(ca.clone(), None);
+    let key = leaves.certified_key(&["pop.example.test".into(), "10.1.2.3".into()]).unwrap();
+    assert_eq!(key.cert.len(), 2);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert_der().clone()).unwrap();
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let day = Duration::from_secs(86_400);
+    let at = |t: Duration, name: ServerName<'static>| {
+        verifier.verify_server_cert(&key.cert[0], &[], &name, &[], UnixTime::since_unix_epoch(t))
+    };
+    let ip = ServerName::IpAddress(std::net::IpAddr::from([10, 1, 2, 3]).into());
+    assert!(at(now, dns("pop.example.test")).is_ok());
+    assert!(at(now, ip.clone()).is_ok(), "the IP is a SAN too");
+    assert!(at(now - day + Duration::from_secs(60), ip.clone()).is_ok(), "valid a day back");
+    assert!(at(now + 396 * day, ip.clone()).is_ok());
+    let expired = at(now + 398 * day, ip.clone()).unwrap_err();
+    assert!(matches!(expired, rustls::Error::InvalidCertificate(rustls::CertificateError::ExpiredContext { .. })));
+    assert!(at(now - 2 * day, ip).is_err(), "not valid before");
+    assert!(at(now, dns("other.example.test")).is_err());
+}
+
+#[tokio::test]
+async fn plain_pop3_on_a_tls_port_is_described_from_both_sides() {
+    let (_tmp, ca) = new_ca();
+    let leaves = Leaves::new(ca.clone(), None);
+
+    // A plain client talking to popfault's TLS listener.
+    let (a, mut b) = tokio::io::duplex(4096);
+    let accept = tokio_rustls::TlsAcceptor::from(leaves.server_config(&[])).accept(a);
+    let (server, _) = tokio::join!(accept, async { b.write_all(b"USER alice\r\n").await });
+    let why = describe_handshake_error(&server.expect_err("not TLS"), Side::Client);
+    assert_eq!(why, "client did not speak TLS (plain POP3 on a TLS port?)");
+
+    // A plain server behind popfault's upstream TLS.
+    let (a, mut b) = tokio::io::duplex(4096);
+    let connect = tokio_rustls::TlsConnector::from(trusting(&ca)).connect(dns("pop.example.test"), a);
+    let (client, _) = tokio::join!(connect, async { b.write_all(b"+OK POP3 server ready\r\n").await });
+    let why = describe_handshake_error(&client.expect_err("not TLS"), Side::Upstream);
+    assert_eq!(why, "upstream did not speak TLS (plain POP3 on a TLS port?)");
+}
+
+#[tokio::test]
+async fn a_peer_that_closes_mid_handshake_is_described() {
+    let (_tmp, ca) = new_ca();
+    let leaves = Leaves::new(ca.clone(), None);
+    let (a, b) = tokio::io::duplex(4096);
+    drop(b);
+    let e = tokio_rustls::TlsAcceptor::from(leaves.server_config(&[])).accept(a).await.expect_err("closed");
+    assert_eq!(describe_handshake_error(&e, Side::Client), "client closed during handshake");
+
+    let (a, b) = tokio::io::duplex(4096);
+    drop(b);
+    let e = tokio_rustls::TlsConnector::from(trusting(&ca)).connect(dns("x.test"), a).await.expect_err("closed");
+    let why = describe_handshake_error(&e, Side::Upstream);
+    // A pipe whose far end is gone fails the ClientHello's write.
+    assert_eq!(why, "upstream reset the connection during handshake");
+}
