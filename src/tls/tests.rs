@@ -543,3 +543,15 @@ async fn a_peer_that_closes_mid_handshake_is_described() {
     // A pipe whose far end is gone fails the ClientHello's write.
     assert_eq!(why, "upstream reset the connection during handshake");
 }
+
+#[tokio::test]
+async fn no_sni_and_no_fallback_is_described() {
+    let (_tmp, ca) = new_ca();
+    let leaves = Leaves::new(ca.clone(), None);
+    let mut client = (*trusting(&ca)).clone();
+    client.enable_sni = false;
+    let out = handshake(leaves.server_config(&["not a name!".into()]), Arc::new(client), dns("x.test")).await;
+    let why = describe_handshake_error(&out.server.unwrap_err(), Side::Client);
+    assert!(why.starts_with("popfault had no certificate to present"), "{why}");
+    assert!(out.client.is_err());
+}
