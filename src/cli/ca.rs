@@ -64,7 +64,7 @@ popfault's certificate\"). Per client:
   Python      ctx = ssl.create_default_context(cafile=\"{path}\")
               poplib.POP3_SSL(host, port, context=ctx)
               pop = poplib.POP3(host, port); pop.stls(context=ctx)
-  fetchmail   ssl (POP3S) or sslproto tls1.2+ (STLS), with
+  fetchmail   ssl (POP3S) or sslproto TLS1.2+ (STLS), with
               sslcertck sslcertfile {path}
   mpop        tls on
               tls_trust_file {path}

@@ -22,11 +22,13 @@ use super::{TlsError, provider};
 pub(super) const CERT_FILE: &str = "ca.pem";
 /// The key, owner-only.
 pub(super) const KEY_FILE: &str = "ca-key.pem";
-/// The CA's subject. rcgen names a leaf's issuer by re-encoding these
-/// parameters (it cannot read a name back from DER without an X.509
-/// parser), so they must never change: a CA made under another name fails
-/// the self-check at load, with a message, instead of signing leaves no
-/// client can chain.
+/// The CA's subject: this, then an id drawn from its public key, so that
+/// two popfault CAs never share a name (a client trusting another one
+/// would see a bad signature rather than an unknown issuer). rcgen names a
+/// leaf's issuer by re-encoding these parameters (it cannot read a name
+/// back from DER without an X.509 parser), so the scheme must never
+/// change: a CA named otherwise fails the self-check at load, with a
+/// message, instead of signing leaves no client can chain.
 const CA_COMMON_NAME: &str = "popfault local CA";
 const CA_ORGANIZATION: &str = "popfault";
 /// How long a new CA is valid.
@@ -52,11 +54,13 @@ impl std::fmt::Debug for Ca {
     }
 }
 
-/// The parameters that define the CA's name and role.
-fn issuer_params() -> CertificateParams {
+/// The parameters that define the CA's name and role, for its key.
+fn issuer_params(key: &KeyPair) -> CertificateParams {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, CA_COMMON_NAME);
+    let id = Sha256::digest(key.public_key_der());
+    let id: String = id[..4].iter().map(|b| format!("{b:02X}")).collect();
+    dn.push(DnType::CommonName, format!("{CA_COMMON_NAME} {id}"));
     dn.push(DnType::OrganizationName, CA_ORGANIZATION);
     p.distinguished_name = dn;
     // Path length 0: it signs leaves only, never another CA.
@@ -78,24 +82,29 @@ pub(super) fn now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
 }
 
+/// [`Ca::default_dir`] with the environment as a function (for tests:
+/// changing the process environment is unsafe under threads).
+pub(super) fn default_dir_from(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> Result<PathBuf, TlsError> {
+    let var = |name: &str| env(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(dir) = var("POPFAULT_CA_DIR") {
+        return Ok(dir);
+    }
+    // The XDG spec says a relative XDG_CONFIG_HOME is invalid: ignore it.
+    if let Some(config) = var("XDG_CONFIG_HOME").filter(|p| p.is_absolute()) {
+        return Ok(config.join("popfault").join("ca"));
+    }
+    match var("HOME") {
+        Some(home) => Ok(home.join(".config").join("popfault").join("ca")),
+        None => Err(TlsError::NoConfigDir),
+    }
+}
+
 impl Ca {
     /// `$POPFAULT_CA_DIR` if set, else `$XDG_CONFIG_HOME/popfault/ca`, else
     /// `$HOME/.config/popfault/ca`.
     pub fn default_dir() -> Result<PathBuf, TlsError> {
-        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-        if let Some(dir) = var("POPFAULT_CA_DIR") {
-            return Ok(dir);
-        }
-        // The XDG spec says a relative XDG_CONFIG_HOME is invalid: ignore it.
-        if let Some(config) = var("XDG_CONFIG_HOME").filter(|p| p.is_absolute()) {
-            return Ok(config.join("popfault").join("ca"));
-        }
-        match var("HOME") {
-            Some(home) => Ok(home.join(".config").join("popfault").join("ca")),
-            None => Err(TlsError::NoConfigDir),
-        }
+        default_dir_from(|name| std::env::var_os(name))
     }
-
     /// Loads the CA in `dir`, creating it first if neither file is there.
     /// The bool says whether it was created now.
     pub fn load_or_create(dir: &Path) -> Result<(Ca, bool), TlsError> {
@@ -191,7 +200,7 @@ impl Ca {
                 why: format!("does not match {KEY_FILE} (another CA's certificate?); {remake}"),
             });
         }
-        let issuer = issuer_params().self_signed(&key)?;
+        let issuer = issuer_params(&key).self_signed(&key)?;
         let ca = Ca { dir: dir.to_path_buf(), pem: pem_encode(&der), der, key, issuer };
         ca.self_check().map_err(|why| TlsError::File {
             path: ca.cert_path(),
@@ -218,7 +227,7 @@ impl Ca {
             })?;
         }
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut params = issuer_params();
+        let mut params = issuer_params(&key);
         let now = now();
         params.not_before = now - time::Duration::days(1);
         params.not_after = now + CA_LIFETIME;

@@ -63,7 +63,7 @@ fn describe_rustls(e: &Error, side: Side) -> String {
             format!("{peer} did not speak TLS (plain POP3 on a TLS port?)")
         }
         (Error::General(why), Side::Client) if why.contains("certificate") => {
-            format!("popfault had no certificate for the name the client asked for ({why})")
+            format!("popfault had no certificate to present: no usable SNI name nor fallback name ({why})")
         }
         _ => format!("TLS handshake with the {peer} failed: {e}"),
     }

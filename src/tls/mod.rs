@@ -27,9 +27,11 @@ pub use keylog::KeyLogFile;
 pub use leaf::Leaves;
 pub use upstream::{UpstreamTrust, client_config, upstream_name};
 
-/// The crypto provider of every config popfault builds.
+/// The crypto provider of every config popfault builds: ring, made once
+/// and shared (it is a table of algorithms).
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    static RING: std::sync::OnceLock<Arc<rustls::crypto::CryptoProvider>> = std::sync::OnceLock::new();
+    RING.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())).clone()
 }
 
 /// The protocol versions popfault speaks on both sides.
@@ -75,3 +77,6 @@ pub enum TlsError {
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
 }
+
+#[cfg(test)]
+mod tests;

@@ -14,6 +14,7 @@ mod support;
 mod api;
 mod architecture;
 mod audit;
+mod ca_cli;
 mod check_profile;
 mod cli;
 mod client;
