@@ -66,6 +66,8 @@ popfault's certificate\"). Per client:
               pop = poplib.POP3(host, port); pop.stls(context=ctx)
   fetchmail   ssl (POP3S) or sslproto TLS1.2+ (STLS), with
               sslcertck sslcertfile {path}
+              (polling an IP address such as 127.0.0.1: also
+              sslcommonname localhost; fetchmail checks names only)
   mpop        tls on
               tls_trust_file {path}
               (tls_starttls on for STLS, off for POP3S)
