@@ -300,6 +300,8 @@ async fn the_binary_speaks_tls_both_ways_and_keeps_secrets() {
     let upstream_ca = d.cert_path().display().to_string();
     let (ca_dir_s, keylog_s, events_s) =
         (ca_dir.display().to_string(), keylog.display().to_string(), events.display().to_string());
+    let transcripts = dir.join("transcripts");
+    let transcripts_s = transcripts.display().to_string();
     let extra = [
         "-vvv",
         "--client-tls",
@@ -316,6 +318,8 @@ async fn the_binary_speaks_tls_both_ways_and_keeps_secrets() {
         &keylog_s,
         "--events",
         &events_s,
+        "--transcripts",
+        &transcripts_s,
     ];
     let (p, addr) = Proc::proxy(d.addr, &extra);
     let ca = Ca::load(&ca_dir).expect("popfault made its CA in --ca");
@@ -344,7 +348,12 @@ async fn the_binary_speaks_tls_both_ways_and_keeps_secrets() {
     assert_eq!(end["outcome"], "clean-quit", "{end}");
     assert_eq!(end["encrypted"], false);
     let b64 = crate::support::b64(d.password.as_bytes());
-    for (what, text) in [("stderr", &ended.stderr), ("stdout", &ended.stdout), ("events", &events)] {
+    let transcript = std::fs::read_to_string(transcripts.join("session-000001.txt")).expect("a transcript");
+    assert!(transcript.contains("(TLS with the client: TLS 1."), "the handshakes are noted: {transcript}");
+    assert!(transcript.contains("(TLS with the upstream: TLS 1."), "{transcript}");
+    for (what, text) in
+        [("stderr", &ended.stderr), ("stdout", &ended.stdout), ("events", &events), ("transcript", &transcript)]
+    {
         assert!(!text.contains(&d.password) && !text.contains(&b64), "no password in {what}");
         assert!(!text.contains("TRAFFIC_SECRET"), "no key in {what}");
     }
@@ -542,4 +551,31 @@ async fn mpop_and_fetchmail_over_tls_store_through_popfault_what_they_store_dire
             proxy.shutdown().await;
         }
     }
+}
+
+/// Faults at the handshake: with POP3S on the client side, `accept` rules
+/// act before it. A stall holds the handshake (the server's answer to the
+/// ClientHello comes late); a reset cuts the line before any TLS.
+#[tokio::test]
+async fn accept_rules_stall_or_cut_the_handshake() {
+    let (_dir, ca) = fresh_ca();
+    let script = b"USER user1\r\nPASS secret\r\nQUIT\r\n";
+    let stall = crate::support::profile(
+        "[[rule]]\nname = \"slow-hello\"\nwhen = \"accept\"\nactions = [{ do = \"stall\", ms = 600 }]\n",
+    );
+    let started = std::time::Instant::now();
+    let (got, ending, end) = one_session(&stall, Some(&ca), script).await;
+    assert!(started.elapsed() >= Duration::from_millis(600), "the handshake waited for the stall");
+    assert!(got.starts_with(b"+OK"), "greeted inside TLS: {got:?}");
+    assert_eq!((ending, end.outcome), (Ending::Eof, Outcome::CleanQuit), "{end:?}");
+    assert_eq!(end.faults, vec!["slow-hello".to_string()]);
+
+    let cut = crate::support::profile(
+        "[[rule]]\nname = \"no-hello\"\nwhen = \"accept\"\nactions = [{ do = \"disconnect\", how = \"rst\" }]\n",
+    );
+    let (got, ending, end) = one_session(&cut, Some(&ca), script).await;
+    assert_eq!((got.len(), ending), (0, Ending::Reset), "reset before any TLS");
+    assert_eq!(end.outcome, Outcome::Refused, "{end:?}");
+    assert_eq!(end.tls, None, "no TLS was spoken");
+    assert_eq!(end.faults, vec!["no-hello".to_string()]);
 }
