@@ -244,6 +244,28 @@ impl TlsArgs {
     }
 }
 
+impl TlsArgs {
+    /// `, TLS client stls / upstream implicit` for the start line and the
+    /// dashboard's header; empty when popfault speaks no TLS of its own.
+    fn label(&self) -> String {
+        let client = match self.client_tls {
+            ClientTlsArg::Passthrough => None,
+            ClientTlsArg::None => Some("none"),
+            ClientTlsArg::Implicit => Some("implicit"),
+            ClientTlsArg::Stls => Some("stls"),
+        };
+        let upstream = match self.upstream_tls {
+            UpstreamTlsArg::None => None,
+            UpstreamTlsArg::Implicit => Some("implicit"),
+            UpstreamTlsArg::Stls => Some("stls"),
+        };
+        if client.is_none() && upstream.is_none() {
+            return String::new();
+        }
+        format!(", TLS client {} / upstream {}", client.unwrap_or("passthrough"), upstream.unwrap_or("none"))
+    }
+}
+
 /// The host of `host:port` (`[v6]:port` too), as a certificate names it.
 fn upstream_host(upstream: &str) -> String {
     let host = upstream.rsplit_once(':').map_or(upstream, |(h, _)| h);
@@ -311,12 +333,13 @@ pub async fn run(a: ProxyArgs) -> Result<ExitCode, RunError> {
     } else {
         format!(" (--listen {} resolved to {})", a.listen, handle.local_addr)
     };
+    let tls_label = a.tls.label();
     eprintln!(
-        "popfault: proxy {} → {}, profile {profile_name}, seed {seed} (Ctrl-C to stop){resolved}",
+        "popfault: proxy {} → {}, profile {profile_name}, seed {seed}{tls_label} (Ctrl-C to stop){resolved}",
         handle.local_addr, a.upstream
     );
     warn_if_upstream_down(&a.upstream, Duration::from_secs_f64(a.connect_timeout.min(3.0))).await;
-    ui.start(control, handle.local_addr.to_string(), a.upstream.clone());
+    ui.start(control, handle.local_addr.to_string(), format!("{}{tls_label}", a.upstream));
     let why = ui.wait(a.duration, &mut signals).await;
     ui.close().await;
     // Closed before anything else: a client arriving now is refused.
