@@ -21,6 +21,11 @@
 //! - `dashboard`: bulk MB/s through the real binary drawing its dashboard
 //!   (under a pseudo-terminal from `script`) against a headless one, and
 //!   the drawing thread's share of the proxy's CPU.
+//! - `tls-bulk`, `tls-sessions`: bulk and sessions/s with TLS on both
+//!   sides. Direct: the client speaks TLS to a terminator (an in-bench
+//!   POP3S server: rustls in front of the embedded server). Proxied: TLS
+//!   to popfault (`--client-tls implicit`), which speaks TLS to the same
+//!   terminator (`--upstream-tls implicit`).
 //!
 //! Next to the speeds it prints the CPU used per unit of work (per GB, per
 //! NOOP, per session; summed from /proc/PID/task/*/schedstat), which a
@@ -54,8 +59,11 @@ use tokio::time::timeout;
 use popfault::aggregate::Aggregator;
 use popfault::control::Control;
 use popfault::faults::builtin;
-use popfault::relay::{self, ProxyConfig, ProxyHandle};
+use popfault::relay::{self, ClientTls, ProxyConfig, ProxyHandle, TlsConfig, UpstreamTls};
 use popfault::server::{self, Maildrop, ServerConfig, ServerHandle, StoredMessage};
+use popfault::tls::rustls::{self, client::Resumption, pki_types::ServerName};
+use popfault::tls::tokio_rustls::{TlsAcceptor, TlsConnector, client::TlsStream};
+use popfault::tls::{self, Ca, Leaves, UpstreamTrust};
 
 /// Every user's password on the embedded server.
 const PASSWORD: &str = "secret";
@@ -116,7 +124,8 @@ const QUICK: Sizes = Sizes {
     dashboard_rounds: 1,
 };
 
-const FIGURES: &[&str] = &["bulk", "noop", "pinned", "sessions", "haproxy", "memory", "dashboard"];
+const FIGURES: &[&str] =
+    &["bulk", "noop", "pinned", "sessions", "haproxy", "memory", "dashboard", "tls-bulk", "tls-sessions"];
 
 #[derive(Debug, Clone)]
 struct Opts {
@@ -264,6 +273,19 @@ async fn run(opts: &Opts) -> Result<()> {
     if opts.wants("sessions") {
         figure("sessions", sessions_figure(&sizes, mode, bin.as_deref(), &mut table)).await;
     }
+    if opts.wants("tls-bulk") || opts.wants("tls-sessions") {
+        match Pki::new() {
+            Ok(pki) => {
+                if opts.wants("tls-bulk") {
+                    figure("tls-bulk", tls_bulk_figure(&sizes, mode, bin.as_deref(), &pki, &mut table)).await;
+                }
+                if opts.wants("tls-sessions") {
+                    figure("tls-sessions", tls_sessions_figure(&sizes, mode, bin.as_deref(), &pki, &mut table)).await;
+                }
+            }
+            Err(e) => table.skip("TLS figures", &format!("no CA: {e:#}")),
+        }
+    }
     if opts.wants("haproxy") {
         match (&bin, which("haproxy")) {
             (Some(b), Some(h)) => figure("haproxy", haproxy_figure(&sizes, b, &h, &mut table)).await,
@@ -403,11 +425,76 @@ fn median(v: &[f64]) -> f64 {
 
 // === the raw load client ===
 
-/// A minimal POP3 client over a tokio TcpStream with one growing buffer: it
-/// finds line ends and the `CRLF.CRLF` terminator with memchr, and leaves
-/// checking (unstuffing) to the caller, off the clock.
+/// Where the load client connects, and whether it speaks TLS there.
+#[derive(Clone)]
+struct Dial {
+    addr: SocketAddr,
+    /// TLS from the first byte (POP3S), checking a certificate for the
+    /// address's IP; `None`: plain POP3.
+    tls: Option<TlsConnector>,
+}
+
+impl From<SocketAddr> for Dial {
+    fn from(addr: SocketAddr) -> Dial {
+        Dial { addr, tls: None }
+    }
+}
+
+/// The load client's connection: plain TCP, or TLS over it.
+enum Line {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Line {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Line::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Line::Tls(t) => std::pin::Pin::new(t.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Line {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Line::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Line::Tls(t) => std::pin::Pin::new(t.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Line::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Line::Tls(t) => std::pin::Pin::new(t.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Line::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Line::Tls(t) => std::pin::Pin::new(t.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A minimal POP3 client over a tokio TcpStream (or TLS over one) with one
+/// growing buffer: it finds line ends and the `CRLF.CRLF` terminator with
+/// memchr, and leaves checking (unstuffing) to the caller, off the clock.
 struct Raw {
-    s: TcpStream,
+    s: Line,
     buf: Vec<u8>,
     /// Start of the bytes not consumed yet.
     pos: usize,
@@ -424,16 +511,25 @@ struct Multiline {
 }
 
 impl Raw {
-    async fn connect(addr: SocketAddr, chunk: usize) -> Result<Raw> {
-        let s = timeout(IO_TIMEOUT, TcpStream::connect(addr)).await.context("connect timed out")??;
+    async fn connect(to: impl Into<Dial>, chunk: usize) -> Result<Raw> {
+        let to = to.into();
+        let s = timeout(IO_TIMEOUT, TcpStream::connect(to.addr)).await.context("connect timed out")??;
         s.set_nodelay(true)?;
+        let s = match &to.tls {
+            None => Line::Plain(s),
+            Some(connector) => {
+                let name = ServerName::IpAddress(to.addr.ip().into());
+                let t = timeout(IO_TIMEOUT, connector.connect(name, s)).await.context("TLS handshake timed out")?;
+                Line::Tls(Box::new(t.context("TLS handshake")?))
+            }
+        };
         let mut c = Raw { s, buf: Vec::new(), pos: 0, chunk };
         c.ok().await.context("greeting")?;
         Ok(c)
     }
 
-    async fn login(addr: SocketAddr, user: &str, chunk: usize) -> Result<Raw> {
-        let mut c = Raw::connect(addr, chunk).await?;
+    async fn login(to: impl Into<Dial>, user: &str, chunk: usize) -> Result<Raw> {
+        let mut c = Raw::connect(to, chunk).await?;
         c.command(&format!("USER {user}")).await?;
         c.command(&format!("PASS {PASSWORD}")).await.with_context(|| format!("login {user}"))?;
         Ok(c)
@@ -454,6 +550,10 @@ impl Raw {
 
     async fn send(&mut self, bytes: &[u8]) -> Result<()> {
         timeout(IO_TIMEOUT, self.s.write_all(bytes)).await.context("write timed out")??;
+        // TLS: the record out now, not left in rustls (plain: a no-op).
+        if let Line::Tls(_) = self.s {
+            timeout(IO_TIMEOUT, self.s.flush()).await.context("write timed out")??;
+        }
         Ok(())
     }
 
@@ -570,20 +670,25 @@ enum Proxy {
 }
 
 impl Proxy {
-    async fn start(mode: ProxyMode, upstream: SocketAddr, bin: Option<&Path>) -> Result<Proxy> {
+    /// `tls`: POP3S on both sides (`--client-tls implicit --upstream-tls
+    /// implicit`) with the bench's CAs; `None`: plain.
+    async fn start(mode: ProxyMode, upstream: SocketAddr, bin: Option<&Path>, tls: Option<&Pki>) -> Result<Proxy> {
         match mode {
             ProxyMode::InProcess => {
                 let profile = builtin::load("passthrough").context("profile passthrough")?;
                 let control = Arc::new(Control::new(Arc::new(profile), 1));
                 // Like the binary headless: an aggregator reads the events.
                 let agg = Aggregator::start(None)?;
-                let cfg = ProxyConfig::new("127.0.0.1:0".parse()?, upstream.to_string());
+                let mut cfg = ProxyConfig::new("127.0.0.1:0".parse()?, upstream.to_string());
+                if let Some(pki) = tls {
+                    cfg.tls = Some(Arc::new(pki.proxy_config(upstream)?));
+                }
                 let handle = relay::start(cfg, control, agg.sink()).await?;
                 Ok(Proxy::InProcess { handle, agg })
             }
             ProxyMode::Child => {
                 let bin = bin.ok_or_else(|| anyhow!("--child needs the popfault binary (cargo build --release)"))?;
-                Ok(Proxy::Child(PopfaultChild::spawn(bin, upstream, false).await?))
+                Ok(Proxy::Child(PopfaultChild::spawn(bin, upstream, false, tls).await?))
             }
         }
     }
@@ -648,7 +753,7 @@ fn shell_quote(s: &str) -> String {
 impl PopfaultChild {
     /// `popfault proxy --headless`, or with the dashboard drawing on a
     /// pseudo-terminal made by `script`.
-    async fn spawn(bin: &Path, upstream: SocketAddr, dashboard: bool) -> Result<PopfaultChild> {
+    async fn spawn(bin: &Path, upstream: SocketAddr, dashboard: bool, tls: Option<&Pki>) -> Result<PopfaultChild> {
         let stderr = temp_path("proxy.err");
         let mut args: Vec<String> = wrapper();
         args.push(bin.display().to_string());
@@ -660,6 +765,11 @@ impl PopfaultChild {
         args.extend(["--duration", "900"].map(String::from));
         args.push("--upstream".into());
         args.push(upstream.to_string());
+        if let Some(pki) = tls {
+            args.extend(["--client-tls", "implicit", "--upstream-tls", "implicit"].map(String::from));
+            args.extend(["--ca".into(), pki.popfault_dir.display().to_string()]);
+            args.extend(["--upstream-ca".into(), pki.server_ca.display().to_string()]);
+        }
         if !dashboard {
             args.push("--headless".into());
             return PopfaultChild::spawn_plain(args, stderr).await;
@@ -881,34 +991,54 @@ fn rss_kib(pid: u32) -> Result<u64> {
 
 // === bulk ===
 
-/// One download of every message: (wire bytes, time on the wire). Checking
-/// each body happens off the clock.
-async fn bulk_pass(addr: SocketAddr, want: &[StoredMessage], scratch: &mut Vec<u8>) -> Result<(u64, Duration)> {
-    let mut c = Raw::login(addr, "user1", 1 << 20).await?;
+/// Reads a CPU clock in ns (e.g. [`cpu_all`]).
+type Meter<'a> = &'a dyn Fn() -> u64;
+
+/// One download of every message: (wire bytes, time on the wire, CPU ns
+/// `meter` counted on the wire). Checking each body happens off the clock
+/// and off the meter.
+async fn bulk_pass(
+    to: &Dial,
+    want: &[StoredMessage],
+    scratch: &mut Vec<u8>,
+    meter: Option<Meter<'_>>,
+) -> Result<(u64, Duration, u64)> {
+    let mut c = Raw::login(to.clone(), "user1", 1 << 20).await?;
     let mut busy = Duration::ZERO;
-    let mut bytes = 0u64;
+    let (mut bytes, mut cpu) = (0u64, 0u64);
+    let read = || meter.map_or(0, |m| m());
     for (i, m) in want.iter().enumerate() {
+        let c0 = read();
         let t = Instant::now();
         let r = c.multiline(&format!("RETR {}", i + 1)).await?;
         busy += t.elapsed();
+        cpu += read().saturating_sub(c0);
         bytes += r.wire as u64;
         check_body(&c.buf[r.body], m, scratch)?;
     }
     c.command("QUIT").await?;
-    Ok((bytes, busy))
+    Ok((bytes, busy, cpu))
 }
 
-/// MB/s (10^6 bytes) of each of `passes` downloads, and the bytes in all.
-async fn bulk_rates(addr: SocketAddr, want: &[StoredMessage], passes: usize) -> Result<(Vec<f64>, u64)> {
+/// MB/s (10^6 bytes) of each of `passes` downloads, the bytes in all, and
+/// the CPU ns `meter` counted on the wire.
+async fn bulk_rates(
+    to: impl Into<Dial>,
+    want: &[StoredMessage],
+    passes: usize,
+    meter: Option<Meter<'_>>,
+) -> Result<(Vec<f64>, u64, u64)> {
+    let to = to.into();
     let mut scratch = Vec::new();
     let mut rates = Vec::new();
-    let mut total = 0;
+    let (mut total, mut cpu) = (0, 0);
     for _ in 0..passes {
-        let (bytes, busy) = bulk_pass(addr, want, &mut scratch).await?;
+        let (bytes, busy, used) = bulk_pass(&to, want, &mut scratch, meter).await?;
         rates.push(bytes as f64 / busy.as_secs_f64() / 1e6);
         total += bytes;
+        cpu += used;
     }
-    Ok((rates, total))
+    Ok((rates, total, cpu))
 }
 
 /// CPU seconds per GB (= ns per byte).
@@ -923,14 +1053,14 @@ async fn bulk_figure(opts: &Opts, s: &Sizes, mode: ProxyMode, bin: Option<&Path>
     let mb = want.iter().map(|m| m.size).sum::<usize>() as f64 / 1e6;
     let result = async {
         if opts.wants("bulk") {
-            let proxy = Proxy::start(mode, server.addr, bin).await?;
+            let proxy = Proxy::start(mode, server.addr, bin, None).await?;
             let (mut direct, mut proxied) = (Vec::new(), Vec::new());
             let (mut cpu, mut relayed) = (0, 0);
             // Interleaved, so that a neighbour's load falls on both alike.
             for pass in 0..s.bulk_passes {
-                let d = bulk_rates(server.addr, &want, 1).await?.0[0];
+                let d = bulk_rates(server.addr, &want, 1, None).await?.0[0];
                 let c0 = proxy.cpu_ns();
-                let (p, bytes) = bulk_rates(proxy.addr(), &want, 1).await?;
+                let (p, bytes, _) = bulk_rates(proxy.addr(), &want, 1, None).await?;
                 let p = p[0];
                 if let (Some(c0), Some(c1)) = (c0, proxy.cpu_ns()) {
                     cpu += c1 - c0;
@@ -991,12 +1121,12 @@ async fn dashboard_figure(
     for round in 0..s.dashboard_rounds {
         let order = if round % 2 == 0 { [false, true] } else { [true, false] };
         for dashboard in order {
-            let p = PopfaultChild::spawn(bin, upstream, dashboard).await?;
+            let p = PopfaultChild::spawn(bin, upstream, dashboard, None).await?;
             // Let the dashboard enter the alternate screen and draw a frame.
             tokio::time::sleep(Duration::from_millis(300)).await;
             let before = p.drawn.as_ref().map_or(0, |d| d.load(Ordering::Relaxed));
             let (c0, t0, w0) = (cpu_ns(p.pid).unwrap_or(0), side_threads_ns(p.pid), Instant::now());
-            let (rates, bytes) = bulk_rates(p.addr, want, s.bulk_passes).await?;
+            let (rates, bytes, _) = bulk_rates(p.addr, want, s.bulk_passes, None).await?;
             let used = cpu_ns(p.pid).unwrap_or(0).saturating_sub(c0);
             let cpu = per_gb(used, bytes);
             if dashboard {
@@ -1101,7 +1231,7 @@ async fn noop_latencies(s: &Sizes, mode: ProxyMode, bin: Option<&Path>) -> Resul
     let cfg = ServerConfig { users: 2, messages: 1, size: 1024, password: PASSWORD.into() };
     let server = server::spawn("127.0.0.1:0".parse()?, Maildrop::new(&cfg)).await?;
     let result = async {
-        let proxy = Proxy::start(mode, server.addr, bin).await?;
+        let proxy = Proxy::start(mode, server.addr, bin, None).await?;
         let mut direct = Raw::login(server.addr, "user1", 4096).await?;
         let mut proxied = Raw::login(proxy.addr(), "user2", 4096).await?;
         let (mut d, mut p) = (Vec::with_capacity(s.noops), Vec::with_capacity(s.noops));
@@ -1226,8 +1356,8 @@ async fn pinned_figure(opts: &Opts, table: &mut Table) -> Result<()> {
 
 /// One realistic session: login, STAT, UIDL, RETR and DELE each of `want`
 /// (messages 1..), QUIT (which commits the deletions).
-async fn one_session(addr: SocketAddr, user: &str, want: &[StoredMessage], scratch: &mut Vec<u8>) -> Result<()> {
-    let mut c = Raw::login(addr, user, 64 * 1024).await?;
+async fn one_session(to: &Dial, user: &str, want: &[StoredMessage], scratch: &mut Vec<u8>) -> Result<()> {
+    let mut c = Raw::login(to.clone(), user, 64 * 1024).await?;
     c.command("STAT").await?;
     c.multiline("UIDL").await?;
     for (i, m) in want.iter().enumerate() {
@@ -1242,7 +1372,8 @@ async fn one_session(addr: SocketAddr, user: &str, want: &[StoredMessage], scrat
 
 /// Sessions per second of `s.sessions` sessions, `s.in_flight` at a time,
 /// each worker on its own mailbox.
-async fn session_rate(addr: SocketAddr, maildrop: &Maildrop, s: &Sizes) -> Result<f64> {
+async fn session_rate(to: impl Into<Dial>, maildrop: &Maildrop, s: &Sizes) -> Result<f64> {
+    let to = to.into();
     let per = s.sessions / s.in_flight;
     let extra = s.sessions % s.in_flight;
     let mut workers = JoinSet::new();
@@ -1253,10 +1384,11 @@ async fn session_rate(addr: SocketAddr, maildrop: &Maildrop, s: &Sizes) -> Resul
         let n = per + usize::from(w < extra);
         let k = s.retr_per_session;
         ensure!(mail.len() >= n * k, "{user} has {} messages, needs {}", mail.len(), n * k);
+        let to = to.clone();
         workers.spawn(async move {
             let mut scratch = Vec::new();
             for i in 0..n {
-                one_session(addr, &user, &mail[i * k..(i + 1) * k], &mut scratch)
+                one_session(&to, &user, &mail[i * k..(i + 1) * k], &mut scratch)
                     .await
                     .with_context(|| format!("{user} session {}", i + 1))?;
             }
@@ -1298,7 +1430,7 @@ async fn sessions_figure(s: &Sizes, mode: ProxyMode, bin: Option<&Path>, table: 
     let run_proxied = async || -> Result<(f64, f64)> {
         let server: ServerHandle = server::spawn("127.0.0.1:0".parse()?, Maildrop::new(&cfg)).await?;
         let r = async {
-            let proxy = Proxy::start(mode, server.addr, bin).await?;
+            let proxy = Proxy::start(mode, server.addr, bin, None).await?;
             let c0 = cpu_all(Some(&proxy));
             let r = session_rate(proxy.addr(), &server.maildrop, s).await;
             let cpu = per(cpu_all(Some(&proxy)) - c0);
@@ -1416,7 +1548,7 @@ async fn haproxy_figure(s: &Sizes, bin: &Path, haproxy: &Path, table: &mut Table
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for round in 0..3 {
         let server = server::spawn("127.0.0.1:0".parse()?, Maildrop::new(&cfg)).await?;
-        let proxy = Proxy::start(ProxyMode::Child, server.addr, Some(bin)).await?;
+        let proxy = Proxy::start(ProxyMode::Child, server.addr, Some(bin), None).await?;
         let p = session_rate(proxy.addr(), &server.maildrop, s).await;
         proxy.stop().await?;
         server.shutdown().await;
@@ -1476,7 +1608,7 @@ async fn open_idle(addr: SocketAddr, n: usize, parallel: usize) -> (Vec<Raw>, us
 async fn memory_figure(s: &Sizes, bin: &Path, table: &mut Table) -> Result<()> {
     let n = s.idle_sessions;
     let server = PopfaultChild::serve(bin, n, 1, 256).await?;
-    let proxy = PopfaultChild::spawn(bin, server.addr, false).await?;
+    let proxy = PopfaultChild::spawn(bin, server.addr, false, None).await?;
     // Warm up (runtime threads, allocator arenas), then the baseline.
     for _ in 0..20 {
         let mut c = Raw::login(proxy.addr, "user1", 512).await?;
@@ -1533,6 +1665,341 @@ async fn memory_figure(s: &Sizes, bin: &Path, table: &mut Table) -> Result<()> {
         String::new(),
         &format!("{n}"),
         Some(alive == n),
+    );
+    Ok(())
+}
+
+// === TLS ===
+
+/// The TLS figures' certificates, in a temporary directory removed on drop:
+/// the POP3S server's CA (the terminator's leaf) and popfault's own CA (the
+/// leaves it shows clients), and the load client's configs trusting one or
+/// the other.
+struct Pki {
+    dir: PathBuf,
+    /// The server CA's certificate, what popfault trusts upstream
+    /// (`--upstream-ca`).
+    server_ca: PathBuf,
+    /// popfault's CA directory (`--ca`).
+    popfault_dir: PathBuf,
+    popfault_ca: Arc<Ca>,
+    /// The terminator's: a leaf for 127.0.0.1 signed by the server CA.
+    terminator: Arc<rustls::ServerConfig>,
+    /// The load client to the terminator (direct), and to popfault.
+    to_server: TlsConnector,
+    to_popfault: TlsConnector,
+}
+
+impl Pki {
+    fn new() -> Result<Pki> {
+        let dir = temp_path("tls");
+        let popfault_dir = dir.join("popfault-ca");
+        let (server_ca, _) = Ca::load_or_create(&dir.join("server-ca"))?;
+        let (popfault_ca, _) = Ca::load_or_create(&popfault_dir)?;
+        let client = |ca: PathBuf| -> Result<TlsConnector> {
+            let mut config = (*tls::client_config(&UpstreamTrust::File(ca), None)?).clone();
+            // A full handshake every session, as a mail client started afresh
+            // (from cron, say) makes: the dearest case for sessions/s.
+            config.resumption = Resumption::disabled();
+            Ok(TlsConnector::from(Arc::new(config)))
+        };
+        let to_server = client(server_ca.cert_path())?;
+        let to_popfault = client(popfault_ca.cert_path())?;
+        let server_ca_file = server_ca.cert_path();
+        let terminator = Leaves::new(Arc::new(server_ca), None).server_config(&["127.0.0.1".into()]);
+        Ok(Pki {
+            dir,
+            server_ca: server_ca_file,
+            popfault_dir,
+            popfault_ca: Arc::new(popfault_ca),
+            terminator,
+            to_server,
+            to_popfault,
+        })
+    }
+
+    /// popfault's TLS as `--client-tls implicit --upstream-tls implicit
+    /// --ca DIR --upstream-ca FILE` make it, in front of `upstream`.
+    fn proxy_config(&self, upstream: SocketAddr) -> Result<TlsConfig> {
+        Ok(TlsConfig {
+            client: ClientTls::Implicit,
+            leaves: Some(Arc::new(Leaves::new(self.popfault_ca.clone(), None))),
+            upstream: UpstreamTls::Implicit,
+            connector: Some(tls::client_config(&UpstreamTrust::File(self.server_ca.clone()), None)?),
+            upstream_name: Some(tls::upstream_name(&upstream.to_string())?),
+            fallback_names: vec![upstream.ip().to_string()],
+            handshake_timeout: Duration::from_secs(10),
+        })
+    }
+
+    fn dial_server(&self, t: &Terminator) -> Dial {
+        Dial { addr: t.addr, tls: Some(self.to_server.clone()) }
+    }
+
+    fn dial_popfault(&self, p: &Proxy) -> Dial {
+        Dial { addr: p.addr(), tls: Some(self.to_popfault.clone()) }
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The terminator's copy buffers, each way: tokio's default 8 KiB would
+/// make it, not popfault, the narrow part in bulk.
+const TERMINATOR_BUF: usize = 64 * 1024;
+
+/// A POP3S server for the TLS figures: rustls (the server CA's leaf) in
+/// front of the embedded server's plain port, bytes copied both ways. The
+/// direct and the proxied paths both go through it, so their ratio is
+/// popfault's own cost: two TLS sessions instead of none, and the parsing.
+struct Terminator {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+    stats: Arc<TerminatorStats>,
+}
+
+#[derive(Default)]
+struct TerminatorStats {
+    full: AtomicU64,
+    resumed: AtomicU64,
+    /// Version and cipher suite of the first handshake.
+    suite: std::sync::OnceLock<String>,
+}
+
+impl Terminator {
+    async fn start(upstream: SocketAddr, config: Arc<rustls::ServerConfig>) -> Result<Terminator> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let acceptor = TlsAcceptor::from(config);
+        let stats = Arc::new(TerminatorStats::default());
+        let counts = stats.clone();
+        let task = tokio::spawn(async move {
+            // Aborting this task drops the set, which aborts every connection.
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    // Out of descriptors, say: do not spin.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                while conns.try_join_next().is_some() {}
+                let (acceptor, stats) = (acceptor.clone(), counts.clone());
+                conns.spawn(async move {
+                    let _ = tcp.set_nodelay(true);
+                    // A plain probe (the binary checks the upstream is up
+                    // with a bare connect) ends here, uncounted.
+                    let Ok(Ok(mut tls)) = timeout(IO_TIMEOUT, acceptor.accept(tcp)).await else { return };
+                    let state = tls.get_ref().1;
+                    let resumed = state.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+                    let count = if resumed { &stats.resumed } else { &stats.full };
+                    count.fetch_add(1, Ordering::Relaxed);
+                    if let (Some(v), Some(s)) = (state.protocol_version(), state.negotiated_cipher_suite()) {
+                        stats.suite.get_or_init(|| format!("{v:?} {:?}", s.suite()));
+                    }
+                    let Ok(Ok(mut up)) = timeout(IO_TIMEOUT, TcpStream::connect(upstream)).await else { return };
+                    let _ = up.set_nodelay(true);
+                    // Ends in an error when a client drops its TLS without
+                    // close_notify after QUIT, as the load client does.
+                    let _ = tokio::io::copy_bidirectional_with_sizes(&mut tls, &mut up, TERMINATOR_BUF, TERMINATOR_BUF)
+                        .await;
+                });
+            }
+        });
+        Ok(Terminator { addr, task, stats })
+    }
+
+    /// Handshakes so far: (full, resumed).
+    fn handshakes(&self) -> (u64, u64) {
+        (self.stats.full.load(Ordering::Relaxed), self.stats.resumed.load(Ordering::Relaxed))
+    }
+
+    fn suite(&self) -> String {
+        self.stats.suite.get().cloned().unwrap_or_else(|| "?".into())
+    }
+
+    async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// Bulk with TLS on both sides: the load client over TLS to the terminator
+/// (direct) and to popfault, which speaks TLS to the same terminator;
+/// passes interleaved. MB/s as `bulk` counts it, and the CPU per GB of all
+/// the processes, counted on the wire only (not the check).
+async fn tls_bulk_figure(s: &Sizes, mode: ProxyMode, bin: Option<&Path>, pki: &Pki, table: &mut Table) -> Result<()> {
+    let cfg = ServerConfig { users: 1, messages: s.bulk_messages, size: s.bulk_size, password: PASSWORD.into() };
+    let server = server::spawn("127.0.0.1:0".parse()?, Maildrop::new(&cfg)).await?;
+    let want = server.maildrop.remaining("user1");
+    let mb = want.iter().map(|m| m.size).sum::<usize>() as f64 / 1e6;
+    let term = Terminator::start(server.addr, pki.terminator.clone()).await?;
+    let result = async {
+        let proxy = Proxy::start(mode, term.addr, bin, Some(pki)).await?;
+        let (direct_to, proxy_to) = (pki.dial_server(&term), pki.dial_popfault(&proxy));
+        let meter = || cpu_all(Some(&proxy));
+        let (mut direct, mut proxied, mut cpu_d, mut cpu_p) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut own, mut relayed) = (0, 0);
+        for pass in 0..s.bulk_passes {
+            let (d, bytes_d, used_d) = bulk_rates(direct_to.clone(), &want, 1, Some(&meter)).await?;
+            let c0 = proxy.cpu_ns();
+            let (p, bytes_p, used_p) = bulk_rates(proxy_to.clone(), &want, 1, Some(&meter)).await?;
+            if let (Some(c0), Some(c1)) = (c0, proxy.cpu_ns()) {
+                own += c1 - c0;
+                relayed += bytes_p;
+            }
+            let (d, p) = (d[0], p[0]);
+            let (gd, gp) = (per_gb(used_d, bytes_d), per_gb(used_p, bytes_p));
+            eprintln!(
+                "bench: tls-bulk pass {}: direct {d:.0} MB/s ({gd:.2} CPU s/GB), proxy {p:.0} MB/s ({gp:.2} CPU s/GB)",
+                pass + 1
+            );
+            direct.push(d);
+            proxied.push(p);
+            cpu_d.push(gd);
+            cpu_p.push(gp);
+        }
+        proxy.stop().await?;
+        let ratio = median(&proxied) / median(&direct);
+        table.row(
+            &format!(
+                "tls-bulk MB/s, TLS both sides ({}×{:.0} MB ×{}, {mb:.0} MB/pass; {})",
+                want.len(),
+                s.bulk_size as f64 / 1e6,
+                s.bulk_passes,
+                term.suite()
+            ),
+            spread(&direct, 0),
+            spread(&proxied, 0),
+            format!("{ratio:.2}×"),
+            "≥ 0.50×",
+            Some(ratio >= 0.5),
+        );
+        table.row(
+            "tls-bulk: CPU s per GB, all processes",
+            spread(&cpu_d, 2),
+            spread(&cpu_p, 2),
+            format!("{:.2}×", median(&cpu_p) / median(&cpu_d)),
+            "",
+            None,
+        );
+        if relayed > 0 {
+            let v = per_gb(own, relayed);
+            eprintln!("bench: tls-bulk: the proxy used {v:.2} CPU s per GB relayed");
+            table.row("tls-bulk: proxy CPU s per GB", String::new(), format!("{v:.2}"), String::new(), "", None);
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    term.stop().await;
+    server.shutdown().await;
+    result
+}
+
+/// Sessions/s with TLS on both sides, as `sessions` runs them: each
+/// session a full handshake with whatever the client reaches (the
+/// terminator, or popfault, which makes its own to the terminator). Two
+/// rounds, each with a fresh server and terminator, direct then proxied.
+async fn tls_sessions_figure(
+    s: &Sizes,
+    mode: ProxyMode,
+    bin: Option<&Path>,
+    pki: &Pki,
+    table: &mut Table,
+) -> Result<()> {
+    let per_user = s.sessions.div_ceil(s.in_flight) * s.retr_per_session;
+    let cfg = ServerConfig {
+        users: s.in_flight,
+        messages: per_user,
+        size: s.session_message_size,
+        password: PASSWORD.into(),
+    };
+    let per = |ns: u64| ns as f64 / 1e3 / s.sessions as f64;
+    // (sessions/s, CPU µs per session of all the processes and of a proxy
+    // child alone, the terminator's (full, resumed) handshakes, its suite)
+    type Run = (f64, f64, Option<f64>, (u64, u64), String);
+    let run = async |proxied: bool| -> Result<Run> {
+        let server: ServerHandle = server::spawn("127.0.0.1:0".parse()?, Maildrop::new(&cfg)).await?;
+        let term = Terminator::start(server.addr, pki.terminator.clone()).await?;
+        let r = async {
+            if !proxied {
+                let c0 = cpu_all(None);
+                let r = session_rate(pki.dial_server(&term), &server.maildrop, s).await?;
+                return Ok((r, per(cpu_all(None) - c0), None));
+            }
+            let proxy = Proxy::start(mode, term.addr, bin, Some(pki)).await?;
+            let (c0, own0) = (cpu_all(Some(&proxy)), proxy.cpu_ns());
+            let r = session_rate(pki.dial_popfault(&proxy), &server.maildrop, s).await;
+            let cpu = per(cpu_all(Some(&proxy)) - c0);
+            let own = own0.zip(proxy.cpu_ns()).map(|(a, b)| per(b - a));
+            proxy.stop().await?;
+            Ok::<_, anyhow::Error>((r?, cpu, own))
+        }
+        .await;
+        let (handshakes, suite) = (term.handshakes(), term.suite());
+        term.stop().await;
+        server.shutdown().await;
+        let (rate, cpu, own) = r?;
+        Ok((rate, cpu, own, handshakes, suite))
+    };
+    let (mut direct, mut proxied, mut cpu_d, mut cpu_p) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut resumed_d, mut resumed_p, mut suite, mut cpu_own) = ((0, 0), (0, 0), String::new(), Vec::new());
+    for round in 0..2 {
+        let (d, cd, _, (full_d, res_d), _) = run(false).await?;
+        let (p, cp, own, (full_p, res_p), su) = run(true).await?;
+        eprintln!(
+            "bench: tls-sessions round {}: direct {d:.0}/s ({cd:.0} CPU µs each), proxy {p:.0}/s ({cp:.0} CPU µs each{}); \
+             server handshakes resumed: direct {res_d}/{}, from popfault {res_p}/{}",
+            round + 1,
+            own.map_or(String::new(), |o| format!(", {o:.0} of them the proxy's")),
+            full_d + res_d,
+            full_p + res_p
+        );
+        cpu_own.extend(own);
+        direct.push(d);
+        proxied.push(p);
+        cpu_d.push(cd);
+        cpu_p.push(cp);
+        resumed_d = (resumed_d.0 + res_d, resumed_d.1 + full_d + res_d);
+        resumed_p = (resumed_p.0 + res_p, resumed_p.1 + full_p + res_p);
+        suite = su;
+    }
+    let ratio = median(&proxied) / median(&direct);
+    table.row(
+        &format!("tls-sessions/s, TLS both sides ({} @{} in flight; {suite})", s.sessions, s.in_flight),
+        spread(&direct, 0),
+        spread(&proxied, 0),
+        format!("{ratio:.2}×"),
+        "≥ 0.40×",
+        Some(ratio >= 0.4),
+    );
+    table.row(
+        "tls-sessions: CPU µs per session, all processes",
+        spread(&cpu_d, 0),
+        spread(&cpu_p, 0),
+        format!("{:.2}×", median(&cpu_p) / median(&cpu_d)),
+        "",
+        None,
+    );
+    if !cpu_own.is_empty() {
+        table.row(
+            "tls-sessions: proxy CPU µs per session",
+            String::new(),
+            spread(&cpu_own, 0),
+            String::new(),
+            "",
+            None,
+        );
+    }
+    table.row(
+        "tls-sessions: server-side handshakes resumed (client: never)",
+        format!("{}/{}", resumed_d.0, resumed_d.1),
+        format!("{}/{} (popfault's)", resumed_p.0, resumed_p.1),
+        String::new(),
+        "",
+        None,
     );
     Ok(())
 }
