@@ -1,11 +1,12 @@
 //! The command line: its clap types and the dispatch to one file per
 //! subcommand. The binary is a thin shell around [`main`].
 //!
-//! The subcommand files (`proxy`, `serve`, `demo`, `audit`, `profiles`)
+//! The subcommand files (`proxy`, `serve`, `demo`, `audit`, `profiles`, `api`)
 //! share what they need through [`common`] and never use each other or
 //! this file, so the shell has no import cycle; nothing outside `cli`
 //! uses it (docs/ARCHITECTURE.md, "Dependencies").
 
+pub mod api;
 pub mod audit;
 pub mod common;
 pub mod demo;
@@ -48,6 +49,8 @@ pub enum Command {
     CheckProfile(profiles::CheckProfileArgs),
     /// Check a real server's RFC 1939 behaviour under a matrix of cut points.
     Audit(audit::AuditArgs),
+    /// Many named proxies driven over a Toxiproxy-compatible HTTP API.
+    Api(api::ApiArgs),
 }
 
 /// Runs the command line; the exit code is 0 on success, 2 on bad input
@@ -77,6 +80,7 @@ pub fn main() -> ExitCode {
             Command::Profiles(a) => profiles::profiles(a),
             Command::CheckProfile(a) => profiles::check_profile(a),
             Command::Audit(a) => audit::run(a).await,
+            Command::Api(a) => api::run(a).await,
         }
     });
     crate::logging::flush();

@@ -190,6 +190,9 @@ struct Effects {
     hold_until: Option<Instant>,
     /// Line speed in bytes per second (throttle).
     rate: Option<u64>,
+    /// Per direction: bytes still relayed before the session is closed
+    /// (`limit`), and the rule that set it.
+    limit: [Option<(u64, Box<str>)>; 2],
     /// Per direction: the line is busy with the last paced piece until then.
     paced_until: [Option<Instant>; 2],
     /// Added before each response: (ms, jitter ms).
@@ -290,6 +293,7 @@ impl Effects {
             corrupt: [0, 0],
             hold_until: None,
             rate: None,
+            limit: [None, None],
             paced_until: [None, None],
             delay: None,
             truncate: false,

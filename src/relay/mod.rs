@@ -61,6 +61,9 @@ pub struct ProxyConfig {
     /// Connections the kernel queues before they are accepted (capped by
     /// `net.core.somaxconn`).
     pub backlog: u32,
+    /// Sessions are numbered from this counter's value + 1; a proxy that is
+    /// stopped and started again shares one, so numbers stay unique.
+    pub numbering: Arc<AtomicU64>,
 }
 
 /// The default listen backlog. 128 (the old default of `listen`) made
@@ -80,6 +83,7 @@ impl ProxyConfig {
             max_sessions: 10_000,
             transcripts: None,
             backlog: DEFAULT_BACKLOG,
+            numbering: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -186,7 +190,7 @@ async fn accept_loop(
         wants_progress: sink.wants_progress(),
         transcripts: cfg.transcripts.is_some() || sink.wants_transcripts(),
     });
-    let counter = AtomicU64::new(0);
+    let counter = cfg.numbering.clone();
     let mut sessions = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
