@@ -130,10 +130,7 @@ pub async fn run(a: ApiArgs) -> Result<ExitCode, RunError> {
     }
     let Some(server) = server else { return Err(RunError::Usage(last)) };
     warn_if_exposed(server.addr);
-    eprintln!(
-        "popfault: api http://{} (Toxiproxy API {VERSION}), seed {seed} (Ctrl-C to stop)",
-        server.addr
-    );
+    eprintln!("popfault: api http://{} (Toxiproxy API {VERSION}), seed {seed} (Ctrl-C to stop)", server.addr);
     let why = wait_for_end(a.duration, &mut signals).await;
     say_err(&format!("popfault: stopping ({why}); closing every proxy"));
     server.stop().await;

@@ -10,7 +10,7 @@ use crate::codec::Command;
 use crate::events::{Event, SessionSnapshot};
 use crate::faults::engine::{jittered, rng_for};
 use crate::faults::{
-    Action, Corrupt, Decision, Delay, Disconnect, Facts, Limit, Noise, Point, Reply, Side, Stall, Throttle,
+    Action, Corrupt, Decision, Delay, Disconnect, Facts, Limit, Linger, Noise, Point, Reply, Side, Stall, Throttle,
 };
 use crate::text::escape;
 
@@ -114,6 +114,7 @@ impl Driver {
                 Action::Refuse(_) => {}
                 // Carried out once the cut's steps have run (`Driver::truncate`).
                 Action::Truncate(_) => self.fx().truncate = true,
+                Action::Linger(Linger { ms, toward }) => self.fx().linger[Dir::toward(toward) as usize] = Some(ms),
                 Action::Limit(Limit { bytes, toward }) => {
                     self.fx().limit[Dir::toward(toward) as usize] = Some((bytes, d.rule.as_str().into()));
                 }

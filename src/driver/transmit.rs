@@ -34,7 +34,19 @@ impl Driver {
             return Transmit::Own(reply);
         }
         if input.is_empty() {
-            return if self.eof[dir as usize] { Transmit::Eof } else { Transmit::NeedMore };
+            if !self.eof[dir as usize] {
+                return Transmit::NeedMore;
+            }
+            if let Some(fx) = self.fx.as_deref_mut()
+                && let Some(ms) = fx.linger[dir as usize]
+            {
+                // The close waits (`linger`); the bytes before it went on.
+                let at = *fx.close_at[dir as usize].get_or_insert(now + Duration::from_millis(ms));
+                if at > now {
+                    return Transmit::Wait(at);
+                }
+            }
+            return Transmit::Eof;
         }
         match self.plan(dir, input, now) {
             Some(plan) => {

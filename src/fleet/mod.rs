@@ -39,8 +39,8 @@ use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 use tracing::warn;
 
-pub use book::{Line, LiveSession, RECENT, Sessions};
 use book::Book;
+pub use book::{Line, LiveSession, RECENT, Sessions};
 use toxic::Toxic;
 
 use crate::control::Control;

@@ -122,30 +122,43 @@ impl Toxic {
         if self.toxicity == 0.0 {
             return Ok(String::new());
         }
-        let rule = if self.kind == "pop3" { self.pop3_rule()? } else { self.standard_rule()? };
-        let Some(mut rule) = rule else { return Ok(String::new()) };
+        let mut rules = if self.kind == "pop3" { self.pop3_rule()? } else { self.standard_rules()? };
+        if rules.is_empty() {
+            return Ok(String::new());
+        }
         if self.kind != "pop3" && self.toxicity < 1.0 {
+            if rules.len() > 1 {
+                // Each rule draws its sessions on its own: two rules could
+                // pick different sessions, and half a toxic is not one.
+                return Err(FleetError::bad(format!(
+                    "bad request body: toxicity {}: popfault carries {} {} out with two rules and cannot \
+                     give it to a fraction of sessions; use 0 or 1 (docs/API.md)",
+                    self.toxicity, self.kind, "with a timeout",
+                )));
+            }
             let mut s = toml::Table::new();
             s.insert("probability".into(), toml::Value::Float(self.toxicity));
-            rule.insert("sessions".into(), toml::Value::Table(s));
+            rules[0].insert("sessions".into(), toml::Value::Table(s));
         }
         let mut doc = toml::Table::new();
-        doc.insert("rule".into(), toml::Value::Array(vec![toml::Value::Table(rule)]));
+        doc.insert("rule".into(), toml::Value::Array(rules.into_iter().map(toml::Value::Table).collect()));
         let text = toml::to_string(&doc).map_err(|e| FleetError::bad(format!("bad request body: {e}")))?;
         let origin = format!("toxic {}", self.name);
         Profile::from_toml(&text, &origin, &self.name).map_err(|e| FleetError::profile(e, text.clone()))?;
         Ok(text)
     }
 
-    /// The rule that carries a standard toxic out (docs/API.md, "Toxics").
-    fn standard_rule(&self) -> Result<Option<toml::Table>, FleetError> {
+    /// The rules that carry a standard toxic out (docs/API.md, "Toxics").
+    fn standard_rules(&self) -> Result<Vec<toml::Table>, FleetError> {
         let down = self.stream == "downstream";
         // Downstream faults act on the server's first line (the greeting),
         // upstream ones on the client's first command.
-        let (first, first_repeat) = if down { ("greeting", false) } else { ("command", false) };
+        let first = if down { "greeting" } else { "command" };
         let hour = |f: &str, v: i64| {
             if v > HOUR_MS {
-                Err(FleetError::bad(format!("bad request body: attributes.{f}: {v} ms is over popfault's limit of an hour")))
+                Err(FleetError::bad(format!(
+                    "bad request body: attributes.{f}: {v} ms is over popfault's limit of an hour"
+                )))
             } else {
                 Ok(v)
             }
@@ -165,7 +178,7 @@ impl Toxic {
                 // A delay cannot go below 0: jitter beyond the latency is cut to it.
                 let jitter = self.int("jitter").min(ms);
                 if ms == 0 {
-                    return Ok(None);
+                    return Ok(Vec::new());
                 }
                 if down {
                     // The greeting is held (stall) and every answer after it (delay).
@@ -178,7 +191,7 @@ impl Toxic {
             "bandwidth" => {
                 let rate = self.int("rate");
                 if rate <= 0 {
-                    return Ok(None);
+                    return Ok(Vec::new());
                 }
                 // KB/s of 1000 bytes, as Toxiproxy counts them.
                 let bps = rate.saturating_mul(8000).max(300);
@@ -187,38 +200,40 @@ impl Toxic {
             "slow_close" => {
                 let ms = hour("delay", self.int("delay"))?;
                 if ms == 0 {
-                    return Ok(None);
+                    return Ok(Vec::new());
                 }
-                // The server closes after QUIT's answer: hold that close.
-                ("response", false, Some("QUIT"), vec![step("stall", &[("ms", int(ms))])])
+                let toward = if down { "client" } else { "server" };
+                ("accept", false, None, vec![step("linger", &[("ms", int(ms)), ("toward", toward.into())])])
             }
-            "timeout" => {
+            "timeout" | "reset_peer" => {
                 let ms = hour("timeout", self.int("timeout"))?;
-                let actions = if ms == 0 {
-                    vec![step("disconnect", &[("side", "both".into()), ("how", "silent".into())])]
+                let how = if self.kind == "timeout" { "fin" } else { "rst" };
+                if ms == 0 {
+                    // timeout 0: nothing more, never closed; reset_peer 0: reset now.
+                    let how = if self.kind == "timeout" { "silent" } else { how };
+                    (first, false, None, vec![step("disconnect", &[("side", "both".into()), ("how", how.into())])])
                 } else {
-                    vec![
-                        step("stall", &[("ms", int(ms))]),
-                        step("disconnect", &[("side", "both".into()), ("how", "fin".into())]),
-                    ]
-                };
-                (first, first_repeat, None, actions)
-            }
-            "reset_peer" => {
-                let ms = hour("timeout", self.int("timeout"))?;
-                let mut actions = Vec::new();
-                if ms > 0 {
-                    actions.push(step("stall", &[("ms", int(ms))]));
+                    // Nothing goes on from the first line (held as long as
+                    // popfault holds anything), and the close comes `ms`
+                    // after the client connected.
+                    let mut hold = self.rule(first, false, None, vec![step("stall", &[("ms", int(HOUR_MS))])]);
+                    let mut close = self.rule(
+                        "timer",
+                        false,
+                        None,
+                        vec![step("disconnect", &[("side", "both".into()), ("how", how.into())])],
+                    );
+                    close.insert("after_ms".into(), int(ms));
+                    hold.remove("repeat");
+                    return Ok(vec![hold, close]);
                 }
-                actions.push(step("disconnect", &[("side", "both".into()), ("how", "rst".into())]));
-                (first, first_repeat, None, actions)
             }
             "slicer" => {
                 let size = self.int("average_size");
                 let delay_us = self.int("delay");
                 if size == 0 || delay_us == 0 {
                     // Slices without a pause are the same byte stream.
-                    return Ok(None);
+                    return Ok(Vec::new());
                 }
                 // average_size bytes every `delay` µs is a line speed.
                 let bps = (size as i128 * 8 * 1_000_000 / delay_us as i128).clamp(300, i64::MAX as i128) as i64;
@@ -232,6 +247,10 @@ impl Toxic {
             }
             _ => return Err(FleetError::bad("invalid toxic type")),
         };
+        Ok(vec![self.rule(when, repeat, command, actions)])
+    }
+
+    fn rule(&self, when: &str, repeat: bool, command: Option<&str>, actions: Vec<toml::Value>) -> toml::Table {
         let mut rule = toml::Table::new();
         rule.insert("name".into(), toml::Value::String(self.name.clone()));
         rule.insert("when".into(), toml::Value::String(when.into()));
@@ -242,12 +261,12 @@ impl Toxic {
             rule.insert("repeat".into(), toml::Value::Boolean(true));
         }
         rule.insert("actions".into(), toml::Value::Array(actions));
-        Ok(Some(rule))
+        rule
     }
 
     /// A `pop3` toxic's attributes are a rule's fields; its name is the
     /// toxic's, and a toxicity below 1 is the rule's `sessions.probability`.
-    fn pop3_rule(&self) -> Result<Option<toml::Table>, FleetError> {
+    fn pop3_rule(&self) -> Result<Vec<toml::Table>, FleetError> {
         let mut rule = toml::Table::new();
         rule.insert("name".into(), toml::Value::String(self.name.clone()));
         for (k, v) in &self.attributes {
@@ -273,7 +292,7 @@ impl Toxic {
                 _ => {}
             }
         }
-        Ok(Some(rule))
+        Ok(vec![rule])
     }
 }
 
@@ -331,8 +350,12 @@ mod tests {
 
     #[test]
     fn a_bad_pop3_rule_is_located_as_check_profile_locates_it() {
-        let e = toxic("pop3", "downstream", json!({"when": "status", "probability": 1.5, "actions": [{"do": "disconnect"}]}))
-            .unwrap_err();
+        let e = toxic(
+            "pop3",
+            "downstream",
+            json!({"when": "status", "probability": 1.5, "actions": [{"do": "disconnect"}]}),
+        )
+        .unwrap_err();
         let FleetError::Profile { error, .. } = e else { panic!("{e:?}") };
         assert_eq!(error.field, "rule[1].probability");
         assert_eq!(error.message, "1.5 is not a probability");

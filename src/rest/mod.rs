@@ -264,7 +264,8 @@ impl ApiServer {
         let stop = CancellationToken::new();
         let done = stop.clone();
         let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, router(fleet)).with_graceful_shutdown(async move { done.cancelled().await });
+            let serve =
+                axum::serve(listener, router(fleet)).with_graceful_shutdown(async move { done.cancelled().await });
             if let Err(e) = serve.await {
                 tracing::warn!(error = %e, "the API server stopped");
             }

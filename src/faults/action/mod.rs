@@ -7,6 +7,7 @@ mod corrupt;
 mod delay;
 mod disconnect;
 mod limit;
+mod linger;
 mod noise;
 pub mod params;
 mod refuse;
@@ -22,6 +23,7 @@ pub use corrupt::Corrupt;
 pub use delay::Delay;
 pub use disconnect::{Disconnect, How};
 pub use limit::Limit;
+pub use linger::Linger;
 pub use noise::Noise;
 pub use refuse::{Refuse, RefuseHow};
 pub use reply::Reply;
@@ -101,11 +103,13 @@ pub enum Action {
     Truncate(Truncate),
     /// Close the session once so many more bytes went one way.
     Limit(Limit),
+    /// Pass a close on later.
+    Linger(Linger),
 }
 
 impl Action {
     /// Every action's name, as `do` takes it.
-    pub const NAMES: [&'static str; 11] = [
+    pub const NAMES: [&'static str; 12] = [
         Disconnect::NAME,
         Stall::NAME,
         Noise::NAME,
@@ -117,6 +121,7 @@ impl Action {
         Refuse::NAME,
         Truncate::NAME,
         Limit::NAME,
+        Linger::NAME,
     ];
 
     /// The action's name (`disconnect`, …).
@@ -133,6 +138,7 @@ impl Action {
             Action::Refuse(_) => Refuse::NAME,
             Action::Truncate(_) => Truncate::NAME,
             Action::Limit(_) => Limit::NAME,
+            Action::Linger(_) => Linger::NAME,
         }
     }
 
@@ -154,6 +160,7 @@ impl Action {
             Refuse::NAME => p(fields, skip, Action::Refuse),
             Truncate::NAME => p(fields, skip, Action::Truncate),
             Limit::NAME => p(fields, skip, Action::Limit),
+            Linger::NAME => p(fields, skip, Action::Linger),
             _ => None,
         }
     }
@@ -172,6 +179,7 @@ impl Action {
             Action::Refuse(p) => p.check(at),
             Action::Truncate(p) => p.check(at),
             Action::Limit(p) => p.check(at),
+            Action::Linger(p) => p.check(at),
         }
     }
 }
@@ -323,6 +331,7 @@ mod tests {
             "throttle" => ", bps = 28800",
             "reply" => ", text = \"-ERR no\"",
             "limit" => ", bytes = 10",
+            "linger" => ", ms = 10",
             _ => "",
         };
         for name in Action::NAMES {
