@@ -12,6 +12,9 @@ use crate::session::Outcome;
 /// Latency histogram bounds, in seconds (and µs for the fold).
 const BOUNDS_S: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// A counter of the totals: name, help, value.
+type Counter = (&'static str, &'static str, fn(&crate::stats::Totals) -> u64);
+
 /// A label value, escaped as the format wants (`\`, `"`, newline).
 fn esc(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
@@ -60,7 +63,7 @@ pub fn render(books: &[Arc<Book>]) -> String {
             f.sample("popfault_sessions_total", &[("proxy", &b.name), ("outcome", o.as_str())], t.outcome(o));
         }
     }
-    let messages: [(&str, &str, fn(&crate::stats::Totals) -> u64); 5] = [
+    let messages: [Counter; 5] = [
         ("popfault_messages_downloaded_total", "Complete downloads delivered to clients.", |t| t.downloaded),
         (
             "popfault_messages_at_risk_total",

@@ -74,8 +74,9 @@ pub enum FleetError {
     /// 400: a profile or `pop3` rule failed `check-profile`'s checks.
     #[error("{error}")]
     Profile {
-        /// Where and what, as `check-profile` says it.
-        error: ProfileError,
+        /// Where and what, as `check-profile` says it (boxed: errors stay
+        /// small on the way up).
+        error: Box<ProfileError>,
         /// The TOML that was checked (for a `pop3` toxic, the rule its
         /// attributes make).
         toml: String,
@@ -91,7 +92,7 @@ impl FleetError {
     }
 
     pub(crate) fn profile(error: ProfileError, toml: String) -> FleetError {
-        FleetError::Profile { error, toml }
+        FleetError::Profile { error: Box::new(error), toml }
     }
 
     /// The HTTP status Toxiproxy gives this error.

@@ -482,7 +482,7 @@ async fn metrics_parse_as_prometheus_text_and_count_by_proxy() {
         "attributes": {"when": "command", "command": "QUIT", "actions": [{"do": "disconnect"}]}}),
     )
     .await;
-    Pop::session(p1).await.err().expect("QUIT was cut");
+    Pop::session(p1).await.expect_err("QUIT was cut");
     let (mut c, _) = Pop::connect(p1).await.unwrap();
     c.cmd("USER user1").await.unwrap();
     c.cmd("PASS secret").await.unwrap();
