@@ -285,7 +285,9 @@ impl Entry {
             }
             let Ok(rules) = Profile::from_toml(&text, &t.name, &t.name) else { continue };
             p.rules.extend(rules.rules);
-            p.source.push('\n');
+            if !p.source.is_empty() {
+                p.source.push('\n');
+            }
             p.source.push_str(&text);
             names.push(t.name.clone());
         }

@@ -92,6 +92,10 @@ pub fn router(fleet: Fleet) -> Router {
         .route("/events", get(events))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError(FleetError::NotFound("not found")) })
+        .method_not_allowed_fallback(|| async {
+            let body = json!({ "error": "method not allowed", "status": 405 });
+            (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body))
+        })
         .with_state(fleet)
 }
 
@@ -117,11 +121,20 @@ async fn create(State(f): State<Fleet>, b: Bytes) -> ApiResult<Response> {
 
 async fn populate(State(f): State<Fleet>, b: Bytes) -> ApiResult<Response> {
     let specs: Vec<ProxySpec> = body(&b)?;
+    // Structs, not `json!`: fields in Toxiproxy's order.
+    #[derive(serde::Serialize)]
+    struct Populated<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        status: Option<u16>,
+        proxies: &'a [crate::fleet::ProxyInfo],
+    }
     Ok(match f.populate(specs).await {
-        Ok(done) => ok(StatusCode::CREATED, &json!({ "proxies": done })),
+        Ok(done) => ok(StatusCode::CREATED, &Populated { error: None, status: None, proxies: &done }),
         Err((e, done)) => {
             let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            ok(status, &json!({ "error": e.to_string(), "status": e.status(), "proxies": done }))
+            ok(status, &Populated { error: Some(e.to_string()), status: Some(e.status()), proxies: &done })
         }
     })
 }

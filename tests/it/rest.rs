@@ -308,6 +308,7 @@ async fn every_toxiproxy_endpoint_answers_with_its_shapes_and_status_codes() {
     assert!(TcpStream::connect(listen).await.is_err(), "a deleted proxy still accepts");
     get(a, "/proxies/pop").await.error(404, "proxy not found");
     get(a, "/no/such/path").await.error(404, "not found");
+    http(a, "PUT", "/proxies", "").await.error(405, "method not allowed");
     t.api.stop().await;
 }
 
