@@ -415,6 +415,11 @@ async fn a_pop3_toxic_cuts_a_real_session_and_the_sessions_endpoint_reports_it()
     let ends = recent(a, "pop", 2).await;
     assert_eq!((ends[1]["session"].clone(), ends[1]["faults"].clone()), (json!(id), json!(["manual"])));
     post(a, "/proxies/pop/sessions/999/cut", json!(null)).await.error(404, "session not found");
+    // The password appears in none of the API's answers.
+    for path in ["/proxies/pop/sessions", "/proxies/pop/summary", "/metrics", "/proxies"] {
+        let body = get(a, path).await.body;
+        assert!(!body.contains("secret"), "{path}: {body}");
+    }
     // Summary reset: the next test's counts start at 0.
     assert_eq!(post(a, "/proxies/pop/summary/reset", json!(null)).await.status, 204);
     let s = get(a, "/proxies/pop/summary").await.json();
@@ -785,4 +790,47 @@ async fn an_unmodified_toxiproxy_client_library_drives_popfault() {
     assert_eq!(line("destroyed")[1..], ["[]"]);
     let summary = tokio::task::spawn_blocking(move || proc.stop()).await.unwrap();
     assert!(!summary.contains("secret"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_api_does_the_same_without_http() {
+    use popfault::{FleetError, ProxySpec, ToxicSpec, ToxicUpdate};
+    let pop = pop_server().await;
+    let fleet = Fleet::new(Some(9));
+    let mut lines = fleet.subscribe();
+    let p = fleet.create(ProxySpec::new("mail", "127.0.0.1:0", &pop.addr.to_string())).await.unwrap();
+    assert_eq!(
+        fleet.create(ProxySpec::new("mail", "127.0.0.1:0", &pop.addr.to_string())).await.unwrap_err(),
+        FleetError::Conflict("proxy already exists")
+    );
+    let addr: SocketAddr = p.listen.parse().unwrap();
+    let quit_lost = ToxicSpec::new("pop3")
+        .name("quit-lost")
+        .attribute("when", "status")
+        .attribute("command", "QUIT")
+        .attribute("actions", json!([{"do": "disconnect", "side": "client"}]));
+    fleet.add_toxic("mail", quit_lost).await.unwrap();
+    // A bad change is refused, and the toxic stays as it was.
+    let bad = ToxicUpdate { attributes: Some(json!({"when": "nowhere"}).as_object().unwrap().clone()), toxicity: None };
+    let e = fleet.update_toxic("mail", "quit-lost", bad).await.unwrap_err();
+    assert_eq!(e.status(), 400, "{e}");
+    assert_eq!(fleet.toxic("mail", "quit-lost").await.unwrap().attributes["when"], "status");
+    let (mut c, _) = Pop::connect(addr).await.unwrap();
+    c.cmd("USER user1").await.unwrap();
+    c.cmd("PASS secret").await.unwrap();
+    assert!(c.cmd("DELE 1").await.unwrap().starts_with("+OK"));
+    assert!(c.cmd("QUIT").await.is_err(), "QUIT's answer was lost");
+    let until = Instant::now() + LIMIT;
+    while fleet.sessions("mail").unwrap().recent.is_empty() {
+        assert!(Instant::now() < until);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(fleet.sessions("mail").unwrap().recent[0]["outcome"], "in-doubt");
+    let line = tokio::time::timeout(LIMIT, lines.recv()).await.unwrap().unwrap();
+    assert_eq!((line.proxy.as_str(), line.event), ("mail", "session_start"));
+    assert!(!fleet.metrics().contains("secret"));
+    let summaries = fleet.shutdown().await;
+    assert_eq!(summaries.len(), 1);
+    assert_eq!(summaries[0].1.outcomes["in-doubt"], 1);
+    assert!(TcpStream::connect(addr).await.is_err(), "closed at shutdown");
 }
