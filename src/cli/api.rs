@@ -2,12 +2,14 @@
 //! Toxiproxy-compatible HTTP API (docs/API.md), until a signal or
 //! `--duration`; then every proxy's summary.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 use super::common::{
     RunError, Signals, listen_arg, load_profile, positive_secs, resolve_listen, say, say_err, seed_or_draw,
@@ -45,8 +47,9 @@ pub struct ApiArgs {
     /// Stop after this many seconds (default: until Ctrl-C).
     #[arg(long, value_parser = positive_secs)]
     pub duration: Option<f64>,
-    /// No dashboard: the API, logs and each proxy's summary at exit (the
-    /// only mode for now: `api` has no dashboard yet).
+    /// No dashboard: the API, logs and each proxy's summary at exit. The
+    /// dashboard (when stdout is a terminal) shows one proxy at a time:
+    /// `]` and `[` switch.
     #[arg(long)]
     pub headless: bool,
 }
@@ -106,10 +109,12 @@ async fn load_config(fleet: &Fleet, path: &std::path::Path) -> Result<usize, Run
 pub async fn run(a: ApiArgs) -> Result<ExitCode, RunError> {
     let mut signals = Signals::catch();
     let seed = seed_or_draw(a.seed);
+    let dashboard = !a.headless && std::io::stdout().is_terminal();
     let settings = Settings {
         connect_timeout: Duration::from_secs_f64(a.connect_timeout),
         idle_timeout: Duration::from_secs_f64(a.idle_timeout),
         greeting_timeout: Duration::from_secs_f64(a.greeting_timeout),
+        dashboard,
         ..Settings::default()
     };
     let fleet = Fleet::with_settings(Some(seed), settings);
@@ -131,7 +136,23 @@ pub async fn run(a: ApiArgs) -> Result<ExitCode, RunError> {
     let Some(server) = server else { return Err(RunError::Usage(last)) };
     warn_if_exposed(server.addr);
     eprintln!("popfault: api http://{} (Toxiproxy API {VERSION}), seed {seed} (Ctrl-C to stop)", server.addr);
-    let why = wait_for_end(a.duration, &mut signals).await;
+    let quit = CancellationToken::new();
+    let ui = dashboard.then(|| {
+        let (fleet, quit) = (fleet.clone(), quit.clone());
+        let profiles = crate::faults::builtin::builtins().unwrap_or_default();
+        std::thread::spawn(move || crate::dashboard::run_panes(&move || fleet.panes(), profiles, quit))
+    });
+    let why = tokio::select! {
+        why = wait_for_end(a.duration, &mut signals) => why,
+        _ = quit.cancelled() => "quit",
+    };
+    quit.cancel();
+    if let Some(t) = ui {
+        // The terminal is restored before anything more is printed.
+        if let Ok(Ok(Err(e))) = tokio::task::spawn_blocking(move || t.join()).await {
+            say_err(&format!("popfault: dashboard unavailable ({e})"));
+        }
+    }
     say_err(&format!("popfault: stopping ({why}); closing every proxy"));
     server.stop().await;
     let summaries = fleet.shutdown().await;

@@ -62,6 +62,7 @@ pub fn main() -> ExitCode {
     let dashboard = match &cli.command {
         Command::Proxy(a) => !a.headless,
         Command::Demo(a) => !a.headless,
+        Command::Api(a) => !a.headless,
         _ => false,
     } && std::io::stdout().is_terminal();
     crate::logging::init(cli.verbose, dashboard);

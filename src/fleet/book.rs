@@ -7,11 +7,13 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::control::Control;
+use crate::dashboard::{FRAME, Header, Pane, SharedModel};
 use crate::events::{Event, EventSink};
 use crate::session::State;
 use crate::stats::{Stats, Summary};
@@ -90,6 +92,12 @@ pub struct Book {
     sink: Mutex<Option<EventSink>>,
     dropped: AtomicU64,
     state: Mutex<Ledger>,
+    /// The dashboard's model of this proxy, when a dashboard draws.
+    pub model: Option<SharedModel>,
+    /// When the proxy was created (the dashboard's clock).
+    pub started: Instant,
+    /// Where it listens and its upstream, for the dashboard's header.
+    addrs: Mutex<(String, String)>,
 }
 
 impl Book {
@@ -98,9 +106,9 @@ impl Book {
     pub fn start(
         name: &str,
         control: Arc<Control>,
-        sink: EventSink,
-        events: mpsc::Receiver<Event>,
+        (sink, events): (EventSink, mpsc::Receiver<Event>),
         lines: broadcast::Sender<Arc<Line>>,
+        dashboard: bool,
     ) -> (Arc<Book>, tokio::task::JoinHandle<()>) {
         let book = Arc::new(Book {
             name: name.to_string(),
@@ -109,6 +117,9 @@ impl Book {
             sink: Mutex::new(Some(sink)),
             dropped: AtomicU64::new(0),
             state: Mutex::new(Ledger::default()),
+            model: dashboard.then(crate::dashboard::shared_model),
+            started: Instant::now(),
+            addrs: Mutex::new((String::new(), String::new())),
         });
         let task = tokio::spawn(fold(book.clone(), events, lines));
         (book, task)
@@ -116,6 +127,19 @@ impl Book {
 
     fn lock(&self) -> MutexGuard<'_, Ledger> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes where the proxy listens and its upstream (for the dashboard).
+    pub fn set_addrs(&self, listen: &str, upstream: &str) {
+        *self.addrs.lock().unwrap_or_else(|p| p.into_inner()) = (listen.into(), upstream.into());
+    }
+
+    /// The proxy as the dashboard shows it, if one draws.
+    pub fn pane(&self) -> Option<Pane> {
+        let model = self.model.clone()?;
+        let (listen, upstream) = self.addrs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let header = Header { listen, upstream, seed: self.control.seed(), started: self.started };
+        Some(Pane { name: self.name.clone(), model, control: self.control.clone(), header })
     }
 
     /// A sink for the proxy's relay; `None` once the proxy is closed.
@@ -174,14 +198,35 @@ impl Book {
 
 async fn fold(book: Arc<Book>, mut events: mpsc::Receiver<Event>, lines: broadcast::Sender<Arc<Line>>) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut answers = Vec::with_capacity(BATCH);
     let prefix = format!("{{\"proxy\":{},", serde_json::Value::String(book.name.clone()));
-    while events.recv_many(&mut batch, BATCH).await > 0 {
+    // The dashboard gets the fold's totals at most once a frame, and once
+    // more after the last change.
+    let mut published = Instant::now();
+    let mut unpublished = false;
+    loop {
+        let received = match &book.model {
+            Some(m) if unpublished => match tokio::time::timeout(FRAME, events.recv_many(&mut batch, BATCH)).await {
+                Ok(n) => n,
+                Err(_) => {
+                    publish(&book, m);
+                    (published, unpublished) = (Instant::now(), false);
+                    continue;
+                }
+            },
+            _ => events.recv_many(&mut batch, BATCH).await,
+        };
+        if received == 0 {
+            break;
+        }
         let mut out = Vec::new();
+        answers.clear();
         {
             let mut s = book.lock();
-            for ev in batch.drain(..) {
-                let folded = s.stats.apply(&ev);
-                let kind = match &ev {
+            for ev in &batch {
+                let folded = s.stats.apply(ev);
+                answers.push(folded);
+                let kind = match ev {
                     Event::SessionStart { session, client, profile, .. } => {
                         let live = LiveSession {
                             session: *session,
@@ -242,5 +287,22 @@ async fn fold(book: Arc<Book>, mut events: mpsc::Receiver<Event>, lines: broadca
             let json = format!("{prefix}{body}");
             let _ = lines.send(Arc::new(Line { proxy: book.name.clone(), event, json }));
         }
+        if let Some(m) = &book.model {
+            crate::dashboard::feed(m, batch.iter().zip(answers.iter().copied()), book.started.elapsed());
+            unpublished = true;
+            if published.elapsed() >= FRAME {
+                publish(&book, m);
+                (published, unpublished) = (Instant::now(), false);
+            }
+        }
+        batch.clear();
     }
+    if let Some(m) = &book.model {
+        publish(&book, m);
+    }
+}
+
+fn publish(book: &Book, model: &SharedModel) {
+    let totals = book.lock().stats.totals();
+    crate::dashboard::publish(model, Arc::new(totals));
 }

@@ -44,6 +44,7 @@ pub use book::{Line, LiveSession, RECENT, Sessions};
 use toxic::Toxic;
 
 use crate::control::Control;
+use crate::dashboard::Pane;
 use crate::events::EventSink;
 use crate::faults::{Profile, ProfileError};
 use crate::relay::{self, ProxyConfig, ProxyHandle};
@@ -231,6 +232,8 @@ pub struct Settings {
     pub greeting_timeout: Duration,
     /// Most sessions at once per proxy.
     pub max_sessions: usize,
+    /// Keep a dashboard model per proxy ([`Fleet::panes`]).
+    pub dashboard: bool,
 }
 
 impl Default for Settings {
@@ -241,6 +244,7 @@ impl Default for Settings {
             idle_timeout: d.idle_timeout,
             greeting_timeout: d.greeting_timeout,
             max_sessions: d.max_sessions,
+            dashboard: false,
         }
     }
 }
@@ -333,6 +337,7 @@ impl Entry {
                         );
                     }
                     self.listen = h.local_addr.to_string();
+                    self.book.set_addrs(&self.listen, &self.upstream);
                     self.handle = Some(h);
                     self.book.enabled.store(true, Ordering::Relaxed);
                     return Ok(());
@@ -453,8 +458,10 @@ impl Fleet {
     async fn make(&self, spec: ProxySpec, profile: Profile) -> Result<(Entry, ProxyInfo), FleetError> {
         let profile = Arc::new(profile);
         let control = Arc::new(Control::new(profile.clone(), self.inner.seed));
-        let (sink, events) = EventSink::channel(EVENT_QUEUE);
-        let (book, fold) = Book::start(&spec.name, control, sink, events, self.inner.lines.clone());
+        let channel = EventSink::channel(EVENT_QUEUE);
+        let dashboard = self.inner.settings.dashboard;
+        let (book, fold) = Book::start(&spec.name, control, channel, self.inner.lines.clone(), dashboard);
+        book.set_addrs(&spec.listen, &spec.upstream);
         let mut entry = Entry {
             listen: spec.listen,
             upstream: spec.upstream,
@@ -698,6 +705,12 @@ impl Fleet {
     /// ends), as `GET /events` streams them.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Line>> {
         self.inner.lines.subscribe()
+    }
+
+    /// Every proxy as the dashboard shows it, by name (none unless
+    /// [`Settings::dashboard`]).
+    pub fn panes(&self) -> Vec<Pane> {
+        self.books().iter().filter_map(|b| b.pane()).collect()
     }
 
     /// `/metrics`: the Prometheus text format.
