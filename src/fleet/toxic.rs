@@ -131,9 +131,9 @@ impl Toxic {
                 // Each rule draws its sessions on its own: two rules could
                 // pick different sessions, and half a toxic is not one.
                 return Err(FleetError::bad(format!(
-                    "bad request body: toxicity {}: popfault carries {} {} out with two rules and cannot \
-                     give it to a fraction of sessions; use 0 or 1 (docs/API.md)",
-                    self.toxicity, self.kind, "with a timeout",
+                    "bad request body: toxicity {}: popfault carries {} with a timeout out with two rules \
+                     and cannot give it to a fraction of sessions; use 0 or 1 (docs/API.md)",
+                    self.toxicity, self.kind,
                 )));
             }
             let mut s = toml::Table::new();
@@ -172,7 +172,7 @@ impl Toxic {
             toml::Value::Table(t)
         };
         let int = |v: i64| toml::Value::Integer(v);
-        let (when, repeat, command, actions) = match self.kind.as_str() {
+        let (when, repeat, actions) = match self.kind.as_str() {
             "latency" => {
                 let ms = hour("latency", self.int("latency"))?;
                 // A delay cannot go below 0: jitter beyond the latency is cut to it.
@@ -183,9 +183,9 @@ impl Toxic {
                 if down {
                     // The greeting is held (stall) and every answer after it (delay).
                     let t = [("ms", int(ms)), ("jitter_ms", int(jitter))];
-                    ("greeting", false, None, vec![step("stall", &t), step("delay", &t)])
+                    ("greeting", false, vec![step("stall", &t), step("delay", &t)])
                 } else {
-                    ("command", true, None, vec![step("stall", &[("ms", int(ms)), ("jitter_ms", int(jitter))])])
+                    ("command", true, vec![step("stall", &[("ms", int(ms)), ("jitter_ms", int(jitter))])])
                 }
             }
             "bandwidth" => {
@@ -195,7 +195,7 @@ impl Toxic {
                 }
                 // KB/s of 1000 bytes, as Toxiproxy counts them.
                 let bps = rate.saturating_mul(8000).max(300);
-                ("accept", false, None, vec![step("throttle", &[("bps", int(bps))])])
+                ("accept", false, vec![step("throttle", &[("bps", int(bps))])])
             }
             "slow_close" => {
                 let ms = hour("delay", self.int("delay"))?;
@@ -203,7 +203,7 @@ impl Toxic {
                     return Ok(Vec::new());
                 }
                 let toward = if down { "client" } else { "server" };
-                ("accept", false, None, vec![step("linger", &[("ms", int(ms)), ("toward", toward.into())])])
+                ("accept", false, vec![step("linger", &[("ms", int(ms)), ("toward", toward.into())])])
             }
             "timeout" | "reset_peer" => {
                 let ms = hour("timeout", self.int("timeout"))?;
@@ -211,20 +211,18 @@ impl Toxic {
                 if ms == 0 {
                     // timeout 0: nothing more, never closed; reset_peer 0: reset now.
                     let how = if self.kind == "timeout" { "silent" } else { how };
-                    (first, false, None, vec![step("disconnect", &[("side", "both".into()), ("how", how.into())])])
+                    (first, false, vec![step("disconnect", &[("side", "both".into()), ("how", how.into())])])
                 } else {
                     // Nothing goes on from the first line (held as long as
                     // popfault holds anything), and the close comes `ms`
                     // after the client connected.
-                    let mut hold = self.rule(first, false, None, vec![step("stall", &[("ms", int(HOUR_MS))])]);
+                    let hold = self.rule(first, false, vec![step("stall", &[("ms", int(HOUR_MS))])]);
                     let mut close = self.rule(
                         "timer",
                         false,
-                        None,
                         vec![step("disconnect", &[("side", "both".into()), ("how", how.into())])],
                     );
                     close.insert("after_ms".into(), int(ms));
-                    hold.remove("repeat");
                     return Ok(vec![hold, close]);
                 }
             }
@@ -237,26 +235,24 @@ impl Toxic {
                 }
                 // average_size bytes every `delay` µs is a line speed.
                 let bps = (size as i128 * 8 * 1_000_000 / delay_us as i128).clamp(300, i64::MAX as i128) as i64;
-                ("accept", false, None, vec![step("throttle", &[("bps", int(bps))])])
+                ("accept", false, vec![step("throttle", &[("bps", int(bps))])])
             }
             "limit_data" => {
                 let bytes = self.int("bytes");
                 let mut fields = vec![("bytes", int(bytes))];
                 fields.push(("toward", (if down { "client" } else { "server" }).into()));
-                ("accept", false, None, vec![step("limit", &fields)])
+                ("accept", false, vec![step("limit", &fields)])
             }
             _ => return Err(FleetError::bad("invalid toxic type")),
         };
-        Ok(vec![self.rule(when, repeat, command, actions)])
+        Ok(vec![self.rule(when, repeat, actions)])
     }
 
-    fn rule(&self, when: &str, repeat: bool, command: Option<&str>, actions: Vec<toml::Value>) -> toml::Table {
+    /// A rule named after the toxic.
+    fn rule(&self, when: &str, repeat: bool, actions: Vec<toml::Value>) -> toml::Table {
         let mut rule = toml::Table::new();
         rule.insert("name".into(), toml::Value::String(self.name.clone()));
         rule.insert("when".into(), toml::Value::String(when.into()));
-        if let Some(c) = command {
-            rule.insert("command".into(), toml::Value::String(c.into()));
-        }
         if repeat {
             rule.insert("repeat".into(), toml::Value::Boolean(true));
         }
@@ -346,6 +342,18 @@ mod tests {
         assert!(toxic("latency", "downstream", json!({"latency": -1})).is_err());
         assert!(toxic("nope", "downstream", json!({})).is_err());
         assert!(toxic("latency", "sideways", json!({})).is_err());
+    }
+
+    #[test]
+    fn toxicity_is_the_rules_session_probability() {
+        let a = |v: Value| v.as_object().unwrap().clone();
+        let t = Toxic::new(None, "latency".into(), None, Some(0.25), a(json!({"latency": 10}))).unwrap();
+        assert!(t.rules_toml().unwrap().contains("probability = 0.25"), "{}", t.rules_toml().unwrap());
+        let none = Toxic::new(None, "latency".into(), None, Some(0.0), a(json!({"latency": 10}))).unwrap();
+        assert_eq!(none.rules_toml().unwrap(), "");
+        // Two rules cannot share one draw: refused rather than half applied.
+        assert!(Toxic::new(None, "timeout".into(), None, Some(0.5), a(json!({"timeout": 10}))).is_err());
+        assert!(Toxic::new(None, "timeout".into(), None, Some(0.5), a(json!({"timeout": 0}))).is_ok());
     }
 
     #[test]
