@@ -14,11 +14,15 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod fleet;
+pub mod rest;
 pub mod server;
 
 pub use api::{Builder, Error, Proxy};
 pub use events::SessionEnd;
 pub use faults::Profile;
+pub use fleet::{Fleet, FleetError, ProxyInfo, ProxySpec, ProxyUpdate, ToxicSpec, ToxicUpdate};
+pub use rest::ApiServer;
 pub use session::Outcome;
 pub use stats::Summary;
 

@@ -264,6 +264,22 @@ impl Stats {
         }
     }
 
+    /// Per-command latency as cumulative bucket counts for `bounds_us`
+    /// (upper bounds, ascending), with the count and the sum in µs: what a
+    /// Prometheus histogram exposes. The sum is the histogram's mean times
+    /// its count, so it is as precise as the histogram (1%).
+    pub fn latency_buckets(&self, bounds_us: &[u64]) -> Vec<LatencyBuckets> {
+        self.latency
+            .iter()
+            .map(|(command, h)| LatencyBuckets {
+                command,
+                cumulative: bounds_us.iter().map(|&le| h.count_between(0, le)).collect(),
+                count: h.len(),
+                sum_us: h.mean() * h.len() as f64,
+            })
+            .collect()
+    }
+
     /// The summary as written to the events file and printed.
     pub fn summary(&self, seed: u64, profile: &str, dropped_events: u64) -> Summary {
         self.totals().summary(seed, profile, dropped_events)
@@ -272,6 +288,20 @@ impl Stats {
 
 fn outcome_index(o: Outcome) -> usize {
     Outcome::ALL.iter().position(|x| *x == o).unwrap_or(0)
+}
+
+/// One command's latency histogram in Prometheus terms
+/// ([`Stats::latency_buckets`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencyBuckets {
+    /// The command keyword.
+    pub command: &'static str,
+    /// Responses at or under each bound, in the bounds' order.
+    pub cumulative: Vec<u64>,
+    /// Every response counted.
+    pub count: u64,
+    /// Their total, in microseconds.
+    pub sum_us: f64,
 }
 
 /// A run's totals at one moment ([`Stats::totals`]): small, and cheap to

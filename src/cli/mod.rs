@@ -1,11 +1,13 @@
 //! The command line: its clap types and the dispatch to one file per
 //! subcommand. The binary is a thin shell around [`main`].
 //!
-//! The subcommand files (`proxy`, `serve`, `demo`, `audit`, `profiles`, `ca`)
+//! The subcommand files (`proxy`, `serve`, `demo`, `audit`, `profiles`, `ca`,
+//! `api`)
 //! share what they need through [`common`] and never use each other or
 //! this file, so the shell has no import cycle; nothing outside `cli`
 //! uses it (docs/ARCHITECTURE.md, "Dependencies").
 
+pub mod api;
 pub mod audit;
 pub mod ca;
 pub mod common;
@@ -51,6 +53,8 @@ pub enum Command {
     Audit(audit::AuditArgs),
     /// Make (once) and show popfault's local CA, and how clients trust it.
     Ca(ca::CaArgs),
+    /// Many named proxies driven over a Toxiproxy-compatible HTTP API.
+    Api(api::ApiArgs),
 }
 
 /// Runs the command line; the exit code is 0 on success, 2 on bad input
@@ -62,6 +66,7 @@ pub fn main() -> ExitCode {
     let dashboard = match &cli.command {
         Command::Proxy(a) => !a.headless,
         Command::Demo(a) => !a.headless,
+        Command::Api(a) => !a.headless,
         _ => false,
     } && std::io::stdout().is_terminal();
     crate::logging::init(cli.verbose, dashboard);
@@ -81,6 +86,7 @@ pub fn main() -> ExitCode {
             Command::CheckProfile(a) => profiles::check_profile(a),
             Command::Audit(a) => audit::run(a).await,
             Command::Ca(a) => ca::run(a),
+            Command::Api(a) => api::run(a).await,
         }
     });
     crate::logging::flush();

@@ -25,7 +25,7 @@ pub use keys::{UiCommand, UiState, handle_key, scroll};
 pub use model::{
     Ended, LogKind, LogLine, MAX_ENDED, MAX_LIVE, MAX_LOG, MAX_SAMPLES, Model, Rate, SAMPLE_PERIOD, SessionRow,
 };
-pub use term::{FRAME, Input, TerminalInput, cycle_profile, run, run_on};
+pub use term::{FRAME, Input, Pane, TerminalInput, cycle_profile, run, run_on, run_panes, run_panes_on};
 pub use view::{
     Areas, Dashboard, Header, fmt_bytes, fmt_bytes_short, fmt_micros, fmt_uptime, layout, outcome_style, render_footer,
     render_header, render_help, render_latency, render_log, render_outcomes, render_sessions, render_throughput,

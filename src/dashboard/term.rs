@@ -9,7 +9,7 @@ use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossterm::cursor::{Hide, Show};
-use crossterm::event::{self, Event as InputEvent};
+use crossterm::event::{self, Event as InputEvent, KeyCode};
 use crossterm::execute;
 use crossterm::terminal::{EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode};
 use ratatui::Terminal;
@@ -177,6 +177,105 @@ pub fn run_on<B: Backend>(
             }
         }
         // A resize needs nothing here: the next draw adapts to the new size.
+    }
+    Ok(())
+}
+
+/// One proxy of many (`popfault api`) as the dashboard shows it.
+#[derive(Debug, Clone)]
+pub struct Pane {
+    /// The proxy's name, shown first in the header.
+    pub name: String,
+    /// Its model, fed by its own fold.
+    pub model: SharedModel,
+    /// Its controls (pause, profile, cut act on the proxy shown).
+    pub control: Arc<Control>,
+    /// Its addresses and the run's seed and start.
+    pub header: Header,
+}
+
+/// [`run`] over many proxies: `panes` says which exist now (they come and
+/// go over the API); `]` and `[` show the next or previous one, whose name
+/// leads the header, and every key acts on the one shown.
+pub fn run_panes(
+    panes: &(dyn Fn() -> Vec<Pane> + Send + Sync),
+    profiles: Vec<Arc<Profile>>,
+    stop: CancellationToken,
+) -> io::Result<()> {
+    KNOCKED_OUT.store(false, Ordering::SeqCst);
+    let _hook = PanicHook::install();
+    let _guard = TerminalGuard::enter()?;
+    let mut terminal: Terminal<CrosstermBackend<Stdout>> = Terminal::new(CrosstermBackend::new(io::stdout()))?;
+    terminal.clear()?;
+    run_panes_on(&mut terminal, &mut TerminalInput, panes, &profiles, &stop)
+}
+
+/// The loop behind [`run_panes`], on any backend and input.
+pub fn run_panes_on<B: Backend>(
+    terminal: &mut Terminal<B>,
+    input: &mut impl Input,
+    panes: &(dyn Fn() -> Vec<Pane> + Send + Sync),
+    profiles: &[Arc<Profile>],
+    stop: &CancellationToken,
+) -> io::Result<()> {
+    let mut ui = UiState::default();
+    let mut snap = Model::new();
+    let mut shown: Option<String> = None;
+    let mut next_frame = Instant::now();
+    let idle = Arc::new(Control::new(Arc::new(Profile::passthrough()), 0));
+    let started = Instant::now();
+    while !stop.is_cancelled() {
+        if KNOCKED_OUT.swap(false, Ordering::SeqCst) {
+            enter()?;
+            terminal.clear()?;
+        }
+        let list = panes();
+        let at = shown.as_ref().and_then(|n| list.iter().position(|p| &p.name == n)).unwrap_or(0);
+        let pane = list.get(at);
+        shown = pane.map(|p| p.name.clone());
+        let control = pane.map_or(&idle, |p| &p.control);
+        let header = match pane {
+            Some(p) => Header {
+                listen: format!("[{} {}/{}] {}", p.name, at + 1, list.len(), p.header.listen),
+                ..p.header.clone()
+            },
+            None => Header {
+                listen: "(no proxy yet: create one over the API)".into(),
+                upstream: "-".into(),
+                seed: 0,
+                started,
+            },
+        };
+        let now = Instant::now();
+        if now >= next_frame {
+            snap = match pane {
+                Some(p) => snapshot(&p.model, control, &header),
+                None => Model::new(),
+            };
+            draw(terminal, &mut ui, &snap, control, &header)?;
+            next_frame = now + FRAME;
+        }
+        let wait = next_frame.saturating_duration_since(Instant::now()).min(FRAME);
+        if let Some(InputEvent::Key(key)) = input.next(wait)? {
+            let step = match key.code {
+                KeyCode::Char(']') if !ui.editing && !list.is_empty() => Some(at + 1),
+                KeyCode::Char('[') if !ui.editing && !list.is_empty() => Some(at + list.len() - 1),
+                _ => None,
+            };
+            if let Some(i) = step {
+                // Another proxy's rows: the selection and filter start afresh.
+                shown = Some(list[i % list.len()].name.clone());
+                ui = UiState::default();
+                next_frame = Instant::now();
+                continue;
+            }
+            if let Some(cmd) = handle_key(&mut ui, &snap, key) {
+                if execute(cmd, &mut ui, control, profiles) == AfterKey::Quit {
+                    stop.cancel();
+                    break;
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -9,7 +9,9 @@ use super::{After, Dir, Driver, Effects, Fate, LATENCY_BATCH, LATENCY_MAX_HOLD, 
 use crate::codec::Command;
 use crate::events::{Event, SessionSnapshot};
 use crate::faults::engine::{jittered, rng_for};
-use crate::faults::{Action, Corrupt, Decision, Delay, Disconnect, Facts, Noise, Point, Reply, Side, Stall, Throttle};
+use crate::faults::{
+    Action, Corrupt, Decision, Delay, Disconnect, Facts, Limit, Linger, Noise, Point, Reply, Side, Stall, Throttle,
+};
 use crate::text::escape;
 
 impl Driver {
@@ -112,6 +114,10 @@ impl Driver {
                 Action::Refuse(_) => {}
                 // Carried out once the cut's steps have run (`Driver::truncate`).
                 Action::Truncate(_) => self.fx().truncate = true,
+                Action::Linger(Linger { ms, toward }) => self.fx().linger[Dir::toward(toward) as usize] = Some(ms),
+                Action::Limit(Limit { bytes, toward }) => {
+                    self.fx().limit[Dir::toward(toward) as usize] = Some((bytes, d.rule.as_str().into()));
+                }
             }
         }
         flow

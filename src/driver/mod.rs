@@ -215,6 +215,13 @@ struct Effects {
     hold_until: Option<Instant>,
     /// Line speed in bytes per second (throttle).
     rate: Option<u64>,
+    /// Per direction: bytes still relayed before the session is closed
+    /// (`limit`), and the rule that set it.
+    limit: [Option<(u64, Box<str>)>; 2],
+    /// Per direction: a close is passed on this many ms after it came
+    /// (`linger`), and when the one that came is due.
+    linger: [Option<u64>; 2],
+    close_at: [Option<Instant>; 2],
     /// Per direction: the line is busy with the last paced piece until then.
     paced_until: [Option<Instant>; 2],
     /// Added before each response: (ms, jitter ms).
@@ -320,6 +327,9 @@ impl Effects {
             corrupt: [0, 0],
             hold_until: None,
             rate: None,
+            limit: [None, None],
+            linger: [None, None],
+            close_at: [None, None],
             paced_until: [None, None],
             delay: None,
             truncate: false,

@@ -862,3 +862,35 @@ fn latency_samples_go_out_in_bursts_or_after_a_quarter_second() {
     s.end();
     assert_eq!(sent(&s), 23, "the rest at the end");
 }
+
+// === limit and linger (Toxiproxy's limit_data and slow_close) ===
+
+#[test]
+fn limit_closes_after_exactly_that_many_bytes_that_way() {
+    let p = profile("[[rule]]\nwhen = \"accept\"\nactions = [{ do = \"limit\", bytes = 12, toward = \"client\" }]\n");
+    let mut s = Sim::new(p);
+    s.s(b"+OK ready\r\n").c(b"USER user1\r\n");
+    assert_eq!(s.up(), b"USER user1\r\n", "the other way is not counted");
+    s.s(b"+OK welcome\r\n");
+    assert_eq!(s.down(), b"+OK ready\r\n+");
+    assert_eq!(s.ended[1], Some(Transmit::Stop));
+    assert_eq!(s.end().ended_by, "fault: accept-1");
+}
+
+#[test]
+fn linger_holds_the_close_and_not_the_bytes() {
+    let p = profile("[[rule]]\nwhen = \"accept\"\nactions = [{ do = \"linger\", ms = 500 }]\n");
+    let mut s = Sim::new(p);
+    s.s(b"+OK ready\r\n");
+    assert_eq!(s.down(), b"+OK ready\r\n");
+    let before = s.now;
+    s.d.read(Dir::Down, 0, s.now);
+    s.run(Dir::Down);
+    assert_eq!(s.ended[1], Some(Transmit::Eof));
+    assert_eq!(s.now - before, Duration::from_millis(500));
+    // The client's close is not held.
+    let before = s.now;
+    s.d.read(Dir::Up, 0, s.now);
+    s.run(Dir::Up);
+    assert_eq!((s.ended[0].clone(), s.now), (Some(Transmit::Eof), before));
+}

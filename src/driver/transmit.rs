@@ -9,7 +9,7 @@ use rand::Rng;
 
 use super::{After, Dir, Driver, Fate, InFlight, Step, Stls, Track, Transmit};
 use crate::codec::ServerEvent;
-use crate::faults::BodyLine;
+use crate::faults::{BodyLine, How, Side};
 
 impl Driver {
     /// What `dir` should do next, given its `input` (bytes read and not
@@ -39,7 +39,19 @@ impl Driver {
             return Transmit::StartTls;
         }
         if input.is_empty() {
-            return if self.eof[dir as usize] { Transmit::Eof } else { Transmit::NeedMore };
+            if !self.eof[dir as usize] {
+                return Transmit::NeedMore;
+            }
+            if let Some(fx) = self.fx.as_deref_mut()
+                && let Some(ms) = fx.linger[dir as usize]
+            {
+                // The close waits (`linger`); the bytes before it went on.
+                let at = *fx.close_at[dir as usize].get_or_insert(now + Duration::from_millis(ms));
+                if at > now {
+                    return Transmit::Wait(at);
+                }
+            }
+            return Transmit::Eof;
         }
         match self.plan(dir, input, now) {
             Some(plan) => {
@@ -154,7 +166,18 @@ impl Driver {
             return Transmit::Wait(p);
         }
         // At a line speed, write in slices of ~50 ms worth.
-        let n = fx.rate.map_or(rest.len(), |r| rest.len().min((r as usize / 20).max(1)));
+        let mut n = fx.rate.map_or(rest.len(), |r| rest.len().min((r as usize / 20).max(1)));
+        if let Some((left, rule)) = &fx.limit[dir as usize] {
+            if *left == 0 {
+                // The limit was reached: close in order, as Toxiproxy's
+                // limit_data closes the link.
+                let why = format!("fault: {rule}");
+                self.cut = Some(Box::new((Side::Both, How::Fin, why)));
+                self.stopped = true;
+                return Transmit::Stop;
+            }
+            n = n.min(usize::try_from(*left).unwrap_or(usize::MAX));
+        }
         let piece = rest.start..rest.start + n;
         self.in_flight[dir as usize] = Some(InFlight::Piece(n));
         let flip = fx.corrupt[dir as usize];
@@ -179,6 +202,17 @@ impl Driver {
             && let Some(r) = fx.rate
         {
             fx.paced_until[dir as usize] = Some(now + Duration::from_secs_f64(n as f64 / r as f64));
+        }
+        if let Some(fx) = self.fx.as_deref_mut()
+            && let Some((left, rule)) = &mut fx.limit[dir as usize]
+        {
+            *left = left.saturating_sub(n as u64);
+            if *left == 0 {
+                // Closed as soon as the limit is reached, not at the next byte.
+                let why = format!("fault: {rule}");
+                self.cut = Some(Box::new((Side::Both, How::Fin, why)));
+                self.stopped = true;
+            }
         }
         let Some(Step::Relay { range, track, done }) =
             self.plans[dir as usize].as_deref_mut().and_then(|p| p.steps.front_mut())

@@ -15,8 +15,8 @@ pub mod profile;
 pub mod trigger;
 
 pub use action::{
-    Action, BodyLine, Corrupt, Delay, Disconnect, How, Noise, Refuse, RefuseHow, Reply, Side, Stall, Step, Swallow,
-    Throttle, Truncate,
+    Action, BodyLine, Corrupt, Delay, Disconnect, How, Limit, Linger, Noise, Refuse, RefuseHow, Reply, Side, Stall,
+    Step, Swallow, Throttle, Truncate,
 };
 pub use engine::{BodyCut, Decision, Engine, Facts};
 pub use profile::{Profile, ProfileError};

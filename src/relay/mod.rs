@@ -67,6 +67,9 @@ pub struct ProxyConfig {
     /// popfault's own TLS with either side; `None`: plain both ways, a
     /// client's STLS relayed (`ClientTls::Passthrough`).
     pub tls: Option<Arc<TlsConfig>>,
+    /// Sessions are numbered from this counter's value + 1; a proxy that is
+    /// stopped and started again shares one, so numbers stay unique.
+    pub numbering: Arc<AtomicU64>,
 }
 
 /// The default listen backlog. 128 (the old default of `listen`) made
@@ -87,6 +90,7 @@ impl ProxyConfig {
             transcripts: None,
             backlog: DEFAULT_BACKLOG,
             tls: None,
+            numbering: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -199,7 +203,7 @@ async fn accept_loop(
             Some(ClientTls::None | ClientTls::Implicit) => ClientStls::Refuse,
         },
     });
-    let counter = AtomicU64::new(0);
+    let counter = cfg.numbering.clone();
     let mut sessions = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {

@@ -600,6 +600,44 @@ fn loop_runs_keys_against_control_and_quits() {
 }
 
 #[test]
+fn many_proxies_show_one_at_a_time_and_keys_act_on_the_one_shown() {
+    let ps = profiles();
+    let pane = |name: &str, user: &str, listen: &str| {
+        let shared = shared_model();
+        let events = [start(1, "passthrough"), progress(1, State::Transaction, user, "RETR 1", 1, 0)];
+        let mut stats = Stats::new();
+        feed(&shared, events.iter().map(|ev| (ev, stats.apply(ev))), S);
+        let control = Arc::new(Control::new(ps[0].clone(), 4242));
+        Pane { name: name.into(), model: shared, control, header: Header { listen: listen.into(), ..header() } }
+    };
+    let panes = vec![pane("alpha", "alice", "127.0.0.1:1110"), pane("beta", "bob", "127.0.0.1:1111")];
+    let (first, second) = (panes[0].control.clone(), panes[1].control.clone());
+    let list = move || panes.clone();
+    let stop = CancellationToken::new();
+    let mut terminal = Terminal::new(TestBackend::new(80, 24)).expect("test backend");
+    let mut script = Script(VecDeque::from([
+        None,
+        Some(key(KeyCode::Char(']'))),
+        None,
+        Some(key(KeyCode::Char('p'))),
+        None,
+        Some(InputEvent::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL))),
+    ]));
+    run_panes_on(&mut terminal, &mut script, &list, &ps, &stop).expect("loop");
+    let screen = lines(terminal.backend().buffer());
+    assert!(screen[1].contains("[beta 2/2] 127.0.0.1:1111"), "{}", screen[1]);
+    assert!(screen.iter().any(|l| l.contains("bob")), "{}", screen.join("\n"));
+    assert!(!screen.iter().any(|l| l.contains("alice")), "{}", screen.join("\n"));
+    assert!(second.paused() && !first.paused(), "p paused the proxy shown");
+    // With no proxy yet, the loop still draws and quits.
+    let none = || Vec::new();
+    let mut script = Script(VecDeque::from([None, Some(key(KeyCode::Char('q')))]));
+    run_panes_on(&mut terminal, &mut script, &none, &ps, &CancellationToken::new()).expect("loop");
+    let screen = lines(terminal.backend().buffer());
+    assert!(screen[1].contains("no proxy yet"), "{}", screen[1]);
+}
+
+#[test]
 fn loop_returns_when_stopped_from_outside() {
     let ps = profiles();
     let control = Control::new(ps[0].clone(), 1);

@@ -32,6 +32,7 @@ mod hostile;
 mod interop;
 mod outcomes;
 mod proxy;
+mod rest;
 mod secrets;
 mod secrets_everywhere;
 mod server;

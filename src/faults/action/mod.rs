@@ -6,6 +6,8 @@
 mod corrupt;
 mod delay;
 mod disconnect;
+mod limit;
+mod linger;
 mod noise;
 pub mod params;
 mod refuse;
@@ -20,6 +22,8 @@ use serde::Deserialize;
 pub use corrupt::Corrupt;
 pub use delay::Delay;
 pub use disconnect::{Disconnect, How};
+pub use limit::Limit;
+pub use linger::Linger;
 pub use noise::Noise;
 pub use refuse::{Refuse, RefuseHow};
 pub use reply::Reply;
@@ -97,11 +101,15 @@ pub enum Action {
     Refuse(Refuse),
     /// End the body early with a terminator; drop the rest.
     Truncate(Truncate),
+    /// Close the session once so many more bytes went one way.
+    Limit(Limit),
+    /// Pass a close on later.
+    Linger(Linger),
 }
 
 impl Action {
     /// Every action's name, as `do` takes it.
-    pub const NAMES: [&'static str; 10] = [
+    pub const NAMES: [&'static str; 12] = [
         Disconnect::NAME,
         Stall::NAME,
         Noise::NAME,
@@ -112,6 +120,8 @@ impl Action {
         Swallow::NAME,
         Refuse::NAME,
         Truncate::NAME,
+        Limit::NAME,
+        Linger::NAME,
     ];
 
     /// The action's name (`disconnect`, …).
@@ -127,6 +137,8 @@ impl Action {
             Action::Swallow(_) => Swallow::NAME,
             Action::Refuse(_) => Refuse::NAME,
             Action::Truncate(_) => Truncate::NAME,
+            Action::Limit(_) => Limit::NAME,
+            Action::Linger(_) => Linger::NAME,
         }
     }
 
@@ -147,6 +159,8 @@ impl Action {
             Swallow::NAME => p(fields, skip, Action::Swallow),
             Refuse::NAME => p(fields, skip, Action::Refuse),
             Truncate::NAME => p(fields, skip, Action::Truncate),
+            Limit::NAME => p(fields, skip, Action::Limit),
+            Linger::NAME => p(fields, skip, Action::Linger),
             _ => None,
         }
     }
@@ -164,6 +178,8 @@ impl Action {
             Action::Swallow(p) => p.check(at),
             Action::Refuse(p) => p.check(at),
             Action::Truncate(p) => p.check(at),
+            Action::Limit(p) => p.check(at),
+            Action::Linger(p) => p.check(at),
         }
     }
 }
@@ -314,6 +330,8 @@ mod tests {
             "corrupt" => ", bytes = 1",
             "throttle" => ", bps = 28800",
             "reply" => ", text = \"-ERR no\"",
+            "limit" => ", bytes = 10",
+            "linger" => ", ms = 10",
             _ => "",
         };
         for name in Action::NAMES {
