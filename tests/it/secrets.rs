@@ -110,13 +110,16 @@ fn assert_no_forms(outputs: &[(&str, &str)], needles: &[String]) {
 }
 
 /// The user name of each `session_end` line, in order.
+/// The `user` of each session's end, in session order (a session may end
+/// after the next one began and ended: its close is seen later).
 fn users(events: &str) -> Vec<serde_json::Value> {
-    events
+    let mut ends: Vec<serde_json::Value> = events
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["event"] == "session_end")
-        .map(|v| v["user"].clone())
-        .collect()
+        .collect();
+    ends.sort_by_key(|v| v["session"].as_u64());
+    ends.into_iter().map(|v| v["user"].clone()).collect()
 }
 
 /// Lines the parser cannot know are secrets: a password typed on a line of
