@@ -48,8 +48,8 @@ pub struct ApiArgs {
     #[arg(long, value_parser = positive_secs)]
     pub duration: Option<f64>,
     /// No dashboard: the API, logs and each proxy's summary at exit. The
-    /// dashboard (when stdout is a terminal) shows one proxy at a time:
-    /// `]` and `[` switch.
+    /// dashboard (when stdout is a terminal) shows every proxy at once
+    /// (`*`, with a proxy column), or one proxy: `]` and `[` switch.
     #[arg(long)]
     pub headless: bool,
 }

@@ -53,6 +53,20 @@ pub fn feed<'a>(model: &SharedModel, events: impl IntoIterator<Item = (&'a Event
     }
 }
 
+/// [`feed`] for the view of many proxies: each row learns which proxy its
+/// session goes through.
+pub fn feed_from<'a>(
+    model: &SharedModel,
+    proxy: &Arc<str>,
+    events: impl IntoIterator<Item = (&'a Event, Folded)>,
+    now: Duration,
+) {
+    let mut m = lock(model);
+    for (ev, folded) in events {
+        m.apply_from(proxy, ev, folded, now);
+    }
+}
+
 /// Hands the fold's latest totals to the model: a pointer swapped under
 /// the lock, so a snapshot shares them rather than copies them.
 pub fn publish(model: &SharedModel, totals: Arc<Totals>) {

@@ -91,6 +91,9 @@ pub struct SessionRow {
     pub fault_count: u64,
     /// The profile the session runs under.
     pub profile: String,
+    /// The proxy it goes through, in the view of many proxies (`popfault
+    /// api`); `None` with one proxy.
+    pub proxy: Option<Arc<str>>,
     /// When it was first seen (since the start of the run).
     pub started: Duration,
     /// Set once it ended.
@@ -112,9 +115,16 @@ impl SessionRow {
             faults: Vec::new(),
             fault_count: 0,
             profile: String::new(),
+            proxy: None,
             started: now,
             end: None,
         }
+    }
+
+    /// A row just seen, for tests of what shows it.
+    #[cfg(test)]
+    pub(crate) fn example(session: u64) -> SessionRow {
+        SessionRow::new(session, Duration::ZERO)
     }
 
     /// Whether the session is still running.
@@ -123,7 +133,7 @@ impl SessionRow {
     }
 
     /// Whether the table filter `needle` (lower case) matches this row: its
-    /// user, outcome (or `live`), a fault rule, or its state.
+    /// user, outcome (or `live`), a fault rule, its state, or its proxy.
     pub fn matches(&self, needle: &str) -> bool {
         if needle.is_empty() {
             return true;
@@ -136,7 +146,11 @@ impl SessionRow {
             State::Transaction => "trans transaction",
             State::Update => "update",
         };
-        self.user.as_deref().is_some_and(has) || has(outcome) || self.faults.iter().any(|f| has(f)) || has(state)
+        self.user.as_deref().is_some_and(has)
+            || has(outcome)
+            || self.faults.iter().any(|f| has(f))
+            || has(state)
+            || self.proxy.as_deref().is_some_and(has)
     }
 
     /// The last fault fired, if any.
@@ -297,6 +311,29 @@ impl Model {
     /// Shows one event; `folded` is what the run's fold answered for it
     /// ([`crate::stats::Stats::apply`]), `now` the time since the run
     /// started. Counts nothing: see [`Model::set_totals`].
+    /// [`apply`](Model::apply) in the view of many proxies: the session's
+    /// row also learns which proxy it goes through (session numbers are
+    /// unique across a fleet's proxies).
+    pub fn apply_from(&mut self, proxy: &Arc<str>, ev: &Event, folded: Folded, now: Duration) {
+        self.apply(ev, folded, now);
+        let session = match ev {
+            Event::SessionStart { session, .. } => *session,
+            Event::Progress(p) => p.session,
+            Event::SessionEnd(e) => e.session,
+            _ => return,
+        };
+        let row = match self.live.get_mut(&session) {
+            Some(row) => row,
+            None => match self.ended.back_mut().filter(|r| r.session == session) {
+                Some(row) => row,
+                None => return,
+            },
+        };
+        if row.proxy.is_none() {
+            Arc::make_mut(row).proxy = Some(proxy.clone());
+        }
+    }
+
     pub fn apply(&mut self, ev: &Event, folded: Folded, now: Duration) {
         self.now = self.now.max(now);
         match ev {

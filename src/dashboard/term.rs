@@ -192,6 +192,9 @@ pub struct Pane {
     pub control: Arc<Control>,
     /// Its addresses and the run's seed and start.
     pub header: Header,
+    /// The view of every proxy at once: their controls (a cut goes to the
+    /// proxy whose session it is, pause to all); empty for one proxy.
+    pub every: Vec<Arc<Control>>,
 }
 
 /// [`run`] over many proxies: `panes` says which exist now (they come and
@@ -249,6 +252,10 @@ pub fn run_panes_on<B: Backend>(
         let now = Instant::now();
         if now >= next_frame {
             snap = match pane {
+                Some(p) if !p.every.is_empty() => {
+                    let sum = p.every.iter().map(|c| c.bytes()).fold((0, 0), |(u, d), (a, b)| (u + a, d + b));
+                    snapshot_with(&p.model, sum, &header)
+                }
                 Some(p) => snapshot(&p.model, control, &header),
                 None => Model::new(),
             };
@@ -270,7 +277,13 @@ pub fn run_panes_on<B: Backend>(
                 continue;
             }
             if let Some(cmd) = handle_key(&mut ui, &snap, key) {
-                if execute(cmd, &mut ui, control, profiles) == AfterKey::Quit {
+                let every = pane.map_or(&[][..], |p| &p.every[..]);
+                let after = if every.is_empty() {
+                    execute(cmd, &mut ui, control, profiles)
+                } else {
+                    for_every(cmd, &mut ui, every)
+                };
+                if after == AfterKey::Quit {
                     stop.cancel();
                     break;
                 }
@@ -283,7 +296,12 @@ pub fn run_panes_on<B: Backend>(
 /// Copies the model out under its lock (sampling the byte counters on the
 /// way), so that drawing holds no lock at all.
 fn snapshot(model: &SharedModel, control: &Control, header: &Header) -> Model {
-    let (up, down) = control.bytes();
+    snapshot_with(model, control.bytes(), header)
+}
+
+/// [`snapshot`] with the byte counters given (the view of every proxy
+/// sums theirs).
+fn snapshot_with(model: &SharedModel, (up, down): (u64, u64), header: &Header) -> Model {
     let now = header.started.elapsed();
     // A panic in the aggregator while it held the lock leaves a model that
     // is still worth showing.
@@ -350,6 +368,34 @@ fn execute(cmd: UiCommand, ui: &mut UiState, control: &Control, profiles: &[Arc<
         },
         UiCommand::Cut(n) => {
             if control.cut(n) {
+                ui.flash(format!("cut session #{n}"));
+            } else {
+                ui.flash(format!("session #{n} is no longer live"));
+            }
+        }
+    }
+    AfterKey::Continue
+}
+
+/// A key in the view of every proxy: a cut goes to the proxy whose session
+/// it is (numbers are unique across them), pause to all of them; a profile
+/// is switched in one proxy's own view.
+fn for_every(cmd: UiCommand, ui: &mut UiState, every: &[Arc<Control>]) -> AfterKey {
+    match cmd {
+        UiCommand::Quit => return AfterKey::Quit,
+        UiCommand::TogglePause => {
+            let paused = !every.iter().all(|c| c.paused());
+            for c in every {
+                c.set_paused(paused);
+            }
+            ui.flash(if paused { "faults paused in every proxy" } else { "faults resumed in every proxy" });
+        }
+        UiCommand::NextProfile | UiCommand::PrevProfile | UiCommand::ApplyProfile(_) => {
+            ui.choice = None;
+            ui.flash("each proxy has its own profile: ] or [ to one, then tab");
+        }
+        UiCommand::Cut(n) => {
+            if every.iter().any(|c| c.cut(n)) {
                 ui.flash(format!("cut session #{n}"));
             } else {
                 ui.flash(format!("session #{n} is no longer live"));

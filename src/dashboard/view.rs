@@ -647,8 +647,18 @@ fn command_cell(cmd: &str) -> CellText {
     }
 }
 
-const COLUMNS: [Column; 10] = [
+const COLUMNS: [Column; 11] = [
     Column { title: "#", min: 5, cap: 5, number: true, priority: 0, cell: |r| CellText::number(r.session.to_string()) },
+    // Only in the view of many proxies (`popfault api`), where it comes
+    // right after the outcome.
+    Column {
+        title: "proxy",
+        min: 8,
+        cap: 20,
+        number: false,
+        priority: 1,
+        cell: |r| CellText::text(r.proxy.as_deref().unwrap_or_default(), Style::new().fg(Color::Cyan)),
+    },
     Column {
         title: "client",
         min: 15,
@@ -764,7 +774,11 @@ fn fit_columns(width: u16, rows: &[&SessionRow]) -> Vec<(&'static Column, u16)> 
     let mut widths = [0u16; COLUMNS.len()];
     let mut kept = [false; COLUMNS.len()];
     let mut used = 0u16;
+    let proxies = rows.iter().any(|r| r.proxy.is_some());
     for &i in &order {
+        if COLUMNS[i].title == "proxy" && !proxies {
+            continue;
+        }
         let add = least[i] + u16::from(used > 0);
         if COLUMNS[i].priority == 0 || used + add <= width {
             used += add;
@@ -1160,7 +1174,15 @@ mod tests {
     fn columns_fit_the_width() {
         let titles = |w| fit_columns(w, &[]).iter().map(|c| c.0.title).collect::<Vec<_>>();
         assert_eq!(titles(76), ["#", "user", "state", "last cmd", "dl/mk", "fault", "outcome"]);
-        assert_eq!(titles(200).len(), COLUMNS.len());
+        // The proxy column is there only when a row has a proxy.
+        assert_eq!(titles(200).len(), COLUMNS.len() - 1);
+        let mut row = crate::dashboard::model::SessionRow::example(1);
+        row.proxy = Some("mail".into());
+        let with = fit_columns(200, &[&row]).iter().map(|c| c.0.title).collect::<Vec<_>>();
+        assert_eq!(with.len(), COLUMNS.len());
+        assert_eq!(&with[..2], ["#", "proxy"]);
+        let narrow = fit_columns(76, &[&row]).iter().map(|c| c.0.title).collect::<Vec<_>>();
+        assert!(narrow.contains(&"proxy"), "{narrow:?}");
         assert_eq!(titles(10), ["#", "outcome"]);
         for w in [20, 40, 76, 100, 140] {
             let used: u16 = fit_columns(w, &[]).iter().map(|c| c.1 + 1).sum::<u16>() - 1;

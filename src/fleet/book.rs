@@ -78,6 +78,49 @@ struct Ledger {
     recent: VecDeque<serde_json::Value>,
 }
 
+/// Every proxy's sessions in one dashboard view (`*`): a model fed by each
+/// proxy's fold, with a fold of its own for the totals it shows.
+#[derive(Debug)]
+pub struct AllView {
+    pub model: SharedModel,
+    stats: Mutex<(Stats, Instant)>,
+    pub started: Instant,
+}
+
+impl AllView {
+    pub fn new() -> AllView {
+        AllView {
+            model: crate::dashboard::shared_model(),
+            stats: Mutex::new((Stats::new(), Instant::now())),
+            started: Instant::now(),
+        }
+    }
+
+    /// One proxy's batch of events; the totals reach the view at most once
+    /// a frame (and at the next batch after that).
+    fn feed(&self, proxy: &Arc<str>, batch: &[Event]) {
+        let (answers, totals) = {
+            let mut g = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+            let answers: Vec<_> = batch.iter().map(|e| g.0.apply(e)).collect();
+            let due = g.1.elapsed() >= FRAME;
+            if due {
+                g.1 = Instant::now();
+            }
+            (answers, due.then(|| g.0.totals()))
+        };
+        crate::dashboard::feed_from(&self.model, proxy, batch.iter().zip(answers), self.started.elapsed());
+        if let Some(t) = totals {
+            crate::dashboard::publish(&self.model, Arc::new(t));
+        }
+    }
+
+    /// The totals now.
+    pub fn publish(&self) {
+        let totals = self.stats.lock().unwrap_or_else(|p| p.into_inner()).0.totals();
+        crate::dashboard::publish(&self.model, Arc::new(totals));
+    }
+}
+
 /// One proxy's books.
 #[derive(Debug)]
 pub struct Book {
@@ -94,6 +137,8 @@ pub struct Book {
     state: Mutex<Ledger>,
     /// The dashboard's model of this proxy, when a dashboard draws.
     pub model: Option<SharedModel>,
+    /// The view of every proxy, fed too when a dashboard draws.
+    all: Option<Arc<AllView>>,
     /// When the proxy was created (the dashboard's clock).
     pub started: Instant,
     /// Where it listens and its upstream, for the dashboard's header.
@@ -108,8 +153,9 @@ impl Book {
         control: Arc<Control>,
         (sink, events): (EventSink, mpsc::Receiver<Event>),
         lines: broadcast::Sender<Arc<Line>>,
-        dashboard: bool,
+        all: Option<Arc<AllView>>,
     ) -> (Arc<Book>, tokio::task::JoinHandle<()>) {
+        let dashboard = all.is_some();
         let book = Arc::new(Book {
             name: name.to_string(),
             control,
@@ -118,6 +164,7 @@ impl Book {
             dropped: AtomicU64::new(0),
             state: Mutex::new(Ledger::default()),
             model: dashboard.then(crate::dashboard::shared_model),
+            all,
             started: Instant::now(),
             addrs: Mutex::new((String::new(), String::new())),
         });
@@ -139,7 +186,7 @@ impl Book {
         let model = self.model.clone()?;
         let (listen, upstream) = self.addrs.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let header = Header { listen, upstream, seed: self.control.seed(), started: self.started };
-        Some(Pane { name: self.name.clone(), model, control: self.control.clone(), header })
+        Some(Pane { name: self.name.clone(), model, control: self.control.clone(), header, every: Vec::new() })
     }
 
     /// A sink for the proxy's relay; `None` once the proxy is closed.
@@ -200,6 +247,7 @@ async fn fold(book: Arc<Book>, mut events: mpsc::Receiver<Event>, lines: broadca
     let mut batch = Vec::with_capacity(BATCH);
     let mut answers = Vec::with_capacity(BATCH);
     let prefix = format!("{{\"proxy\":{},", serde_json::Value::String(book.name.clone()));
+    let name: Arc<str> = book.name.as_str().into();
     // The dashboard gets the fold's totals at most once a frame, and once
     // more after the last change.
     let mut published = Instant::now();
@@ -287,6 +335,9 @@ async fn fold(book: Arc<Book>, mut events: mpsc::Receiver<Event>, lines: broadca
             let json = format!("{prefix}{body}");
             let _ = lines.send(Arc::new(Line { proxy: book.name.clone(), event, json }));
         }
+        if let Some(all) = &book.all {
+            all.feed(&name, &batch);
+        }
         if let Some(m) = &book.model {
             crate::dashboard::feed(m, batch.iter().zip(answers.iter().copied()), book.started.elapsed());
             unpublished = true;
@@ -299,6 +350,9 @@ async fn fold(book: Arc<Book>, mut events: mpsc::Receiver<Event>, lines: broadca
     }
     if let Some(m) = &book.model {
         publish(&book, m);
+    }
+    if let Some(all) = &book.all {
+        all.publish();
     }
 }
 

@@ -39,12 +39,12 @@ use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 use tracing::warn;
 
-use book::Book;
+use book::{AllView, Book};
 pub use book::{Line, LiveSession, RECENT, Sessions};
 use toxic::Toxic;
 
 use crate::control::Control;
-use crate::dashboard::Pane;
+use crate::dashboard::{Header, Pane};
 use crate::events::EventSink;
 use crate::faults::{Profile, ProfileError};
 use crate::relay::{self, ProxyConfig, ProxyHandle};
@@ -384,6 +384,11 @@ struct Inner {
     lines: broadcast::Sender<Arc<Line>>,
     seed: u64,
     settings: Settings,
+    /// Session numbers, shared by every proxy: unique across the fleet,
+    /// so the view of every proxy (and a cut from it) knows each session.
+    numbering: Arc<AtomicU64>,
+    /// The dashboard's view of every proxy, when a dashboard draws.
+    all: Option<Arc<AllView>>,
 }
 
 /// Many named proxies; cheap to clone (one shared state).
@@ -413,6 +418,8 @@ impl Fleet {
                 books: Mutex::new(BTreeMap::new()),
                 lines,
                 seed: seed.unwrap_or_else(rand::random),
+                numbering: Arc::new(AtomicU64::new(0)),
+                all: settings.dashboard.then(|| Arc::new(AllView::new())),
                 settings,
             }),
         }
@@ -459,8 +466,8 @@ impl Fleet {
         let profile = Arc::new(profile);
         let control = Arc::new(Control::new(profile.clone(), self.inner.seed));
         let channel = EventSink::channel(EVENT_QUEUE);
-        let dashboard = self.inner.settings.dashboard;
-        let (book, fold) = Book::start(&spec.name, control, channel, self.inner.lines.clone(), dashboard);
+        let all = self.inner.all.clone();
+        let (book, fold) = Book::start(&spec.name, control, channel, self.inner.lines.clone(), all);
         book.set_addrs(&spec.listen, &spec.upstream);
         let mut entry = Entry {
             listen: spec.listen,
@@ -469,7 +476,7 @@ impl Fleet {
             base: profile.clone(),
             initial: profile,
             handle: None,
-            numbering: Arc::new(AtomicU64::new(0)),
+            numbering: self.inner.numbering.clone(),
             book,
             fold: Some(fold),
         };
@@ -709,8 +716,26 @@ impl Fleet {
 
     /// Every proxy as the dashboard shows it, by name (none unless
     /// [`Settings::dashboard`]).
+    /// With more than one proxy the first is `*`, every proxy at once, its
+    /// table with a proxy column.
     pub fn panes(&self) -> Vec<Pane> {
-        self.books().iter().filter_map(|b| b.pane()).collect()
+        let books = self.books();
+        let mut panes: Vec<Pane> = books.iter().filter_map(|b| b.pane()).collect();
+        if let Some(all) = self.inner.all.as_ref().filter(|_| panes.len() > 1) {
+            let every: Vec<Arc<Control>> = books.iter().map(|b| b.control.clone()).collect();
+            // Shown in the header: paused when every proxy is.
+            let shown = Profile { name: "(each proxy its own)".into(), ..Profile::passthrough() };
+            let control = Arc::new(Control::new(Arc::new(shown), self.inner.seed));
+            control.set_paused(every.iter().all(|c| c.paused()));
+            let header = Header {
+                listen: format!("every proxy ({})", panes.len()),
+                upstream: "-".into(),
+                seed: self.inner.seed,
+                started: all.started,
+            };
+            panes.insert(0, Pane { name: "*".into(), model: all.model.clone(), control, header, every });
+        }
+        panes
     }
 
     /// `/metrics`: the Prometheus text format.

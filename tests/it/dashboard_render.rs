@@ -608,7 +608,13 @@ fn many_proxies_show_one_at_a_time_and_keys_act_on_the_one_shown() {
         let mut stats = Stats::new();
         feed(&shared, events.iter().map(|ev| (ev, stats.apply(ev))), S);
         let control = Arc::new(Control::new(ps[0].clone(), 4242));
-        Pane { name: name.into(), model: shared, control, header: Header { listen: listen.into(), ..header() } }
+        Pane {
+            name: name.into(),
+            model: shared,
+            control,
+            header: Header { listen: listen.into(), ..header() },
+            every: Vec::new(),
+        }
     };
     let panes = vec![pane("alpha", "alice", "127.0.0.1:1110"), pane("beta", "bob", "127.0.0.1:1111")];
     let (first, second) = (panes[0].control.clone(), panes[1].control.clone());

@@ -834,3 +834,101 @@ async fn the_rust_api_does_the_same_without_http() {
     assert_eq!(summaries[0].1.outcomes["in-doubt"], 1);
     assert!(TcpStream::connect(addr).await.is_err(), "closed at shutdown");
 }
+
+/// The dashboard of `popfault api` over several proxies: its first view,
+/// `*`, shows every proxy's sessions at once with a proxy column (session
+/// numbers are unique across the fleet); `/beta` filters by proxy, and `k`
+/// there cuts the selected session in the proxy it goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_every_proxy_with_a_proxy_column_and_cuts_from_it() {
+    use crossterm::event::{Event as InputEvent, KeyCode, KeyEvent, KeyModifiers};
+    use popfault::dashboard::{Input, run_panes_on};
+    use popfault::{ProxySpec, fleet::Settings};
+    use ratatui::{Terminal, backend::TestBackend};
+    use std::collections::VecDeque;
+    use tokio_util::sync::CancellationToken;
+
+    struct Script(VecDeque<Option<InputEvent>>);
+    impl Input for Script {
+        fn next(&mut self, _: Duration) -> std::io::Result<Option<InputEvent>> {
+            std::thread::sleep(Duration::from_millis(60));
+            Ok(self.0.pop_front().unwrap_or(Some(InputEvent::Key(KeyEvent::from(KeyCode::Char('q'))))))
+        }
+    }
+    let key = |c: char| Some(InputEvent::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE)));
+    fn screen(t: &Terminal<TestBackend>) -> String {
+        let b = t.backend().buffer();
+        (0..b.area.height)
+            .map(|y| (0..b.area.width).map(|x| b[(x, y)].symbol().to_string()).collect::<String>())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    let pop = pop_server().await;
+    let up = pop.addr.to_string();
+    let fleet = Fleet::with_settings(Some(3), Settings { dashboard: true, ..Settings::default() });
+    let a = fleet.create(ProxySpec::new("alpha", "127.0.0.1:0", &up)).await.unwrap();
+    let b = fleet.create(ProxySpec::new("beta", "127.0.0.1:0", &up)).await.unwrap();
+    // A finished session through alpha, a live one through beta.
+    let (mut c, _) = Pop::connect(a.listen.parse().unwrap()).await.unwrap();
+    c.cmd("USER user1").await.unwrap();
+    c.cmd("PASS secret").await.unwrap();
+    c.cmd("QUIT").await.unwrap();
+    drop(c);
+    let (mut live, _) = Pop::connect(b.listen.parse().unwrap()).await.unwrap();
+    live.cmd("USER user2").await.unwrap();
+    live.cmd("PASS secret").await.unwrap();
+    let until = Instant::now() + LIMIT;
+    while fleet.sessions("alpha").unwrap().recent.is_empty() || fleet.sessions("beta").unwrap().live.is_empty() {
+        assert!(
+            Instant::now() < until,
+            "both sessions seen: {:?} {:?}",
+            fleet.sessions("alpha").unwrap(),
+            fleet.sessions("beta").unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let panes = fleet.panes();
+    assert_eq!(panes.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["*", "alpha", "beta"]);
+
+    let f = fleet.clone();
+    let (all, filtered) = tokio::task::spawn_blocking(move || {
+        let list = move || f.panes();
+        let mut t = Terminal::new(TestBackend::new(110, 30)).unwrap();
+        let mut script = Script(VecDeque::from([None, None, key('q')]));
+        run_panes_on(&mut t, &mut script, &list, &[], &CancellationToken::new()).unwrap();
+        let all = screen(&t);
+        let mut script = Script(VecDeque::from([
+            None,
+            key('/'),
+            key('b'),
+            key('e'),
+            key('t'),
+            key('a'),
+            Some(InputEvent::Key(KeyEvent::from(KeyCode::Enter))),
+            Some(InputEvent::Key(KeyEvent::from(KeyCode::Up))),
+            key('k'),
+            None,
+            None,
+            key('q'),
+        ]));
+        run_panes_on(&mut t, &mut script, &list, &[], &CancellationToken::new()).unwrap();
+        (all, screen(&t))
+    })
+    .await
+    .unwrap();
+    assert!(all.contains("[* 1/3] every proxy (2)"), "{all}");
+    assert!(all.contains("proxy"), "a proxy column: {all}");
+    let row = |s: &str, name: &str, user: &str| s.lines().any(|l| l.contains(name) && l.contains(user));
+    assert!(row(&all, "alpha", "user1") && row(&all, "beta", "user2"), "both proxies' sessions: {all}");
+    assert!(!row(&filtered, "alpha", "user1"), "/beta leaves alpha's out: {filtered}");
+    assert!(filtered.contains("cut session #2"), "k cut beta's session from the view of every proxy: {filtered}");
+    assert!(live.cmd("STAT").await.is_err(), "the live session was cut");
+    let until = Instant::now() + LIMIT;
+    while fleet.sessions("beta").unwrap().recent.is_empty() {
+        assert!(Instant::now() < until, "beta's session ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(fleet.sessions("beta").unwrap().recent[0]["faults"], json!(["manual"]));
+    fleet.shutdown().await;
+}
