@@ -681,6 +681,15 @@ impl Driver {
         self.act(d, Dir::Down, now);
     }
 
+    /// A person cut a line a fault had left open and silent (`silent`,
+    /// `refuse how = "hang"`): both sides are reset now. The session's
+    /// faults say so; how it ended stays the fault's.
+    pub fn cut_held(&mut self, now: Instant) {
+        let disconnect = Action::Disconnect(Disconnect { side: Side::Both, how: How::Rst });
+        let d = Decision { rule: "manual".into(), point: MANUAL_POINT.into(), actions: vec![disconnect] };
+        self.record(&d, now);
+    }
+
     /// Timer rules, the idle timeout and the greeting timeout, as of `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.stopped {

@@ -195,10 +195,10 @@ impl Shell<'_> {
                         Err(why) => return Some(why),
                     };
                 }
-                return Some(Box::pin(self.refuse(&mut client, how, &text, &rule)).await);
+                return Some(Box::pin(self.refuse(&mut client, how, &text, &rule, remote)).await);
             }
             Accept::Cut => {
-                Box::pin(self.finish_cut(&mut client, None)).await;
+                Box::pin(self.finish_cut(&mut client, None, remote)).await;
                 return None;
             }
         }
@@ -279,7 +279,7 @@ impl Shell<'_> {
         }
 
         if lock(self.driver).close().is_some() {
-            Box::pin(self.finish_cut(&mut client, Some(&mut server))).await;
+            Box::pin(self.finish_cut(&mut client, Some(&mut server), remote)).await;
             return None;
         }
         if up == End::Reset || down == End::Reset || self.ctx.shutdown.is_cancelled() {
@@ -387,7 +387,7 @@ impl Shell<'_> {
     /// idle timeout, or shutdown.
     /// Inside TLS, `fin` sends close_notify before the FIN; `rst` sends
     /// neither.
-    async fn finish_cut(&self, client: &mut Conn, server: Option<&mut Conn>) {
+    async fn finish_cut(&self, client: &mut Conn, server: Option<&mut Conn>, remote: &Notify) {
         let Some((for_client, for_server)) = lock(self.driver).close() else {
             client.set_zero_linger();
             return;
@@ -404,13 +404,13 @@ impl Shell<'_> {
             }
         }
         if !silent.is_empty() {
-            self.hold_silent(silent).await;
+            self.hold_silent(silent, remote).await;
         }
     }
 
     /// Keeps `streams` open and unanswered (the half-open line) until a
     /// peer closes, the idle timeout passes, or the proxy shuts down.
-    async fn hold_silent(&self, mut streams: Vec<&mut Conn>) {
+    async fn hold_silent(&self, mut streams: Vec<&mut Conn>, remote: &Notify) {
         let idle = self.ctx.cfg.idle_timeout;
         let drain = async {
             let mut futs = Vec::new();
@@ -431,9 +431,19 @@ impl Shell<'_> {
                 let _ = futures_select_all(&mut futs).await;
             }
         };
-        tokio::select! {
-            _ = drain => {}
-            _ = self.ctx.shutdown.cancelled() => {}
+        let by_hand = tokio::select! {
+            _ = drain => false,
+            _ = self.ctx.shutdown.cancelled() => false,
+            // A person cuts a held line (`k`, the API's cut): a lost
+            // carrier now.
+            _ = remote.notified() => true,
+        };
+        if by_hand {
+            lock(self.driver).cut_held(Instant::now());
+            for s in streams {
+                s.set_zero_linger();
+            }
+            return;
         }
         // The hold is over: the line closes as with a FIN (inside TLS,
         // close_notify first, so a client sees the same clean end).
@@ -442,7 +452,7 @@ impl Shell<'_> {
         }
     }
 
-    async fn refuse(&self, client: &mut Conn, how: RefuseHow, text: &str, rule: &str) -> String {
+    async fn refuse(&self, client: &mut Conn, how: RefuseHow, text: &str, rule: &str, remote: &Notify) -> String {
         match how {
             RefuseHow::Rst => client.set_zero_linger(),
             RefuseHow::Close => {
@@ -456,7 +466,7 @@ impl Shell<'_> {
                 let _ = client.shutdown().await;
                 lock(self.driver).refused_with(line.len());
             }
-            RefuseHow::Hang => self.hold_silent(vec![client]).await,
+            RefuseHow::Hang => self.hold_silent(vec![client], remote).await,
         }
         format!("refused by fault: {rule}")
     }

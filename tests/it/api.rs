@@ -104,3 +104,44 @@ async fn stop_cuts_live_sessions_and_counts_them() {
     assert_eq!(summary.outcomes.get("no-login"), Some(&1));
     assert!(matches!(Proxy::builder("x:1").builtin("no-such"), Err(popfault::Error::UnknownProfile(_))));
 }
+
+/// A line a fault left open and silent (`disconnect how = "silent"`, and
+/// `refuse how = "hang"`) is still a live session a person can cut: both
+/// sides are reset at once, and the session's faults name `manual`.
+#[tokio::test]
+async fn a_cut_ends_a_line_held_silent() {
+    use tokio::io::AsyncReadExt;
+    let world = popfault::server::spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        popfault::server::Maildrop::new(&popfault::server::ServerConfig::default()),
+    )
+    .await
+    .unwrap();
+    for (toml, rule) in [
+        (
+            "[[rule]]\nname = \"mute\"\nwhen = \"greeting\"\nactions = [{ do = \"disconnect\", how = \"silent\" }]\n",
+            "mute",
+        ),
+        ("[[rule]]\nname = \"hang\"\nwhen = \"accept\"\nactions = [{ do = \"refuse\", how = \"hang\" }]\n", "hang"),
+    ] {
+        let mut proxy = Proxy::builder(world.addr.to_string()).profile_toml(toml).unwrap().start().await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+        let mut buf = [0u8; 64];
+        // Held: nothing comes.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), client.read(&mut buf)).await.is_err(),
+            "{rule}: silent"
+        );
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while !proxy.cut(1) {
+            assert!(std::time::Instant::now() < until, "{rule}: session 1 is live and can be cut");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf)).await;
+        let err = read.expect("the cut ended the hold at once").expect_err("a reset, not a close");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{rule}");
+        let end = tokio::time::timeout(Duration::from_secs(5), proxy.next_end()).await.unwrap().unwrap();
+        assert_eq!(end.faults, vec![rule.to_string(), "manual".to_string()], "{rule}: {end:?}");
+        proxy.stop().await;
+    }
+}
