@@ -186,7 +186,7 @@ impl TlsArgs {
                 let k = tls::KeyLogFile::create(path)
                     .map_err(|e| RunError::Usage(format!("--keylog {}: {e}", path.display())))?;
                 say_err(&format!(
-                    "popfault: warning: writing TLS secrets to {} (--keylog): anyone who reads it can decrypt                      these sessions, passwords included",
+                    "popfault: warning: writing TLS secrets to {} (--keylog): anyone who reads it can decrypt these sessions, passwords included",
                     path.display()
                 ));
                 Some(Arc::new(k))
@@ -216,7 +216,7 @@ impl TlsArgs {
         } else {
             let trust = if self.upstream_insecure {
                 say_err(&format!(
-                    "popfault: warning: --upstream-insecure: the upstream's certificate is not checked;                      anyone on the path to {upstream} can read and change these sessions"
+                    "popfault: warning: --upstream-insecure: the upstream's certificate is not checked; anyone on the path to {upstream} can read and change these sessions"
                 ));
                 tls::UpstreamTrust::Insecure
             } else if let Some(file) = &self.upstream_ca {

@@ -201,7 +201,10 @@ pub(super) async fn accept_client(tcp: TcpStream, early: Vec<u8>, cfg: &TlsConfi
         Ok(Err((e, _wire))) => {
             Err(format!("TLS with the client failed: {}", describe_handshake_error(&e, Side::Client)))
         }
-        Err(_) => Err(format!("TLS with the client timed out after {:?}", cfg.handshake_timeout)),
+        Err(_) => Err(format!(
+            "TLS with the client timed out after {:?} (a plain POP3 client waits for a greeting: is it set up for POP3S?)",
+            cfg.handshake_timeout
+        )),
     }
 }
 

@@ -223,7 +223,12 @@ struct EventsQuery {
 async fn events(
     State(f): State<Fleet>,
     Query(q): Query<EventsQuery>,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    // A proxy that does not exist is a 404, as everywhere else (a typo
+    // would otherwise look like a quiet proxy).
+    if let Some(p) = &q.proxy {
+        f.sessions(p)?;
+    }
     let rx = f.subscribe();
     let stream = futures_util::stream::unfold((rx, q.proxy), |(mut rx, proxy)| async move {
         loop {
@@ -241,7 +246,7 @@ async fn events(
             }
         }
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 fn wanted(line: &Arc<Line>, proxy: Option<&str>) -> bool {

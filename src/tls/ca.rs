@@ -108,6 +108,22 @@ impl Ca {
     /// Loads the CA in `dir`, creating it first if neither file is there.
     /// The bool says whether it was created now.
     pub fn load_or_create(dir: &Path) -> Result<(Ca, bool), TlsError> {
+        // A path that is not a directory, or one we cannot list, is said
+        // as such (not as a failure to write a new key into it).
+        match std::fs::metadata(dir) {
+            Ok(m) if !m.is_dir() => {
+                return Err(TlsError::File {
+                    path: dir.to_path_buf(),
+                    why: "not a directory: the CA is the directory that holds ca.pem and ca-key.pem".into(),
+                });
+            }
+            Ok(_) => {
+                if let Err(source) = std::fs::read_dir(dir) {
+                    return Err(TlsError::Io { what: "read", path: dir.to_path_buf(), source });
+                }
+            }
+            Err(_) => {}
+        }
         let deadline = std::time::Instant::now() + CONCURRENT_CREATE_WAIT;
         loop {
             let cert = dir.join(CERT_FILE).exists();

@@ -537,6 +537,8 @@ async fn events_stream_as_sse_filtered_by_proxy() {
     let t = Api::start().await;
     let a = t.addr();
     let (p1, p2) = (t.proxy("one").await, t.proxy("two").await);
+    // A proxy that does not exist is a 404, not a quiet stream.
+    get(a, "/events?proxy=nope").await.error(404, "proxy not found");
     let mut s = TcpStream::connect(a).await.unwrap();
     s.write_all(b"GET /events?proxy=one HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
     let mut r = BufReader::new(s);
