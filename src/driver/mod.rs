@@ -738,7 +738,9 @@ impl Driver {
             InFlight::Reply(reply) => {
                 let (cmd, seq, reply) = *reply;
                 let status = Status::parse(&reply);
-                if cmd == Command::Stls && self.stls == Stls::Asked {
+                // popfault's own +OK (not a `reply` rule's answer to an
+                // earlier STLS).
+                if cmd == Command::Stls && self.stls == Stls::Asked && reply == plan::STLS_OK {
                     // Not the server's STLS: the session stays readable.
                     self.tracker.on_unframed(false, reply.len());
                     self.stls = Stls::Answered;

@@ -67,6 +67,10 @@ impl Driver {
                     self.note(now, format_args!("C: {cmd} (answered by popfault: {answer})"));
                     if self.codec.replied(cmd).is_some() {
                         self.fx().replies.push_back(line);
+                    } else if self.stls == Stls::Asked {
+                        // Past the pipeline's bound nothing is answered:
+                        // no handshake follows either.
+                        self.stls = Stls::Offered;
                     }
                     self.tracker.on_client(&ev, &input[..n], false);
                     self.wake = true;
@@ -141,7 +145,8 @@ impl Driver {
                 // too is listed twice, which clients read as once).
                 let offer = cmd == Command::Capa
                     && self.info.run.client_stls == ClientStls::Answer
-                    && self.stls == Stls::Offered;
+                    && self.stls == Stls::Offered
+                    && self.tracker.state() == State::Authorization;
                 // Plan the body's cuts first: they depend on nothing the
                 // status line changes. An inert engine never plans one.
                 if !self.paused && !self.engine.is_inert() {
@@ -221,11 +226,13 @@ impl Driver {
         if self.stls != Stls::Offered {
             return b"-ERR TLS is already active\r\n".to_vec();
         }
-        if self.tracker.state() != State::Authorization {
+        // Decided now, answered in turn: a login pipelined before it may
+        // still end the AUTHORIZATION state.
+        if self.tracker.state() != State::Authorization || self.codec.login_pending() {
             return b"-ERR STLS only before login\r\n".to_vec();
         }
         self.stls = Stls::Asked;
-        b"+OK Begin TLS negotiation now\r\n".to_vec()
+        STLS_OK.to_vec()
     }
 
     /// The next body cut before body offset `before`, if any.
@@ -309,7 +316,12 @@ impl Driver {
 }
 
 /// Whether `rest` (a client line so far, without its end) may still be
-/// `STLS`: a case-insensitive prefix of `STLS\r`.
+/// `STLS`: a case-insensitive prefix of `STLS`, or `STLS` and then only
+/// blanks (the codec reads `STLS ` as STLS too).
 fn could_be_stls(rest: &[u8]) -> bool {
-    rest.len() <= 5 && rest.iter().zip(b"STLS\r").all(|(a, b)| a.to_ascii_uppercase() == *b)
+    let n = rest.len().min(4);
+    rest[..n].eq_ignore_ascii_case(&b"STLS"[..n]) && rest[n..].iter().all(|b| matches!(b, b' ' | b'\t' | b'\r'))
 }
+
+/// popfault's `+OK` to a client's STLS (`ClientStls::Answer`).
+pub(super) const STLS_OK: &[u8] = b"+OK Begin TLS negotiation now\r\n";

@@ -263,6 +263,33 @@ fn with_stls(mode: ClientStls, profile: Profile) -> Sim {
 }
 
 #[test]
+fn stls_here_holds_its_lines_and_its_turn() {
+    // `STLS ` then its end, in two reads: still popfault's, never forwarded.
+    let mut s = stls_here(Profile::passthrough());
+    s.s(b"+OK ready\r\n").c(b"STLS ").c(b"\r\n");
+    assert_eq!(s.up(), b"", "held whole");
+    assert!(s.down().ends_with(b"+OK Begin TLS negotiation now\r\n"));
+    // Pipelined after a login: the login may succeed first, so no.
+    let mut s = stls_here(Profile::passthrough());
+    s.s(b"+OK ready\r\n").c(b"USER a\r\nPASS b\r\nSTLS\r\n").s(b"+OK\r\n+OK in\r\n");
+    assert!(
+        s.down().ends_with(b"+OK in\r\n-ERR STLS only before login\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(s.down())
+    );
+    assert_eq!(s.ended, [None, None], "no handshake");
+    // After login, CAPA is the server's own.
+    s.c(b"CAPA\r\n").s(b"+OK\r\nUIDL\r\n.\r\n");
+    assert!(s.down().ends_with(b"+OK\r\nUIDL\r\n.\r\n"), "no STLS offered in TRANSACTION");
+    // A stall at STLS holds popfault's own answer too.
+    let stall = "[[rule]]\nwhen = \"command\"\ncommand = \"STLS\"\nactions = [{ do = \"stall\", ms = 700 }]\n";
+    let mut s = stls_here(profile(stall));
+    s.s(b"+OK ready\r\n").c(b"STLS\r\n");
+    assert!(s.down().ends_with(b"+OK Begin TLS negotiation now\r\n"));
+    assert!(s.now.duration_since(s.start) >= Duration::from_millis(700), "the +OK waited for the stall");
+}
+
+#[test]
 fn stls_refused_by_popfault_is_never_forwarded() {
     let mut s = with_stls(ClientStls::Refuse, Profile::passthrough());
     s.s(b"+OK ready\r\n").c(b"CAPA\r\n").s(b"+OK\r\nSTLS\r\n.\r\n").c(b"STLS\r\nUSER a\r\n").s(b"+OK\r\n");

@@ -25,7 +25,14 @@ impl Driver {
         if self.plans[dir as usize].is_some() {
             return self.advance(dir, input, now);
         }
-        // Between events: the proxy's own answers that are due, in turn.
+        // Between events: the proxy's own answers that are due, in turn
+        // (after a stall in force, as relayed answers are).
+        if dir == Dir::Down
+            && let Some(h) = self.hold_until().filter(|h| *h > now)
+            && self.codec.synthetic_due()
+        {
+            return Transmit::Wait(h);
+        }
         if dir == Dir::Down
             && let Some((cmd, seq)) = self.codec.take_synthetic()
             && let Some(reply) = self.fx.as_deref_mut().and_then(|f| f.replies.pop_front())

@@ -125,6 +125,11 @@ impl Conn {
         }
     }
 
+    /// Whether popfault speaks TLS on this side.
+    pub(super) fn is_tls(&self) -> bool {
+        matches!(self, Conn::Tls(_))
+    }
+
     /// A reset: no close_notify, no FIN, when the socket is dropped.
     pub(super) fn set_zero_linger(&self) {
         let _ = self.tcp().set_zero_linger();
@@ -228,16 +233,14 @@ async fn upstream_tls(mut tcp: TcpStream, cfg: &TlsConfig) -> Result<(Conn, Vec<
         UpstreamTls::Stls => {
             greeting = read_line(&mut tcp, "greeting").await?;
             if !greeting.starts_with(b"+OK") {
-                // An -ERR greeting is the server's refusal: relayed as it is.
-                return Ok((Conn::Plain(tcp), greeting));
+                // Never a plaintext session where TLS was asked for: the
+                // client would send its password in clear.
+                return Err(format!("upstream greeted without +OK before STLS: {}", shown(&greeting)));
             }
             tcp.write_all(b"STLS\r\n").await.map_err(|e| format!("upstream STLS failed: {e}"))?;
             let answer = read_line(&mut tcp, "answer to STLS").await?;
             if !answer.starts_with(b"+OK") {
-                // Shown to people: no control characters, not too long.
-                let text: String =
-                    String::from_utf8_lossy(&answer).chars().filter(|c| !c.is_control()).take(200).collect();
-                return Err(format!("upstream refused STLS: {text}"));
+                return Err(format!("upstream refused STLS: {}", shown(&answer)));
             }
         }
     }
@@ -249,6 +252,12 @@ async fn upstream_tls(mut tcp: TcpStream, cfg: &TlsConfig) -> Result<(Conn, Vec<
         Ok(tls) => Ok((Conn::Tls(Box::new(TlsStream::Client(tls))), greeting)),
         Err((e, _)) => Err(format!("TLS with the upstream failed: {}", describe_handshake_error(&e, Side::Upstream))),
     }
+}
+
+/// A server's line as people are shown it: no control characters, not
+/// too long.
+fn shown(line: &[u8]) -> String {
+    String::from_utf8_lossy(line).chars().filter(|c| !c.is_control()).take(200).collect()
 }
 
 /// One line from a server that says nothing more until answered: read a

@@ -24,6 +24,11 @@ use crate::driver::{Accept, Dir, Driver, Transmit};
 use crate::events::{Event, EventSink};
 use crate::faults::{How, RefuseHow, Side};
 
+/// The longest popfault waits to close a side in order (inside TLS,
+/// writing what rustls holds and close_notify) before giving up on a peer
+/// that does not read.
+const CLOSE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What a session's futures share, apart from its driver.
 pub(super) struct SessionCtx {
     pub(super) cfg: Arc<ProxyConfig>,
@@ -219,37 +224,9 @@ impl Shell<'_> {
                 }
             };
         }
-        let server = match self.connect_upstream().await {
-            Err(why) => {
-                lock(self.driver).refused();
-                // Mirror what a client sees from a dead server: a reset when
-                // it refused, a close when it never answered.
-                if why.starts_with("refused") {
-                    client.set_zero_linger();
-                }
-                return Some(why);
-            }
-            Ok(s) => s,
-        };
-        let _ = server.set_nodelay(true);
-        let (mut server, greeting) = match self.ctx.cfg.tls.as_deref().filter(|t| t.upstream != UpstreamTls::None) {
-            None => (Conn::Plain(server), Vec::new()),
-            Some(t) => {
-                let up = tokio::select! {
-                    r = Box::pin(conn::upstream(server, t)) => r,
-                    _ = self.ctx.cut.cancelled() => Err("cut during TLS with the upstream".into()),
-                };
-                match up {
-                    Ok(c) => {
-                        self.tls_up(Side::Server, &c.0);
-                        c
-                    }
-                    Err(why) => {
-                        lock(self.driver).refused();
-                        return Some(why);
-                    }
-                }
-            }
+        let (mut server, greeting) = match Box::pin(self.open_upstream(&mut client)).await {
+            Ok(up) => up,
+            Err(why) => return Some(why),
         };
 
         // === relay ===
@@ -287,8 +264,75 @@ impl Shell<'_> {
             // cut at shutdown is reset both ways, like a lost carrier.
             client.set_zero_linger();
             server.set_zero_linger();
+        } else {
+            // Ended by a timeout or a close: a TLS peer gets close_notify,
+            // the clean end a plain one gets from the FIN.
+            if client.is_tls() || server.is_tls() {
+                Box::pin(self.close_tls(&mut client, &mut server)).await;
+            }
         }
         None
+    }
+
+    /// Connects upstream, with TLS as configured. Returns the connection
+    /// and, after an upstream STLS, the greeting read before it. `Err`: the
+    /// session is refused, why. Boxed by the caller: connecting is a one-off
+    /// and every idle session would carry its state.
+    async fn open_upstream(&self, client: &mut Conn) -> Result<(Conn, Vec<u8>), String> {
+        let server = match self.connect_upstream().await {
+            Err(why) => return Err(self.upstream_failed(client, why).await),
+            Ok(s) => s,
+        };
+        let _ = server.set_nodelay(true);
+        let Some(t) = self.ctx.cfg.tls.as_deref().filter(|t| t.upstream != UpstreamTls::None) else {
+            return Ok((Conn::Plain(server), Vec::new()));
+        };
+        let up = tokio::select! {
+            r = conn::upstream(server, t) => r,
+            _ = self.ctx.cut.cancelled() => Err("cut during TLS with the upstream".into()),
+        };
+        match up {
+            Ok(c) => {
+                self.tls_up(Side::Server, &c.0);
+                Ok(c)
+            }
+            Err(why) => Err(self.upstream_failed(client, why).await),
+        }
+    }
+
+    /// The upstream could not be reached, or its TLS set up: the session is
+    /// refused, and the client sees what it would from a dead server (a
+    /// reset when it refused; else a close, inside TLS with close_notify).
+    async fn upstream_failed(&self, client: &mut Conn, why: String) -> String {
+        lock(self.driver).refused();
+        if why.starts_with("refused") {
+            client.set_zero_linger();
+        } else if client.is_tls() {
+            self.close_write(client, false).await;
+        }
+        why
+    }
+
+    /// Closes each TLS side in order (see `close_write`).
+    async fn close_tls(&self, client: &mut Conn, server: &mut Conn) {
+        for c in [client, server] {
+            if c.is_tls() {
+                self.close_write(c, false).await;
+            }
+        }
+    }
+
+    /// Closes `to` for writing (inside TLS: close_notify, then FIN) without
+    /// waiting on a peer that does not read: at most `CLOSE_LIMIT`, not past
+    /// shutdown and, with `until_cut`, not past a cut. A plain socket closes
+    /// at once. Whether it closed.
+    async fn close_write<W: AsyncWrite + Unpin>(&self, to: &mut W, until_cut: bool) -> bool {
+        let closed = async { matches!(tokio::time::timeout(CLOSE_LIMIT, to.shutdown()).await, Ok(Ok(()))) };
+        tokio::select! {
+            ok = closed => ok,
+            _ = self.ctx.shutdown.cancelled() => false,
+            _ = self.ctx.cut.cancelled(), if until_cut => false,
+        }
     }
 
     fn client_tls(&self) -> ClientTls {
@@ -398,7 +442,9 @@ impl Shell<'_> {
             match how {
                 How::Rst => stream.set_zero_linger(),
                 How::Fin => {
-                    let _ = stream.shutdown().await;
+                    if !Box::pin(self.close_write(&mut *stream, false)).await {
+                        stream.set_zero_linger();
+                    }
                 }
                 How::Silent => silent.push(stream),
             }
@@ -461,9 +507,12 @@ impl Shell<'_> {
             RefuseHow::Err => {
                 let mut line = text.as_bytes().to_vec();
                 line.extend_from_slice(b"\r\n");
-                let _ = client.write_all(&line).await;
-                let _ = client.flush().await;
-                let _ = client.shutdown().await;
+                let _ = tokio::time::timeout(CLOSE_LIMIT, async {
+                    let _ = client.write_all(&line).await;
+                    client.flush().await
+                })
+                .await;
+                Box::pin(self.close_write(&mut *client, false)).await;
                 lock(self.driver).refused_with(line.len());
             }
             RefuseHow::Hang => self.hold_silent(vec![client], remote).await,
@@ -579,7 +628,8 @@ impl Shell<'_> {
                     buf.drain(..n);
                 }
                 Transmit::Eof => {
-                    let _ = to.shutdown().await;
+                    // Boxed: rare, and a timeout's state is big.
+                    Box::pin(self.close_write(to, true)).await;
                     break End::Eof;
                 }
                 Transmit::Stop => break End::Cut,

@@ -614,3 +614,23 @@ async fn accept_rules_stall_or_cut_the_handshake() {
     assert_eq!(end.tls, None, "no TLS was spoken");
     assert_eq!(end.faults, vec!["no-hello".to_string()]);
 }
+
+/// With `--upstream-tls stls`, a server that greets with `-ERR` (or
+/// anyone on the path who says it does) never gets a plaintext session:
+/// the client's password would go in clear. The session is refused and
+/// says why; the client gets nothing to answer.
+#[tokio::test]
+async fn upstream_stls_never_falls_back_to_plaintext() {
+    let (_dir, ca) = fresh_ca();
+    let up = crate::support::line_server("-ERR [SYS/TEMP] busy\r\n".into(), |_| "+OK\r\n".into()).await;
+    let cfg = tls_config(&ca, ClientTls::None, UpstreamTls::Stls, UpstreamTrust::Insecure, "localhost");
+    let (proxy, mut events) = tls_proxy(up, cfg, Profile::passthrough()).await;
+    // The client speaks first here; unread, its bytes make the close a reset.
+    let tcp = tokio::net::TcpStream::connect(proxy.local_addr).await.expect("connect");
+    let (got, _) = talk(tcp, b"USER a\r\nPASS secret\r\n").await;
+    assert!(got.is_empty(), "nothing for the client to answer: {:?}", String::from_utf8_lossy(&got));
+    let end = next_end(&mut events).await;
+    assert_eq!(end.outcome, Outcome::Refused, "{end:?}");
+    assert!(end.ended_by.contains("greeted without +OK before STLS: -ERR [SYS/TEMP] busy"), "{}", end.ended_by);
+    assert_eq!(end.bytes_up, 0, "not a byte of the client's went upstream");
+}

@@ -327,6 +327,12 @@ impl Pop3Codec {
         self.pending.len()
     }
 
+    /// Whether a command waiting for its answer is a login (`PASS`,
+    /// `APOP`, `AUTH`): its answer may end the AUTHORIZATION state.
+    pub fn login_pending(&self) -> bool {
+        self.pending.iter().any(|p| matches!(p.cmd, Command::Pass | Command::Apop(_) | Command::Auth { .. }))
+    }
+
     /// Gives back the pipeline queue's memory when nothing is pending: an
     /// idle session then holds none (the queue keeps its capacity
     /// otherwise).
