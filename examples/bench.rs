@@ -366,6 +366,20 @@ impl Table {
         self.rows.push([figure.into(), direct, proxy, ratio, target.into(), ok.into()]);
     }
 
+    /// A speed measured direct and through the proxy: the medians' ratio,
+    /// met when at least `target` × direct.
+    fn ratio_row(&mut self, figure: &str, direct: &[f64], proxied: &[f64], target: f64) {
+        let ratio = median(proxied) / median(direct);
+        let (d, p, want) = (spread(direct, 0), spread(proxied, 0), format!("≥ {target:.2}×"));
+        self.row(figure, d, p, format!("{ratio:.2}×"), &want, Some(ratio >= target));
+    }
+
+    /// CPU per unit of work, direct and through the proxy, and its ratio.
+    fn cpu_row(&mut self, figure: &str, direct: &[f64], proxied: &[f64], decimals: usize) {
+        let ratio = format!("{:.2}×", median(proxied) / median(direct));
+        self.row(figure, spread(direct, decimals), spread(proxied, decimals), ratio, "", None);
+    }
+
     fn skip(&mut self, figure: &str, why: &str) {
         self.rows.push([
             figure.into(),
@@ -1071,20 +1085,13 @@ async fn bulk_figure(opts: &Opts, s: &Sizes, mode: ProxyMode, bin: Option<&Path>
                 proxied.push(p);
             }
             proxy.stop().await?;
-            let ratio = median(&proxied) / median(&direct);
-            table.row(
-                &format!(
-                    "bulk MB/s ({}×{:.0} MB ×{}, {mb:.0} MB/pass)",
-                    want.len(),
-                    s.bulk_size as f64 / 1e6,
-                    s.bulk_passes
-                ),
-                spread(&direct, 0),
-                spread(&proxied, 0),
-                format!("{ratio:.2}×"),
-                "≥ 0.60×",
-                Some(ratio >= 0.6),
+            let figure = format!(
+                "bulk MB/s ({}×{:.0} MB ×{}, {mb:.0} MB/pass)",
+                want.len(),
+                s.bulk_size as f64 / 1e6,
+                s.bulk_passes
             );
+            table.ratio_row(&figure, &direct, &proxied, 0.6);
             if relayed > 0 {
                 let v = per_gb(cpu, relayed);
                 eprintln!("bench: bulk: the proxy used {v:.2} CPU s per GB relayed");
@@ -1454,23 +1461,8 @@ async fn sessions_figure(s: &Sizes, mode: ProxyMode, bin: Option<&Path>, table: 
         cpu_d.push(cd);
         cpu_p.push(cp);
     }
-    let ratio = median(&proxied) / median(&direct);
-    table.row(
-        &format!("sessions/s ({} @{} in flight)", s.sessions, s.in_flight),
-        spread(&direct, 0),
-        spread(&proxied, 0),
-        format!("{ratio:.2}×"),
-        "≥ 0.50×",
-        Some(ratio >= 0.5),
-    );
-    table.row(
-        "sessions: CPU µs per session, all processes",
-        spread(&cpu_d, 0),
-        spread(&cpu_p, 0),
-        format!("{:.2}×", median(&cpu_p) / median(&cpu_d)),
-        "",
-        None,
-    );
+    table.ratio_row(&format!("sessions/s ({} @{} in flight)", s.sessions, s.in_flight), &direct, &proxied, 0.5);
+    table.cpu_row("sessions: CPU µs per session, all processes", &cpu_d, &cpu_p, 0);
     Ok(())
 }
 
@@ -1862,29 +1854,15 @@ async fn tls_bulk_figure(s: &Sizes, mode: ProxyMode, bin: Option<&Path>, pki: &P
             cpu_p.push(gp);
         }
         proxy.stop().await?;
-        let ratio = median(&proxied) / median(&direct);
-        table.row(
-            &format!(
-                "tls-bulk MB/s, TLS both sides ({}×{:.0} MB ×{}, {mb:.0} MB/pass; {})",
-                want.len(),
-                s.bulk_size as f64 / 1e6,
-                s.bulk_passes,
-                term.suite()
-            ),
-            spread(&direct, 0),
-            spread(&proxied, 0),
-            format!("{ratio:.2}×"),
-            "≥ 0.50×",
-            Some(ratio >= 0.5),
+        let figure = format!(
+            "tls-bulk MB/s, TLS both sides ({}×{:.0} MB ×{}, {mb:.0} MB/pass; {})",
+            want.len(),
+            s.bulk_size as f64 / 1e6,
+            s.bulk_passes,
+            term.suite()
         );
-        table.row(
-            "tls-bulk: CPU s per GB, all processes",
-            spread(&cpu_d, 2),
-            spread(&cpu_p, 2),
-            format!("{:.2}×", median(&cpu_p) / median(&cpu_d)),
-            "",
-            None,
-        );
+        table.ratio_row(&figure, &direct, &proxied, 0.5);
+        table.cpu_row("tls-bulk: CPU s per GB, all processes", &cpu_d, &cpu_p, 2);
         if relayed > 0 {
             let v = per_gb(own, relayed);
             eprintln!("bench: tls-bulk: the proxy used {v:.2} CPU s per GB relayed");
@@ -1966,23 +1944,9 @@ async fn tls_sessions_figure(
         resumed_p = (resumed_p.0 + res_p, resumed_p.1 + full_p + res_p);
         suite = su;
     }
-    let ratio = median(&proxied) / median(&direct);
-    table.row(
-        &format!("tls-sessions/s, TLS both sides ({} @{} in flight; {suite})", s.sessions, s.in_flight),
-        spread(&direct, 0),
-        spread(&proxied, 0),
-        format!("{ratio:.2}×"),
-        "≥ 0.40×",
-        Some(ratio >= 0.4),
-    );
-    table.row(
-        "tls-sessions: CPU µs per session, all processes",
-        spread(&cpu_d, 0),
-        spread(&cpu_p, 0),
-        format!("{:.2}×", median(&cpu_p) / median(&cpu_d)),
-        "",
-        None,
-    );
+    let figure = format!("tls-sessions/s, TLS both sides ({} @{} in flight; {suite})", s.sessions, s.in_flight);
+    table.ratio_row(&figure, &direct, &proxied, 0.4);
+    table.cpu_row("tls-sessions: CPU µs per session, all processes", &cpu_d, &cpu_p, 0);
     if !cpu_own.is_empty() {
         table.row(
             "tls-sessions: proxy CPU µs per session",

@@ -132,12 +132,18 @@ pub fn run(
     profiles: Vec<Arc<Profile>>,
     stop: CancellationToken,
 ) -> io::Result<()> {
+    on_terminal(|terminal| run_on(terminal, &mut TerminalInput, &model, &control, &header, &profiles, &stop))
+}
+
+/// Runs `draw_loop` on the real terminal, in raw mode on the alternate
+/// screen; the terminal is restored however it ends (a panic too).
+fn on_terminal(draw_loop: impl FnOnce(&mut Terminal<CrosstermBackend<Stdout>>) -> io::Result<()>) -> io::Result<()> {
     KNOCKED_OUT.store(false, Ordering::SeqCst);
     let _hook = PanicHook::install();
     let _guard = TerminalGuard::enter()?;
     let mut terminal: Terminal<CrosstermBackend<Stdout>> = Terminal::new(CrosstermBackend::new(io::stdout()))?;
     terminal.clear()?;
-    run_on(&mut terminal, &mut TerminalInput, &model, &control, &header, &profiles, &stop)
+    draw_loop(&mut terminal)
 }
 
 /// The loop behind [`run`], on any backend and input (the test seam). It
@@ -198,19 +204,15 @@ pub struct Pane {
 }
 
 /// [`run`] over many proxies: `panes` says which exist now (they come and
-/// go over the API); `]` and `[` show the next or previous one, whose name
-/// leads the header, and every key acts on the one shown.
+/// go over the API; the first may be the view of every proxy); `]` and `[`
+/// show the next or previous one, whose name leads the header, and every
+/// key acts on the one shown.
 pub fn run_panes(
     panes: &(dyn Fn() -> Vec<Pane> + Send + Sync),
     profiles: Vec<Arc<Profile>>,
     stop: CancellationToken,
 ) -> io::Result<()> {
-    KNOCKED_OUT.store(false, Ordering::SeqCst);
-    let _hook = PanicHook::install();
-    let _guard = TerminalGuard::enter()?;
-    let mut terminal: Terminal<CrosstermBackend<Stdout>> = Terminal::new(CrosstermBackend::new(io::stdout()))?;
-    terminal.clear()?;
-    run_panes_on(&mut terminal, &mut TerminalInput, panes, &profiles, &stop)
+    on_terminal(|terminal| run_panes_on(terminal, &mut TerminalInput, panes, &profiles, &stop))
 }
 
 /// The loop behind [`run_panes`], on any backend and input.
