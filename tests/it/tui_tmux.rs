@@ -218,6 +218,12 @@ fn session_row(screen: &str, n: u64) -> Option<&str> {
     })
 }
 
+/// The number of the table's first row.
+fn first_row(screen: &str) -> Option<u64> {
+    let row = screen.lines().find(|l| l.starts_with('│') && l.contains("127.0.0.1:") && !l.contains(" → "))?;
+    row.trim_start_matches('│').trim_start_matches('▶').split_whitespace().next()?.parse().ok()
+}
+
 /// The selected session's number (the row marked `▶`).
 fn selected(screen: &str) -> Option<u64> {
     let row = screen.lines().find(|l| l.starts_with("│▶"))?;
@@ -364,8 +370,11 @@ fn dashboard_k_cuts_the_selected_live_session_in_tmux() {
         // there: the newest session, live ones are listed first.
         t.press("Down");
         t.press("Up");
+        // Read once both keys are applied (the top row selected): a screen
+        // caught between Down and Up shows the second row, which Up leaves.
         let s = t.wait(&format!("4b. a live session selected (attempt {attempt})"), |s| {
-            selected(s).is_some_and(|n| session_row(s, n).is_some_and(|r| r.contains("● live")))
+            selected(s)
+                .is_some_and(|n| first_row(s) == Some(n) && session_row(s, n).is_some_and(|r| r.contains("● live")))
         });
         let n = selected(&s).expect("a selected row");
         t.press("k");
