@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::control::Control;
 use crate::dashboard::{FRAME, Header, Pane, SharedModel};
-use crate::events::{Event, EventSink};
+use crate::events::{Event, EventSink, SessionSnapshot};
 use crate::session::State;
 use crate::stats::{Stats, Summary};
 
@@ -39,26 +39,14 @@ pub struct Line {
 /// A live session as `GET /proxies/{name}/sessions` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct LiveSession {
-    /// Session number.
-    pub session: u64,
     /// The client's address.
     pub client: SocketAddr,
-    /// RFC 1939 state.
-    pub state: State,
-    /// The user, once known (a validated name, never a secret).
-    pub user: Option<String>,
-    /// The last command's keyword.
-    pub last_command: Option<String>,
-    /// Messages downloaded so far.
-    pub downloaded: u64,
-    /// Messages marked deleted now.
-    pub marked: usize,
-    /// Bytes relayed client → server.
-    pub bytes_up: u64,
-    /// Bytes relayed server → client.
-    pub bytes_down: u64,
     /// The profile it runs under.
     pub profile: String,
+    /// Where it stands: number, state, user, last command, counts (the
+    /// dashboard's progress report, as last sent).
+    #[serde(flatten)]
+    pub now: SessionSnapshot,
 }
 
 /// Live and recently ended sessions of a proxy.
@@ -276,9 +264,8 @@ async fn fold(book: Arc<Book>, mut events: mpsc::Receiver<Event>, lines: broadca
                 answers.push(folded);
                 let kind = match ev {
                     Event::SessionStart { session, client, profile, .. } => {
-                        let live = LiveSession {
+                        let now = SessionSnapshot {
                             session: *session,
-                            client: *client,
                             state: State::Authorization,
                             user: None,
                             last_command: None,
@@ -286,20 +273,14 @@ async fn fold(book: Arc<Book>, mut events: mpsc::Receiver<Event>, lines: broadca
                             marked: 0,
                             bytes_up: 0,
                             bytes_down: 0,
-                            profile: profile.clone(),
                         };
+                        let live = LiveSession { client: *client, profile: profile.clone(), now };
                         s.live.insert(*session, live);
                         "session_start"
                     }
                     Event::Progress(p) => {
                         if let Some(l) = s.live.get_mut(&p.session) {
-                            l.state = p.state;
-                            l.user.clone_from(&p.user);
-                            l.last_command.clone_from(&p.last_command);
-                            l.downloaded = p.downloaded;
-                            l.marked = p.marked;
-                            l.bytes_up = p.bytes_up;
-                            l.bytes_down = p.bytes_down;
+                            l.now.clone_from(p);
                         }
                         continue;
                     }
