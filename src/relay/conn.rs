@@ -343,18 +343,17 @@ impl<R: AsyncRead + Unpin> Source for Polled<R> {
         if !self.kept.is_empty() || self.eof || self.failed.is_some() {
             return Poll::Ready(Ok(()));
         }
-        let mut kept = std::mem::take(&mut self.kept);
-        kept.reserve(super::READ_MIN);
-        let r = self.poll_into(cx, &mut kept);
-        match r {
+        // Into the stack: a wait that finds nothing (most of them)
+        // allocates nothing. The rest of a record stays in rustls for the
+        // pump's next read.
+        let mut stack = [0u8; 8 * 1024];
+        let mut got = ReadBuf::new(&mut stack);
+        match Pin::new(&mut self.inner).poll_read(cx, &mut got) {
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(Ok(0)) => self.eof = true,
-            Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Ok(())) if got.filled().is_empty() => self.eof = true,
+            Poll::Ready(Ok(())) => self.kept = got.filled().to_vec(),
+            Poll::Ready(Err(e)) if is_truncation(&e) => self.eof = true,
             Poll::Ready(Err(e)) => self.failed = Some(e),
-        }
-        // Nothing read: no buffer kept.
-        if !kept.is_empty() {
-            self.kept = kept;
         }
         Poll::Ready(Ok(()))
     }
